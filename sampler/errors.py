@@ -1,0 +1,55 @@
+"""The one error type a request can raise, shaped like OpenAI's error body.
+
+>>> e = RequestError("Invalid 'n': integer above maximum value.", param="n",
+...                  code="integer_above_max_value")
+>>> e.status, e.to_dict()["error"]["param"]
+(400, 'n')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["RequestError"]
+
+
+class RequestError(Exception):
+    """A request the API refuses: carries the fields of the HTTP error body.
+
+    ``status`` is the HTTP status (400 for a bad request, 404 for an unknown model);
+    ``message``, ``type``, ``param`` and ``code`` are exactly what OpenAI puts under
+    ``{"error": {...}}``. All four keys are always present in :meth:`to_dict`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+        self.type = type
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestError(status={self.status}, param={self.param!r}, "
+            f"code={self.code!r}, message={self.message!r})"
+        )
