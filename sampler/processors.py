@@ -1,0 +1,311 @@
+"""Logits processors: one batched function per Completions parameter.
+
+Every function takes logits ``[B, V]`` (float32) and per-row parameters, and returns the
+processed logits. They are pure by default; pass ``out=`` (the NumPy ufunc convention,
+``out=logits`` for in place) to reuse a buffer on a hot path. A parameter at its neutral
+value changes nothing, and the sparse ones (``logit_bias``, ``penalties``) cost nothing
+but a copy when ``out`` is not the input.
+
+The order is part of the contract (spec §3) and is written once, here::
+
+    0. mask       ids that are not sampleable tokens -> -inf   (engine; tokenizer.masked_ids)
+    1. logit_bias z[j] += bias[j]
+    2. penalties  z[j] -= c[j]*frequency_penalty + (c[j] > 0)*presence_penalty,
+                  c = counts among this sequence's GENERATED tokens only
+    3. temperature z /= T          (T = 0: greedy, the row is left as is)
+    4. top_p      keep the smallest most-probable set with mass >= top_p
+    5. select     argmax (T = 0) or inverse CDF with one uniform       (sampler.select)
+
+Reported logprobs come from the row after step 0 only ("raw"), unless the request asks
+for ``logprobs_mode: "processed"``, which reports the distribution of step 5.
+
+>>> import numpy as np
+>>> z = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+>>> logit_bias(z, [{0: 5.0}])
+array([[6., 2., 3.]], dtype=float32)
+>>> temperature(z, [0.5])
+array([[2., 4., 6.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "STEP_ORDER",
+    "SparseRow",
+    "TokenCounts",
+    "count_tokens",
+    "logit_bias",
+    "penalties",
+    "temperature",
+    "top_p",
+    "nucleus",
+]
+
+STEP_ORDER = ("logit_bias", "penalties", "temperature", "top_p")
+
+#: A sparse per-row parameter: ``(ids, values)`` arrays, a ``{id: value}`` mapping, or None.
+SparseRow = Union[None, Mapping[int, float], "tuple[np.ndarray, np.ndarray]"]
+
+
+def _out(logits: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """The array to write into: a copy of ``logits`` unless ``out`` is given."""
+    if out is None:
+        return np.array(logits, dtype=np.float32, copy=True)  # [B, V]
+    if out is not logits:
+        np.copyto(out, logits)
+    return out
+
+
+def _sparse(row: SparseRow) -> tuple[np.ndarray, np.ndarray] | None:
+    if row is None:
+        return None
+    if isinstance(row, Mapping):
+        if not row:
+            return None
+        ids = np.fromiter(row.keys(), dtype=np.int64, count=len(row))  # [k]
+        values = np.fromiter(row.values(), dtype=np.float64, count=len(row))  # [k]
+        return ids, values
+    ids, values = row
+    return (np.asarray(ids, dtype=np.int64), np.asarray(values)) if len(ids) else None
+
+
+def _per_row(value: float | Sequence[float] | np.ndarray, batch: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    return np.broadcast_to(arr, (batch,)) if arr.ndim == 0 else arr  # [B]
+
+
+# --- 1. logit_bias ------------------------------------------------------------------------
+def logit_bias(
+    logits: np.ndarray, bias: Sequence[SparseRow], *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Add a per-row sparse bias: ``z[b, j] += bias[b][j]``.
+
+    ``bias`` has one entry per row: ``None``, a mapping ``{token_id: value}`` or a pair
+    of arrays ``(ids, values)``. OpenAI's range is −100 … 100 (validated at the
+    boundary, never clamped here). Costs one scatter per row with a bias.
+
+    >>> z = np.zeros((2, 4), dtype=np.float32)
+    >>> logit_bias(z, [{1: 2.5, 3: -100}, None])
+    array([[   0. ,    2.5,    0. , -100. ],
+           [   0. ,    0. ,    0. ,    0. ]], dtype=float32)
+    """
+    res = _out(logits, out)
+    for b, row in enumerate(bias):
+        sp = _sparse(row)
+        if sp is not None:
+            ids, values = sp
+            res[b, ids] += values.astype(np.float32)  # [k]
+    return res
+
+
+# --- 2. presence and frequency penalties --------------------------------------------------
+def count_tokens(tokens: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of each distinct token: ``(ids, counts)``, the sparse form ``penalties`` takes.
+
+    >>> count_tokens([5, 3, 5])
+    (array([3, 5]), array([1, 2]))
+    """
+    return np.unique(np.asarray(tokens, dtype=np.int64), return_counts=True)
+
+
+class TokenCounts:
+    """Counts of a sequence's generated tokens, kept sparse and updated one token at a time.
+
+    ``ids``/``counts`` are views of the distinct tokens seen so far in first-seen order,
+    ready for :func:`penalties` without any per-step conversion.
+
+    >>> c = TokenCounts(); c.add(7); c.add(2); c.add(7)
+    >>> c.ids, c.counts
+    (array([7, 2]), array([2, 1]))
+    """
+
+    def __init__(self) -> None:
+        self._slot: dict[int, int] = {}
+        self._ids = np.empty(16, dtype=np.int64)  # [capacity]
+        self._counts = np.empty(16, dtype=np.int64)  # [capacity]
+
+    def add(self, token: int) -> None:
+        slot = self._slot.get(token)
+        if slot is not None:
+            self._counts[slot] += 1
+            return
+        n = len(self._slot)
+        if n == self._ids.size:  # grow geometrically: amortised O(1) per token
+            self._ids = np.resize(self._ids, 2 * n)
+            self._counts = np.resize(self._counts, 2 * n)
+        self._slot[token] = n
+        self._ids[n] = token
+        self._counts[n] = 1
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[: len(self._slot)]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._counts[: len(self._slot)]
+
+    def as_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ids, self.counts
+
+    def amounts(self, presence: float, frequency: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids, float32(c * frequency + presence))``: what :func:`penalties` subtracts."""
+        if not self._slot or (presence == 0.0 and frequency == 0.0):
+            return None
+        return self.ids, (self.counts * frequency + presence).astype(np.float32)
+
+
+def penalties(
+    logits: np.ndarray,
+    counts: Sequence["tuple[np.ndarray, np.ndarray] | TokenCounts | None"],
+    presence_penalty: float | Sequence[float] | np.ndarray = 0.0,
+    frequency_penalty: float | Sequence[float] | np.ndarray = 0.0,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """OpenAI's presence and frequency penalties over the generated tokens of each row.
+
+    ``z[b, j] -= float32(c[j] * frequency_penalty[b] + presence_penalty[b])`` for every
+    token ``j`` with count ``c[j] > 0`` in ``counts[b]`` (``(ids, counts)`` arrays, e.g.
+    from :func:`count_tokens`, or a :class:`TokenCounts`). Count only the tokens this
+    sequence generated, never its prompt. Penalties are per-row floats or arrays ``[B]``
+    (range −2 … 2); 0 is neutral. Tokens never generated are untouched: cost is
+    proportional to the distinct generated tokens, not to V.
+
+    >>> z = np.zeros((1, 4), dtype=np.float32)
+    >>> penalties(z, [count_tokens([2, 2, 3])], presence_penalty=0.5, frequency_penalty=1.0)
+    array([[ 0. ,  0. , -2.5, -1.5]], dtype=float32)
+    """
+    res = _out(logits, out)
+    pres = _per_row(presence_penalty, res.shape[0])  # [B]
+    freq = _per_row(frequency_penalty, res.shape[0])  # [B]
+    for b, row in enumerate(counts):
+        if row is None or (pres[b] == 0.0 and freq[b] == 0.0):
+            continue
+        ids, c = row.as_pair() if isinstance(row, TokenCounts) else row
+        if len(ids) == 0:
+            continue
+        amount = (np.asarray(c) * freq[b] + pres[b]).astype(np.float32)  # [k]
+        res[b, ids] -= amount
+    return res
+
+
+# --- 3. temperature -----------------------------------------------------------------------
+def temperature(
+    logits: np.ndarray,
+    t: float | Sequence[float] | np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Divide each row by its temperature: ``z[b] /= float32(t[b])``.
+
+    Range 0 … 2. ``t = 1`` is neutral; ``t = 0`` means greedy and leaves the row as it
+    is (the argmax does not depend on scale; see :func:`sampler.select.greedy`).
+
+    >>> temperature(np.array([[1.0, -2.0], [1.0, -2.0]], dtype=np.float32), [2.0, 0.0])
+    array([[ 0.5, -1. ],
+           [ 1. , -2. ]], dtype=float32)
+    """
+    res = _out(logits, out)
+    ts = _per_row(t, res.shape[0])  # [B]
+    for b in np.flatnonzero((ts != 1.0) & (ts != 0.0)):
+        res[b] /= np.float32(ts[b])
+    return res
+
+
+# --- 4. top_p -----------------------------------------------------------------------------
+def nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The minimal nucleus of one row of unnormalised probabilities ``e`` (float32, [V]).
+
+    Returns ``(ids, weights)``: the kept token ids in increasing id order and their
+    ``e`` values. The nucleus is the smallest set of most probable tokens whose mass is
+    ``>= p * total`` (``total`` = float64 sum of ``e``), ties ordered by lower id first,
+    never empty. The float64 running sum over values in decreasing order is the
+    definition; only tokens above a safe threshold are sorted (performance.md).
+
+    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
+    >>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]
+    array([1, 2])
+    """
+    target = p * total
+    for t in _thresholds(p, total, e.size):
+        cand = np.flatnonzero(e >= t)  # [k] ids above the threshold, increasing
+        if cand.size <= _SMALL:
+            kept = _small_nucleus(cand.tolist(), e[cand].tolist(), target, last=t == 0)
+            if kept is not None:
+                return np.array(kept, dtype=np.int64), e[kept]
+            continue
+        vals = e[cand]  # [k]
+        if vals.sum(dtype=np.float64) < target * (1 - 1e-12) and t > 0:
+            continue  # clearly not enough mass: try a lower threshold
+        desc = np.sort(vals)[::-1]  # [k] decreasing
+        csum = np.cumsum(desc, dtype=np.float64)  # [k]
+        if csum[-1] >= target or t == 0:
+            break
+    k = min(int(np.searchsorted(csum, target, side="left")), desc.size - 1)
+    cut = desc[k]  # the smallest kept value
+    n_above = int(np.searchsorted(-desc, -cut, side="left"))  # values strictly > cut
+    above = vals > cut  # [k]
+    tied = np.flatnonzero(vals == cut)[: k + 1 - n_above]  # lowest ids among the ties
+    above[tied] = True
+    return cand[above], vals[above]
+
+
+_SMALL = 64  # candidate sets up to this size are handled in plain Python floats
+
+
+def _small_nucleus(
+    ids: list[int], vals: list[float], target: float, *, last: bool = False
+) -> list[int] | None:
+    """The nucleus among a few candidates (ids increasing), or None if their mass is short
+    (with ``last``, the candidates are the whole row: then all of them).
+
+    Same definition as the array path: float64 running sum in decreasing order of value,
+    ties by lower id, until it reaches ``target``.
+    """
+    order = sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))
+    acc = 0.0
+    for n, i in enumerate(order, start=1):
+        acc += vals[i]
+        if acc >= target:
+            return sorted(ids[j] for j in order[:n])
+    return list(ids) if last else None
+
+
+def _thresholds(p: float, total: float, size: int) -> tuple[float, ...]:
+    # e = exp(z - max) so the largest value is 1. Everything below (1-p)*total/size sums
+    # to less than (1-p)*total, so that threshold always leaves >= p*total; 0 is the
+    # belt-and-braces end for rounding at the edge.
+    return (1e-2, 1e-4, (1.0 - p) * total / size, 0.0)
+
+
+def top_p(
+    logits: np.ndarray,
+    p: float | Sequence[float] | np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Set every logit outside each row's minimal nucleus to ``-inf``.
+
+    Keeps the smallest set of most probable tokens whose probability sums to ``>= p``
+    (at least one token; ties ordered by lower id first). Range 0 … 1; ``p = 1`` is
+    neutral and ``p = 0`` keeps only the most probable token. Apply after temperature.
+
+    >>> z = np.log(np.array([[0.5, 0.3, 0.2]], dtype=np.float32))
+    >>> np.isfinite(top_p(z, 0.8))
+    array([[ True,  True, False]])
+    """
+    res = _out(logits, out)
+    ps = _per_row(p, res.shape[0])  # [B]
+    for b in np.flatnonzero(ps < 1.0):
+        row = res[b]  # [V]
+        e = np.exp(row - row.max())  # [V] float32, largest = 1
+        ids, _ = nucleus(e, float(e.sum(dtype=np.float64)), float(ps[b]))
+        keep = row[ids]  # [k]
+        row.fill(-np.inf)
+        row[ids] = keep
+    return res

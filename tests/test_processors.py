@@ -1,0 +1,221 @@
+"""Tier 1: hand-computed values for each processor, on tiny arrays."""
+
+import numpy as np
+import pytest
+
+from sampler import processors as P
+from sampler.logprobs import log_normalizer, log_softmax, reported, top_logprobs
+from sampler.select import draw, greedy, sample
+
+
+def f32(*rows):
+    return np.array(rows, dtype=np.float32)
+
+
+# --- logit_bias -------------------------------------------------------------------------
+def test_logit_bias_adds_per_row_sparse_values():
+    z = f32([0, 1, 2], [3, 4, 5])
+    out = P.logit_bias(z, [{0: 1.5, 2: -2}, (np.array([1]), np.array([10.0]))])
+    np.testing.assert_array_equal(out, f32([1.5, 1, 0], [3, 14, 5]))
+
+
+def test_logit_bias_does_not_modify_input_and_neutral_is_identity():
+    z = f32([0, 1, 2])
+    before = z.copy()
+    out = P.logit_bias(z, [None])
+    np.testing.assert_array_equal(out, before)
+    assert out is not z
+    P.logit_bias(z, [{1: 3.0}])
+    np.testing.assert_array_equal(z, before)
+
+
+def test_logit_bias_out_in_place_and_other_buffer():
+    z = f32([0, 1, 2])
+    res = P.logit_bias(z, [{0: 1.0}], out=z)
+    assert res is z and z[0, 0] == 1.0
+    buf = np.empty_like(z)
+    res = P.logit_bias(z, [{0: 1.0}], out=buf)
+    assert res is buf and buf[0, 0] == 2.0 and z[0, 0] == 1.0
+
+
+def test_logit_bias_minus_100_effectively_bans():
+    z = f32([5.0, 0.0])
+    out = P.logit_bias(z, [{0: -100}])
+    assert greedy(out)[0] == 1
+
+
+# --- penalties ----------------------------------------------------------------------------
+def test_penalties_hand_computed():
+    z = f32([1, 1, 1, 1])
+    # token 1 seen 3 times, token 3 once; presence 0.5, frequency 0.25
+    out = P.penalties(z, [P.count_tokens([1, 3, 1, 1])], 0.5, 0.25)
+    np.testing.assert_allclose(out, f32([1, 1 - 0.75 - 0.5, 1, 1 - 0.25 - 0.5]))
+
+
+def test_penalties_negative_values_reward_repetition():
+    z = f32([0, 0])
+    out = P.penalties(z, [P.count_tokens([0, 0])], -1.0, -2.0)
+    np.testing.assert_allclose(out, f32([5.0, 0.0]))
+
+
+def test_penalties_per_row_parameters_and_untouched_rows():
+    z = f32([0, 0, 0], [0, 0, 0], [0, 0, 0])
+    counts = [P.count_tokens([2]), None, P.count_tokens([0, 0])]
+    out = P.penalties(z, counts, [1.0, 1.0, 0.0], [0.0, 0.0, 1.5])
+    np.testing.assert_allclose(out, f32([0, 0, -1], [0, 0, 0], [-3, 0, 0]))
+    np.testing.assert_array_equal(z, np.zeros((3, 3), np.float32))
+
+
+def test_token_counts_incremental_matches_count_tokens():
+    seq = [5, 1, 5, 9, 1, 5] * 7
+    c = P.TokenCounts()
+    for t in seq:
+        c.add(t)
+    order = np.argsort(c.ids)
+    ids, counts = P.count_tokens(seq)
+    np.testing.assert_array_equal(c.ids[order], ids)
+    np.testing.assert_array_equal(c.counts[order], counts)
+
+
+def test_token_counts_grows_past_initial_capacity():
+    c = P.TokenCounts()
+    for t in range(100):
+        c.add(t)
+    assert len(c.ids) == 100 and c.counts.sum() == 100
+
+
+# --- temperature --------------------------------------------------------------------------
+def test_temperature_divides_and_zero_and_one_are_identity():
+    z = f32([2, -4], [2, -4], [2, -4])
+    out = P.temperature(z, [0.5, 1.0, 0.0])
+    np.testing.assert_array_equal(out, f32([4, -8], [2, -4], [2, -4]))
+    np.testing.assert_array_equal(z, f32([2, -4], [2, -4], [2, -4]))
+
+
+# --- top_p --------------------------------------------------------------------------------
+def test_top_p_keeps_minimal_nucleus():
+    z = np.log(f32([0.1, 0.5, 0.15, 0.25]))
+    kept = np.isfinite(P.top_p(z, 0.7))[0]
+    # sorted: 0.5 (id1), 0.25 (id3) -> 0.75 >= 0.7
+    assert kept.tolist() == [False, True, False, True]
+
+
+def test_top_p_exact_boundary_counts_as_enough():
+    z = np.log(f32([0.5, 0.25, 0.25]))
+    kept = np.isfinite(P.top_p(z, 0.5))[0]
+    assert kept.tolist() == [True, False, False]
+
+
+def test_top_p_ties_prefer_lower_id():
+    z = f32([0.0, 0.0, 0.0, 0.0])  # four equal tokens, 0.25 each
+    assert np.isfinite(P.top_p(z, 0.5))[0].tolist() == [True, True, False, False]
+    assert np.isfinite(P.top_p(z, 0.0))[0].tolist() == [True, False, False, False]
+
+
+def test_top_p_zero_keeps_argmax_and_one_keeps_all():
+    z = f32([0.0, 3.0, 1.0])
+    assert np.isfinite(P.top_p(z, 0.0))[0].tolist() == [False, True, False]
+    np.testing.assert_array_equal(P.top_p(z, 1.0), z)
+
+
+def test_top_p_kept_logits_unchanged_and_input_untouched():
+    z = f32([1.0, 2.0, 3.0])
+    out = P.top_p(z, 0.6)
+    assert out[0, 2] == 3.0 and np.isfinite(out).sum() <= 2
+    np.testing.assert_array_equal(z, f32([1.0, 2.0, 3.0]))
+
+
+def test_top_p_with_masked_ids():
+    z = f32([-np.inf, 1.0, -np.inf, 1.0])
+    assert np.isfinite(P.top_p(z, 0.9))[0].tolist() == [False, True, False, True]
+
+
+def test_nucleus_on_flat_rows_and_long_tails():
+    e = np.full(1000, 1.0, dtype=np.float32)  # flat: every token above the first threshold
+    ids, w = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.999)
+    assert ids.tolist() == list(range(999)) and (w == 1.0).all()
+    # one head token and a long tail below both fixed thresholds (1e-2, 1e-4): the nucleus
+    # needs 1 + n * 1e-5 >= 0.9855 * 1.05 = 1.034775: the head and 3478 lowest-id tail tokens
+    e = np.concatenate([[1.0], np.full(5000, 1e-5)]).astype(np.float32)
+    ids, _ = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.9855)
+    assert ids.tolist() == list(range(3479))
+
+
+# --- select -------------------------------------------------------------------------------
+def test_greedy_ties_lowest_id():
+    assert greedy(f32([1, 3, 3, 0]))[0] == 1
+
+
+def test_sample_inverse_cdf_hand_computed():
+    z = np.log(f32([0.2, 0.3, 0.5]))
+    # CDF in id order: 0.2, 0.5, 1.0
+    assert sample(z, [0.0])[0] == 0
+    assert sample(z, [0.19])[0] == 0
+    assert sample(z, [0.21])[0] == 1
+    assert sample(z, [0.49])[0] == 1
+    assert sample(z, [0.51])[0] == 2
+    assert sample(z, [0.999999])[0] == 2
+
+
+def test_sample_never_draws_masked():
+    z = f32([-np.inf, 0.0, -np.inf])
+    for u in (0.0, 0.5, 0.9999999):
+        assert sample(z, [u])[0] == 1
+
+
+def test_draw_matches_composition_hand_case():
+    z = np.log(f32([0.1, 0.5, 0.15, 0.25]))[0]
+    # top_p 0.7 keeps ids 1, 3 with weights 0.5, 0.25 -> CDF 2/3, 1
+    assert draw(z, 1.0, 0.7, 0.6) == 1
+    assert draw(z, 1.0, 0.7, 0.7) == 3
+    assert draw(z, 0.0, 0.7, 0.99) == 1  # greedy ignores u
+
+
+def test_draw_does_not_modify_row():
+    z = np.log(f32([0.1, 0.5, 0.15, 0.25]))[0]
+    before = z.copy()
+    draw(z, 0.7, 0.5, 0.3)
+    np.testing.assert_array_equal(z, before)
+
+
+# --- logprobs -----------------------------------------------------------------------------
+def test_log_normalizer_and_log_softmax_hand_computed():
+    z = f32([0.0, np.log(3.0)])
+    np.testing.assert_allclose(log_normalizer(z), [np.log(4.0)])
+    np.testing.assert_allclose(np.exp(log_softmax(z)), [[0.25, 0.75]], rtol=1e-6)
+
+
+def test_top_logprobs_order_and_ties():
+    z = f32([1.0, 5.0, 5.0, -np.inf, 2.0])
+    ids, lps = top_logprobs(z, 3)
+    assert ids.tolist() == [[1, 2, 4]]
+    assert lps[0, 0] == lps[0, 1] > lps[0, 2]
+
+
+def test_top_logprobs_input_untouched():
+    z = f32([1.0, 5.0, 2.0])
+    top_logprobs(z, 2)
+    np.testing.assert_array_equal(z, f32([1.0, 5.0, 2.0]))
+
+
+def test_reported_maps_minus_inf():
+    assert reported(-np.inf) == -9999.0
+    assert reported(-1.5) == -1.5
+
+
+def test_step_order_written_once():
+    assert P.STEP_ORDER == ("logit_bias", "penalties", "temperature", "top_p")
+
+
+@pytest.mark.parametrize("fn,args", [
+    (P.logit_bias, ([{0: 1.0}],)),
+    (P.penalties, ([P.count_tokens([0])], 1.0, 1.0)),
+    (P.temperature, ([0.5],)),
+    (P.top_p, ([0.5],)),
+])
+def test_every_processor_is_pure_by_default(fn, args):
+    z = f32([1.0, 2.0, 0.5])
+    before = z.copy()
+    out = fn(z, *args)
+    np.testing.assert_array_equal(z, before)
+    assert out is not z and out.dtype == np.float32 and out.shape == z.shape

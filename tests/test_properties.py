@@ -1,0 +1,213 @@
+"""Tier 2: hypothesis properties of the processors and text handling against the slow
+reference in tests/reference.py."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import reference as ref
+from sampler import processors as P
+from sampler.logprobs import log_normalizer, log_softmax, top_logprobs
+from sampler.select import draw, greedy, sample
+from sampler.stopping import TextTracker, held_prefix
+
+# Rows with ties (values drawn from a small set), very negative values and -inf.
+_values = st.one_of(
+    st.sampled_from([0.0, 1.0, -1.0, 2.5, -30.0, -np.inf]),
+    st.floats(-20, 20, allow_nan=False, width=32),
+)
+
+
+@st.composite
+def rows(draw_, min_size=1, max_size=40):
+    vals = draw_(st.lists(_values, min_size=min_size, max_size=max_size))
+    z = np.array(vals, dtype=np.float32)
+    assume(np.isfinite(z).any())
+    return z
+
+
+probs = st.one_of(st.sampled_from([0.0, 0.5, 0.9, 1.0]), st.floats(0, 1))
+temps = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 2.0]), st.floats(0.05, 2))
+uniforms = st.one_of(st.sampled_from([0.0, 0.5, 1 - 2**-53]), st.floats(0, 1, exclude_max=True))
+
+
+@given(rows(), probs)
+def test_top_p_kept_set_equals_reference(z, p):
+    kept = np.flatnonzero(np.isfinite(P.top_p(z[None], p)[0])).tolist()
+    expected = ref.nucleus_ids(z, p)
+    if p >= 1.0:  # neutral: the row is untouched (masked ids stay masked)
+        expected = np.flatnonzero(np.isfinite(z)).tolist()
+    assert kept == expected
+
+
+@given(rows(), temps, probs, uniforms)
+def test_draw_equals_reference_for_the_same_uniform(z, t, p, u):
+    assert draw(z, t, p, u) == ref.draw_row(z, t, p, u)
+
+
+@given(rows(), temps, probs, uniforms)
+def test_fused_draw_equals_composed_processors(z, t, p, u):
+    if t == 0.0:
+        expected = int(greedy(z[None])[0])
+    else:
+        expected = int(sample(P.top_p(P.temperature(z[None], t), p), [u])[0])
+    assert draw(z, t, p, u) == expected
+
+
+@given(rows(), st.data())
+def test_sampled_token_is_always_in_the_nucleus(z, data):
+    p = data.draw(probs)
+    u = data.draw(uniforms)
+    assert draw(z, 1.0, p, u) in ref.nucleus_ids(z, p)
+
+
+@given(rows(), st.lists(st.integers(0, 39), max_size=60), st.floats(-2, 2), st.floats(-2, 2))
+def test_penalties_formula(z, generated, presence, frequency):
+    generated = [g % z.size for g in generated]
+    counts = P.count_tokens(generated) if generated else None
+    out = P.penalties(z[None], [counts], presence, frequency)[0]
+    np.testing.assert_array_equal(out, ref.penalties_row(z, generated, presence, frequency))
+
+
+@given(rows(), st.dictionaries(st.integers(0, 39), st.floats(-100, 100), max_size=8))
+def test_logit_bias_formula(z, bias):
+    bias = {k % z.size: v for k, v in bias.items()}
+    out = P.logit_bias(z[None], [bias])[0]
+    np.testing.assert_array_equal(out, ref.bias_row(z, bias))
+
+
+@given(rows())
+def test_greedy_is_first_maximum(z):
+    assert greedy(z[None])[0] == ref.draw_row(z, 0.0, 1.0, 0.5)
+
+
+@given(rows())
+def test_log_softmax_is_normalised(z):
+    lp = log_softmax(z[None])[0]
+    finite = lp[np.isfinite(lp)]
+    assert abs(math.log(np.exp(finite).sum())) < 1e-6  # float32 exps, float64 sum
+    np.testing.assert_allclose(lp[np.isfinite(z)], ref.log_softmax_row(z)[np.isfinite(z)],
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+
+
+@given(rows(min_size=5), st.integers(1, 5))
+def test_top_k_contents_equal_full_sort(z, k):
+    ids, lps = top_logprobs(z[None], k)
+    assert ids[0].tolist() == ref.top_k_row(z, k)
+    full = ref.log_softmax_row(z)
+    np.testing.assert_allclose(lps[0], full[ids[0]], rtol=1e-6, atol=1e-6)
+
+
+@given(st.lists(rows(min_size=8, max_size=8), min_size=1, max_size=6), st.data())
+def test_processors_are_row_independent(batch, data):
+    """Each row's result depends only on that row and its own parameters."""
+    z = np.stack(batch)  # [B, 8]
+    ps = [data.draw(probs) for _ in batch]
+    ts = [data.draw(temps) for _ in batch]
+    whole = P.top_p(P.temperature(z, ts), ps)
+    for b in range(len(batch)):
+        alone = P.top_p(P.temperature(z[b : b + 1], ts[b]), ps[b])
+        np.testing.assert_array_equal(whole[b], alone[0])
+    np.testing.assert_array_equal(log_normalizer(z), [log_normalizer(r[None])[0] for r in z])
+
+
+# --- text: stops, UTF-8, offsets --------------------------------------------------------------
+_pieces = st.lists(
+    st.one_of(
+        st.text(alphabet="ab \n", min_size=1, max_size=3),
+        st.sampled_from(["é", "😊", "\n\n", "ab", "END"]),
+    ),
+    max_size=25,
+)
+_stops = st.lists(st.sampled_from(["a", "b b", "\n\n", "END", "ba", "😊", "aaa"]),
+                  min_size=1, max_size=4)  # fmt: skip
+
+
+@given(_pieces, _stops)
+def test_stop_trimming(pieces, stops):
+    t = TextTracker(stops)
+    texts = []
+    for piece in pieces:
+        t.add(piece.encode())
+        texts.append(t.text)
+        if t.stopped:
+            break
+    t.finish()
+    final = t.text[: t.final_end()]
+    untrimmed = "".join(pieces)
+    assert not any(s in final for s in stops)
+    assert untrimmed.startswith(final)
+    consumed, cut = ref.first_stop_cut(
+        ["".join(pieces[:i]) for i in range(1, len(pieces) + 1)], stops
+    )
+    assert len(texts) == consumed
+    assert t.cut == cut
+
+
+@given(_pieces, _stops)
+def test_stream_never_shows_what_a_stop_removes(pieces, stops):
+    t = TextTracker(stops)
+    shown = ""
+    for piece in pieces:
+        t.add(piece.encode())
+        visible = t.text[: t.visible_end()]
+        assert visible.startswith(shown)  # never retracted
+        shown = visible
+        if t.stopped:
+            break
+    t.finish()
+    assert t.text[: t.final_end()].startswith(shown)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=4), max_size=20))
+def test_utf8_hold_back_and_replacement(chunks):
+    """Shown text never retracts or splits a character; the end equals bytes.decode."""
+    t = TextTracker()
+    shown = ""
+    for c in chunks:
+        t.add(c)
+        visible = t.text[: t.visible_end()]
+        assert visible.startswith(shown)
+        shown = visible
+    t.finish()
+    assert t.text == b"".join(chunks).decode("utf-8", "replace")
+
+
+def _reference_offset(data: bytes, b: int) -> int:
+    left = data[:b].decode("utf-8", "replace")
+    whole = data.decode("utf-8", "replace")
+    if left + data[b:].decode("utf-8", "replace") == whole:
+        return len(left)  # b is a character boundary
+    return len(left) - 1  # b is inside a character: that character's index
+
+
+@given(st.lists(st.binary(min_size=1, max_size=4), min_size=1, max_size=12))
+def test_token_offsets(chunks):
+    """A token's offset is its start character (or the character it starts inside)."""
+    t = TextTracker()
+    data = b"".join(chunks)  # the reference needs what comes after each token
+    pos = 0
+    for c in chunks:
+        assert t.add(c) == _reference_offset(data, pos)
+        pos += len(c)
+
+
+@given(st.text(max_size=12), st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=4))
+def test_held_prefix_definition(text, stops):
+    n = held_prefix(text, stops)
+    expected = max(
+        [k for s in stops for k in range(1, len(s)) if k <= len(text) and text.endswith(s[:k])],
+        default=0,
+    )
+    assert n == expected
+
+
+@pytest.mark.parametrize("row", [np.array([0.0, 0.0], np.float32)])
+@settings(max_examples=1)
+@given(u=st.just(0.5))
+def test_uniform_half_on_two_equal_tokens_picks_the_second(row, u):
+    # CDF [1, 2], target 1.0: the first id whose CDF exceeds 1.0 is id 1
+    assert draw(row, 1.0, 1.0, u) == 1
