@@ -1,0 +1,552 @@
+"""The request boundary: parse and validate a Completions body once, into frozen params.
+
+Every rule of spec §1 lives here and nowhere else. Each failure raises
+:class:`~sampler.errors.RequestError` naming the parameter, in OpenAI's wording where
+OpenAI has one; nothing is clamped silently and nothing reaches the model first.
+
+>>> from sampler.tokenizer import get_tokenizer
+>>> info = ModelInfo("m", get_tokenizer("cl100k_base"), context_length=64, end_ids=(100257,))
+>>> parse_request({"model": "m", "prompt": "Hi", "n": 2}, info).prompts[0].tokens
+(13347,)
+>>> try:
+...     parse_request({"model": "m", "prompt": "Hi", "n": 130}, info)
+... except RequestError as e:
+...     print(e.param, e.code, e.message)
+n integer_above_max_value Invalid 'n': integer above maximum value. Expected a value <= 128, but got 130 instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import RequestError
+from .tokenizer import Tokenizer
+
+__all__ = ["ModelInfo", "Prompt", "Request", "parse_request", "EXTENSION_FIELDS"]
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+#: Request fields beyond OpenAI's, validated like the rest (spec §11).
+EXTENSION_FIELDS = ("logprobs_mode",)
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n",
+        "best_of", "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty",
+        "logit_bias", "seed", "stream", "stream_options", "user", *EXTENSION_FIELDS,
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What validation needs to know about the model a request names."""
+
+    name: str
+    tokenizer: Tokenizer
+    context_length: int
+    end_ids: tuple[int, ...]
+    vocab_size: int | None = None  # logits width; defaults to the tokenizer's
+    fim: tuple[int, int, int] | None = None  # prefix, middle, suffix ids
+
+    @functools.cached_property
+    def masked_ids(self) -> np.ndarray:
+        """Ids never sampled nor reported (spec §3), for a row of the model's width."""
+        width = self.vocab_size or self.tokenizer.max_id + 1
+        return self.tokenizer.masked_ids(width, self.end_ids)
+
+    @functools.cached_property
+    def _masked_set(self) -> frozenset[int]:
+        return frozenset(self.masked_ids.tolist())
+
+    @functools.cached_property
+    def max_bias_id(self) -> int:
+        """The largest id ``logit_bias`` accepts: the largest sampleable id."""
+        allowed = np.ones(self.tokenizer.max_id + 1, dtype=bool)  # [ids]
+        allowed[self.masked_ids[self.masked_ids < allowed.size]] = False
+        return int(np.flatnonzero(allowed)[-1])
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt as the model reads it and as the response shows it."""
+
+    tokens: tuple[int, ...]  # what the model reads (FIM-wrapped; [eot] for an empty one)
+    shown: tuple[int, ...]  # the prompt's own tokens: echoed and scored
+    text: str  # the prompt text (echo, text_offset)
+    counted: int  # its share of usage.prompt_tokens
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request: every field typed, defaulted and in range."""
+
+    model: str
+    prompts: tuple[Prompt, ...]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    best_of: int = 1
+    logprobs: int | None = None
+    echo: bool = False
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False)
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    logprobs_mode: str = "raw"
+    suffix: str | None = None
+
+
+# --- small checks, each with OpenAI's wording --------------------------------------------
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _type_error(param: str, expected: str, value: Any) -> RequestError:
+    return RequestError(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (int, float)) else str(value)
+
+
+def _range(param: str, value: float, lo: float | None, hi: float | None, kind: str) -> None:
+    """Raise OpenAI's range error when ``value`` is outside ``[lo, hi]``."""
+    if lo is not None and value < lo:
+        raise RequestError(
+            f"Invalid '{param}': {kind} below minimum value. Expected a value >= {_show(lo)}, "
+            f"but got {_show(value)} instead.",
+            param=param,
+            code=f"{kind}_below_min_value",
+        )
+    if hi is not None and value > hi:
+        raise RequestError(
+            f"Invalid '{param}': {kind} above maximum value. Expected a value <= {_show(hi)}, "
+            f"but got {_show(value)} instead.",
+            param=param,
+            code=f"{kind}_above_max_value",
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _int(body: Mapping, param: str, default: int | None, lo: int | None, hi: int | None) -> Any:
+    value = body.get(param)
+    if value is None:
+        return default
+    if not _is_int(value):
+        raise _type_error(param, "an integer", value)
+    _range(param, int(value), lo, hi, "integer")
+    return int(value)
+
+
+def _number(body: Mapping, param: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(param)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _type_error(param, "a number", value)
+    if not math.isfinite(value):
+        raise RequestError(
+            f"Invalid '{param}': expected a finite number, but got {value} instead.",
+            param=param,
+            code="invalid_value",
+        )
+    _range(param, value, lo, hi, "decimal")
+    return float(value)
+
+
+def _bool(body: Mapping, param: str) -> bool:
+    value = body.get(param)
+    if value is None:
+        return False
+    if not isinstance(value, (bool, np.bool_)):
+        raise _type_error(param, "a boolean", value)
+    return bool(value)
+
+
+def _text(param: str, value: str) -> str:
+    """A string that is valid Unicode (JSON can carry lone surrogates; UTF-8 cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(
+            f"Invalid '{param}': the string contains a lone surrogate, which is not valid "
+            "Unicode. Send valid UTF-8 text.",
+            param=param,
+            code="invalid_value",
+        ) from None
+    return value
+
+
+def _empty_array(param: str) -> RequestError:
+    return RequestError(
+        f"Invalid '{param}': empty array. Expected an array with minimum length 1, "
+        "but got an empty array instead.",
+        param=param,
+        code="empty_array",
+    )
+
+
+# --- the fields -----------------------------------------------------------------------------
+def _check_fields(body: Any) -> Mapping:
+    if not isinstance(body, Mapping):
+        raise RequestError(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+            f"but what was sent was not a JSON object: got {_json_type(body)}.)"
+        )
+    for name in body:
+        if name not in _KNOWN_FIELDS:
+            raise RequestError(f"Unrecognized request argument supplied: {name}", param=name)
+    return body
+
+
+def _model(body: Mapping, info: ModelInfo) -> str:
+    value = body.get("model")
+    if value is None:
+        raise RequestError(
+            "You must provide a model parameter.", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(value, str):
+        raise _type_error("model", "a string", value)
+    if value != info.name:
+        raise RequestError(
+            f"The model `{value}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+            status=404,
+        )
+    return value
+
+
+def _stop(body: Mapping) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _type_error("stop", "a string or an array of strings", value)
+    if not items:
+        raise _empty_array("stop")
+    if len(items) > 4:
+        raise RequestError(
+            "Invalid 'stop': array too long. Expected an array with maximum length 4, "
+            f"but got an array with length {len(items)} instead.",
+            param="stop",
+            code="array_above_max_length",
+        )
+    for s in items:
+        if not isinstance(s, str):
+            raise _type_error("stop", "a string or an array of strings", s)
+        if s == "":
+            raise RequestError(
+                "Invalid 'stop': empty string. Every stop sequence needs at least one "
+                "character; remove the empty one.",
+                param="stop",
+                code="invalid_value",
+            )
+    return tuple(_text("stop", s) for s in items)
+
+
+def _logit_bias(body: Mapping, info: ModelInfo) -> tuple[np.ndarray, np.ndarray] | None:
+    value = body.get("logit_bias")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _type_error("logit_bias", "an object mapping token ids to numbers", value)
+    biases: dict[int, float] = {}  # "5" and "05" name one token: the later key wins
+    for key, bias in value.items():
+        token = _bias_key(key, info.max_bias_id)
+        if token in info._masked_set:
+            raise RequestError(
+                f"Invalid key in 'logit_bias': {key}. It is not a token this model can "
+                f"produce (tokenizer {info.tokenizer.name}).",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        param = f"logit_bias[{key}]"
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise _type_error(param, "a number", bias)
+        if not math.isfinite(bias):
+            raise RequestError(
+                f"Invalid '{param}': expected a finite number.", param="logit_bias",
+                code="invalid_value",
+            )  # fmt: skip
+        try:
+            _range(param, bias, -100, 100, "decimal")
+        except RequestError as err:
+            err.param = "logit_bias"
+            raise
+        biases[token] = float(bias)
+    if not biases:
+        return None
+    ids = np.fromiter(biases.keys(), dtype=np.int64, count=len(biases))  # [k]
+    return ids, np.fromiter(biases.values(), dtype=np.float64, count=len(biases))
+
+
+def _bias_key(key: Any, top: int) -> int:
+    text = str(key)
+    if not (_is_int(key) or (isinstance(key, str) and text.isascii() and text.isdigit())):
+        raise RequestError(
+            f"Invalid key in 'logit_bias': {text}. You should only be submitting "
+            "non-negative integers.",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    token = int(text)
+    if token < 0:
+        raise RequestError(
+            f"Invalid key in 'logit_bias': {text}. You should only be submitting "
+            "non-negative integers.",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    if token > top:
+        raise RequestError(
+            f"Invalid key in 'logit_bias': {text}. Maximum value is {top}.",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    return token
+
+
+def _stream_options(body: Mapping, stream: bool) -> bool:
+    value = body.get("stream_options")
+    if value is None:
+        return False
+    if not stream:
+        raise RequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    if not isinstance(value, Mapping):
+        raise RequestError(
+            f"Invalid type for 'stream_options': expected an object, but got "
+            f"{_json_type(value)} instead.",
+            param="stream_options",
+        )
+    for key in value:
+        if key != "include_usage":
+            raise RequestError(
+                f"Invalid 'stream_options': unknown key '{key}'. The only key is "
+                "'include_usage'.",
+                param="stream_options",
+            )
+    usage = value.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise RequestError(
+            "Invalid type for 'stream_options.include_usage': expected a boolean, but got "
+            f"{_json_type(usage)} instead.",
+            param="stream_options",
+        )
+    return bool(usage)
+
+
+def _logprobs_mode(body: Mapping) -> str:
+    value = body.get("logprobs_mode")
+    if value is None:
+        return "raw"
+    if value not in ("raw", "processed"):
+        raise RequestError(
+            f"Invalid 'logprobs_mode': expected 'raw' or 'processed', but got {value!r}.",
+            param="logprobs_mode",
+            code="invalid_value",
+        )
+    return value
+
+
+def _suffix(body: Mapping, info: ModelInfo, echo: bool) -> str | None:
+    value = body.get("suffix")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _type_error("suffix", "a string", value)
+    if value == "":
+        return None  # nothing after the insertion point: a plain completion [decided]
+    if echo:
+        raise RequestError(
+            "Invalid 'suffix': echo is not supported together with suffix. Remove one of "
+            "them.",
+            param="suffix",
+            code="invalid_value",
+        )
+    if info.fim is None:
+        raise RequestError(
+            f"Invalid 'suffix': the model `{info.name}` does not support insertion (its "
+            "tokenizer has no fill-in-the-middle tokens). Remove suffix or use a model "
+            "that has them.",
+            param="suffix",
+            code="invalid_value",
+        )
+    return _text("suffix", value)
+
+
+def _n_best_of(body: Mapping, stream: bool) -> tuple[int, int]:
+    n = _int(body, "n", 1, 1, 128)
+    best_of = _int(body, "best_of", None, 1, 20)
+    if best_of is None:
+        return n, n
+    if best_of < n:
+        raise RequestError(
+            f"Invalid 'best_of': best_of must be greater than or equal to n, but got "
+            f"best_of={best_of} and n={n}.",
+            param="best_of",
+            code="invalid_value",
+        )
+    if stream and best_of > n:
+        raise RequestError(
+            "Invalid 'best_of': cannot stream results when best_of is greater than n. "
+            "Set stream to false, or best_of equal to n.",
+            param="best_of",
+            code="invalid_value",
+        )
+    return n, best_of
+
+
+# --- prompts ---------------------------------------------------------------------------------
+_PROMPT_TYPES = "a string, an array of strings, an array of integers, or an array of arrays of integers"
+
+
+def _raw_prompts(body: Mapping) -> list[str | list[int]]:
+    """The prompts as given: strings or token-id lists (form checked, ids not yet)."""
+    value = body.get("prompt")
+    if value is None:
+        raise RequestError(
+            "Missing required parameter: 'prompt'.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise _type_error("prompt", _PROMPT_TYPES, value)
+    if not value:
+        raise _empty_array("prompt")
+    if all(isinstance(v, str) for v in value):
+        return list(value)
+    if all(_is_int(v) for v in value):
+        return [list(value)]
+    if all(isinstance(v, (list, tuple)) for v in value):
+        for tokens in value:
+            if not tokens:
+                raise _empty_array("prompt")
+            if not all(_is_int(t) for t in tokens):
+                raise _type_error("prompt", _PROMPT_TYPES, value)
+        return [list(v) for v in value]
+    raise _type_error("prompt", _PROMPT_TYPES, value)
+
+
+def _prompt(raw: str | list[int], info: ModelInfo, suffix: str | None) -> Prompt:
+    tok = info.tokenizer
+    if isinstance(raw, str):
+        text = _text("prompt", raw)
+        shown = tuple(tok.encode(text))
+    else:
+        for t in raw:
+            if not tok.is_token(int(t)):
+                raise RequestError(
+                    f"Invalid 'prompt': {int(t)} is not a token id of the model's tokenizer "
+                    f"({tok.name}, ids 0 to {tok.max_id}, some of which are not tokens).",
+                    param="prompt",
+                    code="invalid_value",
+                )
+        shown = tuple(int(t) for t in raw)
+        text = tok.decode_bytes(shown).decode("utf-8", "replace")
+    if suffix is not None:
+        assert info.fim is not None
+        prefix_id, middle_id, suffix_id = info.fim
+        tokens = (prefix_id, *shown, suffix_id, *tok.encode(suffix), middle_id)
+        return Prompt(tokens=tokens, shown=shown, text=text, counted=len(tokens))
+    if not shown:  # conditioned on end-of-text, which is neither echoed nor counted
+        return Prompt(tokens=(info.end_ids[0],), shown=(), text=text, counted=0)
+    return Prompt(tokens=shown, shown=shown, text=text, counted=len(shown))
+
+
+def _check_context(prompts: tuple[Prompt, ...], max_tokens: int, info: ModelInfo) -> None:
+    for p in prompts:
+        if len(p.tokens) + max_tokens > info.context_length:
+            raise RequestError(
+                f"This model's maximum context length is {info.context_length} tokens, "
+                f"however you requested {len(p.tokens) + max_tokens} tokens "
+                f"({len(p.tokens)} in your prompt; {max_tokens} for the completion). "
+                "Please reduce your prompt; or completion length."
+            )
+
+
+# --- the whole request ------------------------------------------------------------------------
+def parse_request(body: Any, info: ModelInfo) -> Request:
+    """Validate a Completions request body against the model it names (spec §1–2)."""
+    body = _check_fields(body)
+    model = _model(body, info)
+    raw_prompts = _raw_prompts(body)
+    max_tokens = _int(body, "max_tokens", 16, 0, None)
+    temperature = _number(body, "temperature", 1.0, 0, 2)
+    top_p = _number(body, "top_p", 1.0, 0, 1)
+    stream = _bool(body, "stream")
+    n, best_of = _n_best_of(body, stream)
+    logprobs = _int(body, "logprobs", None, 0, 5)
+    echo = _bool(body, "echo")
+    stop = _stop(body)
+    presence = _number(body, "presence_penalty", 0.0, -2, 2)
+    frequency = _number(body, "frequency_penalty", 0.0, -2, 2)
+    seed = _int(body, "seed", None, INT64_MIN, INT64_MAX)
+    include_usage = _stream_options(body, stream)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _type_error("user", "a string", user)
+    logprobs_mode = _logprobs_mode(body)
+    suffix = _suffix(body, info, echo)
+    logit_bias = _logit_bias(body, info)
+    prompts = tuple(_prompt(raw, info, suffix) for raw in raw_prompts)
+    _check_context(prompts, max_tokens, info)
+    return Request(
+        model=model,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        n=n,
+        best_of=best_of,
+        logprobs=logprobs,
+        echo=echo,
+        stop=stop,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias=logit_bias,
+        seed=seed,
+        stream=stream,
+        include_usage=include_usage,
+        logprobs_mode=logprobs_mode,
+        suffix=suffix,
+    )
