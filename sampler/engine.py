@@ -1,0 +1,393 @@
+"""The engine: a Completions request in, an OpenAI-shaped response (or chunks) out.
+
+It composes the parts, each in its own module: ``params`` validates, ``model`` runs the
+decoder, ``step`` chooses tokens (processors -> select -> logprobs), ``stopping`` turns
+bytes into text and finds stop strings, ``response`` shapes the JSON. All candidates
+of all prompts of a request advance together in one batch (:class:`Batch`), each with
+its own generator ``SeedSequence(seed, spawn_key=(prompt, candidate))`` (spec §6).
+
+>>> engine = Engine.load("tiny-random-cl100k")  # doctest: +SKIP
+>>> engine.complete(prompt="Hello", max_tokens=3, seed=1)["usage"]  # doctest: +SKIP
+{'prompt_tokens': 1, 'completion_tokens': 3, 'total_tokens': 4}
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .logprobs import log_normalizer, top_logprobs
+from .params import ModelInfo, Prompt, Request, parse_request
+from .response import (
+    TokenEntry,
+    choice_object,
+    completion_id,
+    completion_object,
+    fingerprint,
+    now,
+    top_dict,
+    usage,
+)
+from .select import Workspace
+from .step import RowParams, sample_step
+from .stopping import TextTracker
+from .tokenizer import Tokenizer, get_tokenizer
+
+__all__ = ["Engine", "Batch", "Candidate"]
+
+
+class Candidate:
+    """One candidate sequence of a request: its sampling state, text and logprobs."""
+
+    def __init__(self, req: Request, prompt: int, index: int, rng: np.random.Generator,
+                 base_offset: int) -> None:  # fmt: skip
+        self.req = req
+        self.prompt = prompt  # which prompt of the request
+        self.index = index  # candidate number within the prompt (spawn key)
+        self.rng = rng
+        self.row = RowParams(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logit_bias=req.logit_bias,
+            logprobs=req.logprobs,
+            logprobs_mode=req.logprobs_mode,
+            raw_logprob=req.best_of > req.n,
+        )
+        self.tracker = TextTracker(req.stop)
+        self.base = base_offset  # len(prompt text): completion offsets start here
+        self.entries: list[TokenEntry] = []
+        self._rel: list[int] = []  # entries' offsets within the completion text
+        self.generated = 0  # tokens generated, the end token included
+        self.logprob_sum = 0.0  # raw, over every generated token (best_of ranking)
+        self.finish_reason: str | None = None
+        self._shown_text = 0
+        self._shown_entries = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob_sum / self.generated if self.generated else 0.0
+
+    def accept(self, token: int, raw_lp: float, rep_lp: float,
+               top: tuple[np.ndarray, np.ndarray] | None, tok: Tokenizer,
+               end_ids: tuple[int, ...]) -> None:  # fmt: skip
+        """Take the token chosen for this candidate and decide whether it has finished."""
+        self.generated += 1
+        self.logprob_sum += raw_lp if self.row.raw_logprob else 0.0
+        if token in end_ids:  # ends the choice; never in text nor logprobs (spec §7)
+            self._finish("stop")
+            return
+        self.row.counts.add(token)
+        rel = self.tracker.add(tok.token_bytes(token))
+        if self.row.logprobs is not None:
+            assert top is not None
+            entry_top = top_dict(tok, top[0], top[1], token, rep_lp)
+            text = tok.token_text(token)
+            self.entries.append(TokenEntry(text, _lp(rep_lp), entry_top, self.base + rel))
+            self._rel.append(rel)
+        if self.tracker.stopped:
+            self._finish("stop")
+        elif self.generated >= self.req.max_tokens:
+            self._finish("length")
+
+    def finish_without_tokens(self) -> None:
+        """``max_tokens: 0``: nothing is generated (echo may still show the prompt)."""
+        self._finish("length")
+
+    def _finish(self, reason: str) -> None:
+        self.tracker.finish()  # a trailing half character becomes U+FFFD ...
+        # ... which could complete a stop string: the same rule then applies.
+        self.finish_reason = "stop" if self.tracker.stopped else reason
+
+    def delta(self) -> tuple[str, list[TokenEntry]]:
+        """Text and logprob entries that became safe to show since the last call."""
+        end = self.tracker.final_end() if self.done else self.tracker.visible_end()
+        text = self.tracker.text[self._shown_text : end]
+        self._shown_text = max(self._shown_text, end)
+        first = self._shown_entries
+        while self._shown_entries < len(self._rel) and self._rel[self._shown_entries] < end:
+            self._shown_entries += 1
+        return text, self.entries[first : self._shown_entries]
+
+
+def _lp(value: float) -> float:
+    return -9999.0 if value == -np.inf else float(value)
+
+
+class Batch:
+    """Sequences that advance together: their KV cache and their pending logits.
+
+    :meth:`admit` prefills prompts and fans each out to its candidates; :meth:`advance`
+    chooses one token for every sequence, retires the finished ones and runs the model
+    once for the rest. Sequences of different requests may share a batch.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seqs: list[Candidate] = []
+        self.cache: Any = None
+        self.logits: np.ndarray | None = None  # [B, V] masked, for each seq's next token
+        self._workspace = Workspace(engine.vocab_size)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def admit(self, prompts: Sequence[Prompt], groups: Sequence[Sequence[Candidate]],
+              on_logits: Any = None) -> None:  # fmt: skip
+        """Prefill ``prompts`` and add ``groups[p]`` (the candidates of prompt p)."""
+        logits, cache = self.engine.decoder.prefill([p.tokens for p in prompts],
+                                                    on_logits=on_logits)  # fmt: skip
+        rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
+        new = [c for g in groups for c in g]
+        if not new:
+            return
+        cache = cache.take(rows)
+        logits = self.engine.mask(logits[rows])  # [B', V]
+        if self.seqs:
+            from .model import KVCache
+
+            self.cache = KVCache.merge([self.cache, cache])
+            self.logits = np.concatenate([self.logits, logits])
+        else:
+            self.cache, self.logits = cache, logits
+        self.seqs.extend(new)
+
+    def advance(self) -> list[Candidate]:
+        """One step for every sequence; returns the sequences that took a token."""
+        if not self.seqs:
+            return []
+        assert self.logits is not None
+        eng = self.engine
+        rows = [s.row for s in self.seqs]
+        uniforms = [s.rng.random() for s in self.seqs]
+        out = sample_step(self.logits, rows, uniforms, workspace=self._workspace)
+        for b, s in enumerate(self.seqs):
+            s.accept(int(out.tokens[b]), float(out.logprob[b]), float(out.reported[b]),
+                     out.top[b], eng.tokenizer, eng.end_ids)  # fmt: skip
+        stepped = self.seqs
+        keep = [b for b, s in enumerate(self.seqs) if not s.done]
+        if not keep:
+            self.seqs, self.cache, self.logits = [], None, None
+            return stepped
+        if len(keep) < len(self.seqs):
+            self.cache = self.cache.take(keep)
+            self.seqs = [self.seqs[b] for b in keep]
+        logits, self.cache = eng.decoder.step(self.cache, out.tokens[keep])
+        self.logits = eng.mask(logits)
+        return stepped
+
+    def drop(self, seqs: Sequence[Candidate]) -> None:
+        """Remove sequences (a client went away); the rest are untouched."""
+        gone = {id(s) for s in seqs}
+        keep = [b for b, s in enumerate(self.seqs) if id(s) not in gone]
+        if len(keep) == len(self.seqs):
+            return
+        if not keep:
+            self.seqs, self.cache, self.logits = [], None, None
+            return
+        assert self.logits is not None
+        self.cache = self.cache.take(keep)
+        self.logits = self.logits[keep]
+        self.seqs = [self.seqs[b] for b in keep]
+
+
+class _Completion:
+    """One request in flight: its candidates, echo entries, and the response it builds."""
+
+    def __init__(self, engine: Engine, req: Request) -> None:
+        self.engine = engine
+        self.req = req
+        self.id = completion_id()
+        self.created = now()
+        entropy = np.random.SeedSequence().entropy if req.seed is None else req.seed % 2**64
+        self.groups = [
+            [
+                Candidate(req, p, c, _generator(entropy, p, c), len(prompt.text))
+                for c in range(req.best_of)
+            ]
+            for p, prompt in enumerate(req.prompts)
+        ]
+        self.echo_entries: list[list[TokenEntry]] = [[] for _ in req.prompts]
+        self._scores: list[dict[int, tuple[float, np.ndarray, np.ndarray]]] = [
+            {} for _ in req.prompts
+        ]
+
+    # -- running
+    def steps(self) -> Iterator[list[Candidate]]:
+        """Run the request in its own batch; yield the candidates touched at each step."""
+        req, eng = self.req, self.engine
+        scoring = req.echo and req.logprobs is not None
+        on_logits = self._score if scoring else None
+        if req.max_tokens == 0:
+            if scoring:
+                eng.decoder.prefill([p.tokens for p in req.prompts], on_logits=on_logits)
+            self._build_echo()
+            for c in self.candidates:
+                c.finish_without_tokens()
+            yield self.candidates
+            return
+        batch = Batch(eng)
+        batch.admit(req.prompts, self.groups, on_logits)
+        self._build_echo()
+        while len(batch):
+            yield batch.advance()
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return [c for g in self.groups for c in g]
+
+    def deltas(self) -> Iterator[tuple[Candidate, str, list[TokenEntry]]]:
+        """What each step adds to each candidate's choice; the echo rides on the first."""
+        unsent = {id(c) for c in self.candidates}
+        for stepped in self.steps():
+            for c in sorted(stepped, key=self._index):
+                text, entries = c.delta()
+                if id(c) in unsent and self.req.echo:
+                    head = self.req.prompts[c.prompt].text
+                    text, entries = head + text, self.echo_entries[c.prompt] + entries
+                unsent.discard(id(c))
+                yield c, text, entries
+
+    def _score(self, p: int, positions: np.ndarray, logits: np.ndarray) -> None:
+        """Prefill callback: raw logprobs of each prompt token given the ones before it."""
+        shown = self.req.prompts[p].shown
+        keep = positions + 1 < len(shown)  # position i predicts token i + 1
+        if not keep.any():
+            return
+        rows = self.engine.mask(np.array(logits[keep]))  # [n, V] a masked copy
+        norm = log_normalizer(rows)  # [n]
+        nxt = np.array([shown[i + 1] for i in positions[keep]])  # [n]
+        lps = rows[np.arange(len(nxt)), nxt].astype(np.float64) - norm  # [n]
+        ids, tops = top_logprobs(rows, self.req.logprobs or 0, lognorm=norm)  # [n, k]
+        for j, i in enumerate(positions[keep].tolist()):
+            self._scores[p][i + 1] = (float(lps[j]), ids[j], tops[j])
+
+    def _build_echo(self) -> None:
+        if not (self.req.echo and self.req.logprobs is not None):
+            return
+        tok = self.engine.tokenizer
+        for p, prompt in enumerate(self.req.prompts):
+            tracker = TextTracker()
+            entries = []
+            for i, t in enumerate(prompt.shown):
+                offset = tracker.add(tok.token_bytes(t))
+                if i == 0:  # nothing before it to condition on
+                    entries.append(TokenEntry(tok.token_text(t), None, None, offset))
+                    continue
+                lp, ids, tops = self._scores[p][i]
+                top = top_dict(tok, ids, tops, t, lp)
+                entries.append(TokenEntry(tok.token_text(t), _lp(lp), top, offset))
+            self.echo_entries[p] = entries
+
+    # -- shaping
+    def _index(self, c: Candidate) -> int:
+        return c.prompt * self.req.n + c.index
+
+    def _usage(self) -> dict[str, int]:
+        completion = sum(c.generated for c in self.candidates)
+        return usage(sum(p.counted for p in self.req.prompts), completion)
+
+    def _object(self, choices: list[dict[str, Any]], use: dict[str, int] | None,
+                usage_key: bool = True) -> dict[str, Any]:  # fmt: skip
+        return completion_object(self.id, self.created, self.req.model,
+                                 self.engine.fingerprint, choices, use,
+                                 with_usage_key=usage_key)  # fmt: skip
+
+    def response(self) -> dict[str, Any]:
+        """Run to the end and return the response object."""
+        texts: dict[int, list[str]] = {id(c): [] for c in self.candidates}
+        entries: dict[int, list[TokenEntry]] = {id(c): [] for c in self.candidates}
+        for c, text, new in self.deltas():
+            texts[id(c)].append(text)
+            entries[id(c)].extend(new)
+        want_logprobs = self.req.logprobs is not None
+        choices = []
+        for p, group in enumerate(self.groups):
+            ranked = group
+            if self.req.best_of > self.req.n:  # best first; ties to the lower candidate
+                ranked = sorted(group, key=lambda c: (-c.mean_logprob, c.index))
+            for j, c in enumerate(ranked[: self.req.n]):
+                lp = entries[id(c)] if want_logprobs else None
+                text = "".join(texts[id(c)])
+                choices.append(choice_object(p * self.req.n + j, text, lp, c.finish_reason))
+        return self._object(choices, self._usage())
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        """Run to the end, yielding stream chunks (spec §10)."""
+        with_usage = self.req.include_usage
+        for c, text, entries in self.deltas():
+            if text or entries or c.done:
+                logprobs = entries if entries and self.req.logprobs is not None else None
+                choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
+                yield self._object([choice], None, usage_key=with_usage)
+        if with_usage:
+            yield self._object([], self._usage())
+
+
+def _generator(entropy: int, prompt: int, candidate: int) -> np.random.Generator:
+    seq = np.random.SeedSequence(entropy, spawn_key=(prompt, candidate))
+    return np.random.Generator(np.random.PCG64(seq))
+
+
+class Engine:
+    """A loaded model and its tokenizer, answering Completions requests.
+
+    ``complete(request)`` takes the JSON body as a dict (or keyword fields) and returns
+    the response dict, or with ``"stream": True`` an iterator of chunk dicts (the SSE
+    payloads). Bad requests raise :class:`~sampler.errors.RequestError` before any
+    model work. ``model`` may be omitted: it defaults to this engine's model.
+    """
+
+    def __init__(self, decoder: Any, tokenizer: Tokenizer, *, name: str | None = None) -> None:
+        cfg = decoder.config
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.name: str = name or cfg.name
+        self.vocab_size: int = decoder.vocab_size
+        self.end_ids: tuple[int, ...] = tuple(cfg.eos_token_ids)
+        fim = cfg.fim
+        fim_ids = None if fim is None else (fim.prefix, fim.middle, fim.suffix)
+        self.info = ModelInfo(self.name, tokenizer, cfg.context_length, self.end_ids,
+                              vocab_size=self.vocab_size, fim=fim_ids)  # fmt: skip
+        self._masked = self.info.masked_ids  # [m]
+        self.fingerprint = fingerprint(cfg.digest)
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, *, threads: int = 1) -> Engine:
+        """Load a known model by name (building or fetching it if needed) or a model folder."""
+        from .model import Decoder
+        from .registry import DEFAULT_MODEL, resolve
+
+        decoder = Decoder.load(resolve(model or DEFAULT_MODEL), threads=threads)
+        return cls(decoder, get_tokenizer(decoder.config.tokenizer))
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """Mask, in place, the ids that may never be sampled (spec §3); returns ``logits``."""
+        logits[:, self._masked] = -np.inf
+        return logits
+
+    def parse(self, request: Mapping[str, Any] | None = None, /, **fields: Any) -> Request:
+        """Validate a request body (the one boundary); ``model`` defaults to this model."""
+        if request is not None and not isinstance(request, Mapping):
+            return parse_request(request, self.info)  # raises the JSON-body error
+        body = {**(request or {}), **fields}
+        body.setdefault("model", self.name)
+        return parse_request(body, self.info)
+
+    def complete(
+        self, request: Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Answer one Completions request: a response dict, or chunks when streaming."""
+        req = self.parse(request, **fields)
+        run = _Completion(self, req)
+        if req.stream:
+            return run.chunks()
+        return run.response()
+

@@ -1,0 +1,135 @@
+"""OpenAI-shaped response and stream-chunk objects (spec §10), and the logprobs object.
+
+>>> resp = completion_object("cmpl-x", 0, "m", "fp_1", [], usage(3, 5))
+>>> resp["object"], resp["usage"]["total_tokens"]
+('text_completion', 8)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .logprobs import reported
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "TokenEntry",
+    "completion_id",
+    "fingerprint",
+    "top_dict",
+    "logprobs_object",
+    "choice_object",
+    "completion_object",
+    "usage",
+]
+
+_ALPHANUM = string.ascii_letters + string.digits
+
+
+def completion_id() -> str:
+    """``cmpl-`` + 29 random alphanumerics (never seeded: ids are not outputs)."""
+    return "cmpl-" + "".join(secrets.choice(_ALPHANUM) for _ in range(29))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def fingerprint(model_digest: str) -> str:
+    """A short stable hash of what determines outputs: model file, library, NumPy."""
+    from . import __version__
+
+    key = f"{model_digest}|refsampler {__version__}|numpy {np.__version__}"
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    """One token of a choice's ``logprobs`` arrays."""
+
+    text: str  # as logprobs writes it (``bytes:\\xNN`` form when needed)
+    logprob: float | None  # None for the first echoed prompt token
+    top: dict[str, float] | None
+    offset: int  # character offset in prompt + completion
+
+
+def top_dict(
+    tokenizer: Tokenizer,
+    ids: np.ndarray,
+    lps: np.ndarray,
+    chosen: int,
+    chosen_lp: float,
+) -> dict[str, float]:
+    """The ``top_logprobs`` entry: the top ids plus the chosen one, by text, best first.
+
+    Alternatives with the same text collapse to one key holding the larger logprob.
+    """
+    best: dict[str, tuple[float, int]] = {}
+    for i, lp in (*zip(ids.tolist(), lps.tolist()), (int(chosen), float(chosen_lp))):
+        key = tokenizer.token_text(i)
+        value = reported(lp)
+        if key not in best or (value, -i) > (best[key][0], -best[key][1]):
+            best[key] = (value, i)
+    ordered = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
+    return {key: value for key, (value, _) in ordered}
+
+
+def logprobs_object(entries: Sequence[TokenEntry]) -> dict[str, list[Any]]:
+    return {
+        "tokens": [e.text for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [e.top for e in entries],
+        "text_offset": [e.offset for e in entries],
+    }
+
+
+def choice_object(
+    index: int,
+    text: str,
+    entries: Sequence[TokenEntry] | None,
+    finish_reason: str | None,
+) -> dict[str, Any]:
+    return {
+        "text": text,
+        "index": index,
+        "logprobs": None if entries is None else logprobs_object(entries),
+        "finish_reason": finish_reason,
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_object(
+    id: str,
+    created: int,
+    model: str,
+    system_fingerprint: str,
+    choices: list[dict[str, Any]],
+    usage: dict[str, int] | None,
+    *,
+    with_usage_key: bool = True,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": system_fingerprint,
+        "choices": choices,
+    }
+    if with_usage_key:
+        obj["usage"] = usage
+    return obj
