@@ -255,6 +255,16 @@ def nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarr
     return cand[above], vals[above]
 
 
+_FIRST_THRESHOLD = 1e-4  # relative to the largest value (1): few tokens on peaked rows
+
+
+def _thresholds(p: float, total: float, size: int) -> tuple[float, ...]:
+    # e = exp(z - max) so the largest value is 1. Everything below (1-p)*total/size sums
+    # to less than (1-p)*total, so that threshold always leaves >= p*total; 0 is the
+    # belt-and-braces end for rounding at the edge.
+    return (_FIRST_THRESHOLD, (1.0 - p) * total / size, 0.0)
+
+
 _SMALL = 64  # candidate sets up to this size are handled in plain Python floats
 
 
@@ -274,13 +284,6 @@ def _small_nucleus(
         if acc >= target:
             return sorted(ids[j] for j in order[:n])
     return list(ids) if last else None
-
-
-def _thresholds(p: float, total: float, size: int) -> tuple[float, ...]:
-    # e = exp(z - max) so the largest value is 1. Everything below (1-p)*total/size sums
-    # to less than (1-p)*total, so that threshold always leaves >= p*total; 0 is the
-    # belt-and-braces end for rounding at the edge.
-    return (1e-2, 1e-4, (1.0 - p) * total / size, 0.0)
 
 
 def top_p(

@@ -38,14 +38,12 @@ _SMALL = 64  # kept sets up to this size are drawn in plain Python integers
 
 
 class Workspace:
-    """Reusable buffers for one row, so the hot path allocates nothing V-sized."""
+    """One reusable row buffer, so the hot path allocates nothing V-sized and its working
+    set (the logits row and this buffer) stays in a core's L2 cache."""
 
     def __init__(self, vocab: int) -> None:
         self.vocab = vocab
-        self.e = np.empty(vocab, dtype=np.float32)  # [V] processed exps
-        self.g = np.empty(vocab, dtype=np.float32)  # [V] raw side
-        padded = -(-vocab // _BLOCK) * _BLOCK
-        self.w = np.zeros(padded, dtype=np.int64)  # [V'] integer weights, zero tail
+        self.e = np.empty(vocab, dtype=np.float32)  # [V]
 
     @classmethod
     def for_row(cls, row: np.ndarray, ws: "Workspace | None") -> "Workspace":
@@ -73,16 +71,23 @@ def _pick_small(ids: Sequence[int], weights: Sequence[int], u: float) -> int:
     raise AssertionError("unreachable: r < W")  # pragma: no cover
 
 
-def _pick_full(e: np.ndarray, u: float, ws: Workspace) -> int:
-    """The draw over every id of the row ``e`` (float32 [V], largest value 1)."""
-    w = ws.w  # [V'] zero beyond V
-    np.multiply(e, _SCALE32, out=w[: e.size], casting="unsafe")  # float32, then truncated
-    blocks = w.reshape(-1, _BLOCK).sum(axis=1)  # [V'/1024] exact
-    ends = np.cumsum(blocks)  # [V'/1024]
+def _pick_full(e: np.ndarray, u: float) -> int:
+    """The draw over every id of the row ``e`` (float32 [V], largest value 1); uses up ``e``.
+
+    ``floor(e * 2**43)`` is exact in float32 (below 2**24 every integer is representable,
+    above it every float32 is an integer), and a block of 1024 such weights sums exactly in
+    float64 (< 2**53), so the block sums are exact whatever the summation order.
+    """
+    np.multiply(e, _SCALE32, out=e)
+    np.floor(e, out=e)  # [V] the integer weights, still float32
+    n_full = e.size - e.size % _BLOCK
+    blocks = e[:n_full].reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64)  # [nb] exact
+    tail = e[n_full:].sum(dtype=np.float64)
+    ends = np.cumsum(np.append(blocks, tail).astype(np.int64))  # [nb + 1] exact
     r = _target(u, int(ends[-1]))
     b = int(np.searchsorted(ends, r, side="right"))
     start = b * _BLOCK
-    run = np.cumsum(w[start : start + _BLOCK])  # [1024]
+    run = np.cumsum(e[start : start + _BLOCK].astype(np.int64))  # [<= 1024]
     before = int(ends[b - 1]) if b else 0
     return start + int(np.searchsorted(run, r - before, side="right"))
 
@@ -112,7 +117,8 @@ def sample(logits: np.ndarray, u: Sequence[float] | np.ndarray) -> np.ndarray:
     out = np.empty(logits.shape[0], dtype=np.int64)  # [B]
     ws = Workspace(logits.shape[1])
     for b, row in enumerate(logits):
-        out[b] = _pick_full(_exps(row, ws.e), float(u[b]), ws)
+        _exps(row, ws.e)
+        out[b] = _pick_full(ws.e, float(u[b]))
     return out
 
 
@@ -128,12 +134,12 @@ def draw(
 ) -> int:
     """The engine's fused steps 1–5 for one row of masked logits ``[V]`` (not modified).
 
-    ``bias = (ids, values)`` and ``penalty = (ids, amounts)`` (float32, unique ids) are
-    added and subtracted at the few ids they touch, on the workspace's copy of the row,
-    with the same float32 operations as :func:`~sampler.processors.logit_bias` and
-    :func:`~sampler.processors.penalties`. Equivalent to
-    ``sample(top_p(temperature(processed, T), p), [u])`` (``greedy`` at T = 0), with one
-    full-row exp and a sort of the nucleus candidates only.
+    ``bias = (ids, values)`` and ``penalty = (ids, amounts)`` (unique ids, float32) are
+    what :func:`~sampler.processors.logit_bias` adds and
+    :func:`~sampler.processors.penalties` subtracts, applied at those ids only, with the
+    same float32 operations. Equivalent to ``sample(top_p(temperature(processed, T), p),
+    [u])`` (``greedy`` at T = 0), with one full-row exp and a sort of the nucleus
+    candidates only.
 
     >>> z = np.log(np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32))
     >>> draw(z, 1.0, 0.7, 0.6), draw(z, 1.0, 0.7, 0.7), draw(z, 0.0, 1.0, 0.9)
@@ -141,25 +147,52 @@ def draw(
     """
     ws = Workspace.for_row(row, workspace)
     e = ws.e  # [V]
-    if bias is None and penalty is None:
-        if temperature == 0.0:
+    if temperature == 0.0:
+        if bias is None and penalty is None:
             return int(np.argmax(row))
-        src = row
-    else:
-        np.copyto(e, row)
-        if bias is not None:
-            e[bias[0]] += bias[1]
-        if penalty is not None:
-            e[penalty[0]] -= penalty[1]
-        if temperature == 0.0:
-            return int(np.argmax(e))
-        src = e
-    if temperature != 1.0:
-        np.divide(src, np.float32(temperature), out=e)
-    elif src is not e:
-        np.copyto(e, src)
+        _processed(row, np.float32(1.0), bias, penalty, e)
+        return int(np.argmax(e))
+    _processed(row, np.float32(temperature), bias, penalty, e)
     _exps(e, e)  # the one full-row exp; the largest value is 1
     if top_p >= 1.0:
-        return _pick_full(e, u, ws)
+        return _pick_full(e, u)
     ids, vals = nucleus(e, float(e.sum(dtype=np.float64)), top_p)
     return _pick_kept(ids, vals, u)
+
+
+def _processed(
+    row: np.ndarray,
+    t: np.float32,
+    bias: tuple[np.ndarray, np.ndarray] | None,
+    penalty: tuple[np.ndarray, np.ndarray] | None,
+    out: np.ndarray,
+) -> None:
+    """Steps 1–3 into ``out``: ``((row + bias) - penalty) / t`` without copying the row.
+
+    The division of the whole row is the one pass; the few edited ids are recomputed from
+    ``row`` with the processors' float32 operations in their order (an id both biased and
+    penalised gets ``(z + b) - a``).
+    """
+    if t != 1.0:
+        np.divide(row, t, out=out)
+    else:
+        np.copyto(out, row)
+    if bias is not None:
+        b_ids, b_vals = bias
+        out[b_ids] = (row[b_ids] + b_vals.astype(np.float32, copy=False)) / t
+    if penalty is not None:
+        p_ids, amounts = penalty
+        base = row[p_ids]  # [k] float32
+        if bias is not None:
+            base = base + _bias_at(bias, p_ids)
+        out[p_ids] = (base - amounts.astype(np.float32, copy=False)) / t
+
+
+def _bias_at(bias: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """The bias of each of ``ids`` (0 where none; ``z + 0`` is exactly ``z``)."""
+    b_ids, b_vals = bias
+    order = np.argsort(b_ids)
+    pos = np.searchsorted(b_ids, ids, sorter=order)  # [k]
+    pos = np.minimum(pos, b_ids.size - 1)
+    hit = b_ids[order[pos]] == ids
+    return np.where(hit, b_vals[order[pos]], 0.0).astype(np.float32)

@@ -62,28 +62,29 @@ class StepOutput:
 
 
 def _raw_side(raw: np.ndarray, k: int, ws: Workspace) -> tuple[float, np.ndarray]:
-    """The raw log-normaliser and the top-k ids of one row, with the workspace's buffer.
+    """The raw log-normaliser and the top-k ids of one row (ties to the lowest id).
 
-    One argmax gives the max and the first of the top ids; k - 1 more find the rest on a
-    copy (ties to the lowest id, as :func:`sampler.logprobs.top_logprobs`).
+    One argmax gives the max and the best id, k - 1 more over a copy give the rest: no
+    sort. Uses the workspace's buffer, after the draw is done with it.
     """
-    g = ws.g  # [V]
+    g = ws.e  # [V]
     j = int(np.argmax(raw))
     m = raw[j]
     np.subtract(raw, m, out=g)
     np.exp(g, out=g)
     lognorm = float(m) + math.log(float(g.sum(dtype=np.float64)))
-    top = [j]
-    if k > 1:
-        np.copyto(g, raw)
-        g[j] = -np.inf
-        for _ in range(k - 1):
-            i = int(np.argmax(g))
-            if g[i] == -np.inf:  # fewer finite tokens than k: fall back to the exact rule
-                return lognorm, top_logprobs(raw[None], k)[0][0]
-            top.append(i)
-            g[i] = -np.inf
-    return lognorm, np.array(top[:k], dtype=np.int64)
+    if k <= 1:
+        return lognorm, np.array([j][:k], dtype=np.int64)
+    np.copyto(g, raw)
+    ids = [j]
+    g[j] = -np.inf
+    for _ in range(k - 1):
+        i = int(np.argmax(g))
+        if g[i] == -np.inf:  # fewer finite tokens than k: the exact rule handles the rest
+            return lognorm, top_logprobs(raw[None], k)[0][0]
+        ids.append(i)
+        g[i] = -np.inf
+    return lognorm, np.array(ids, dtype=np.int64)
 
 
 def sample_step(
@@ -96,7 +97,7 @@ def sample_step(
     """Choose one token per row of masked model logits ``[B, V]`` (not modified).
 
     ``uniforms`` holds one float64 in [0, 1) per row, drawn from that sequence's
-    generator. Pass a :class:`~sampler.select.Workspace` to reuse its buffers.
+    generator. Pass a :class:`~sampler.select.Workspace` to reuse its buffer.
     """
     batch, vocab = logits.shape
     ws = workspace if workspace is not None and workspace.vocab == vocab else Workspace(vocab)
@@ -106,19 +107,17 @@ def sample_step(
     top: list[tuple[np.ndarray, np.ndarray] | None] = [None] * batch
     for b, r in enumerate(rows):
         raw = logits[b]  # [V]
+        penalty = r.penalty()
+        token = tokens[b] = draw(raw, r.temperature, r.top_p, float(uniforms[b]),
+                                 bias=r.logit_bias, penalty=penalty, workspace=ws)  # fmt: skip
         raw_mode = r.logprobs is not None and r.logprobs_mode == "raw"
         if raw_mode or r.raw_logprob:
             lognorm, top_ids = _raw_side(raw, r.logprobs or 1, ws)
-        penalty = r.penalty()
-        token = draw(raw, r.temperature, r.top_p, float(uniforms[b]), bias=r.logit_bias,
-                     penalty=penalty, workspace=ws)  # fmt: skip
-        tokens[b] = token
-        if raw_mode or r.raw_logprob:
             raw_lp[b] = float(raw[token]) - lognorm
-        if raw_mode:
-            rep_lp[b] = raw_lp[b]
-            ids = top_ids[: r.logprobs]
-            top[b] = (ids, raw[ids].astype(np.float64) - lognorm)
+            if raw_mode:
+                rep_lp[b] = raw_lp[b]
+                ids = top_ids[: r.logprobs]
+                top[b] = (ids, raw[ids].astype(np.float64) - lognorm)
         elif r.logprobs is not None:  # "processed": the distribution actually sampled from
             q = _processed_row(raw, penalty, r)  # [1, V]
             norm = log_normalizer(q)  # [1]

@@ -134,7 +134,7 @@ def test_nucleus_on_flat_rows_and_long_tails():
     e = np.full(1000, 1.0, dtype=np.float32)  # flat: every token above the first threshold
     ids, w = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.999)
     assert ids.tolist() == list(range(999)) and (w == 1.0).all()
-    # one head token and a long tail below both fixed thresholds (1e-2, 1e-4): the nucleus
+    # one head token and a long tail below the first threshold (1e-4): the nucleus
     # needs 1 + n * 1e-5 >= 0.9855 * 1.05 = 1.034775: the head and 3478 lowest-id tail tokens
     e = np.concatenate([[1.0], np.full(5000, 1e-5)]).astype(np.float32)
     ids, _ = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.9855)

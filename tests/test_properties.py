@@ -211,3 +211,60 @@ def test_held_prefix_definition(text, stops):
 def test_uniform_half_on_two_equal_tokens_picks_the_second(row, u):
     # CDF [1, 2], target 1.0: the first id whose CDF exceeds 1.0 is id 1
     assert draw(row, 1.0, 1.0, u) == 1
+
+
+# --- the whole batch step against the reference -----------------------------------------------
+@st.composite
+def step_rows(draw_):
+    z = draw_(rows(min_size=6, max_size=30))
+    v = z.size
+    bias = draw_(st.dictionaries(st.integers(0, v - 1), st.floats(-100, 100, width=32), max_size=5))
+    generated = draw_(st.lists(st.integers(0, v - 1), max_size=12))
+    params = dict(
+        temperature=draw_(temps), top_p=draw_(probs),
+        presence_penalty=draw_(st.floats(-2, 2)), frequency_penalty=draw_(st.floats(-2, 2)),
+        logprobs=draw_(st.sampled_from([None, 0, 1, 3, 5])),
+        logprobs_mode=draw_(st.sampled_from(["raw", "processed"])),
+    )  # fmt: skip
+    return z, bias, generated, params, draw_(uniforms)
+
+
+@settings(max_examples=300)
+@given(st.lists(step_rows(), min_size=1, max_size=4).filter(
+    lambda rs: len({r[0].size for r in rs}) == 1))
+def test_sample_step_equals_reference(batch):
+    from sampler.step import RowParams, sample_step
+
+    z = np.stack([b[0] for b in batch])  # [B, V]
+    rows_, us = [], []
+    for _, bias, generated, params, u in batch:
+        counts = P.TokenCounts()
+        for t in generated:
+            counts.add(t)
+        ids = np.array(list(bias), dtype=np.int64)
+        vals = np.array(list(bias.values()), dtype=np.float64)
+        rows_.append(RowParams(logit_bias=(ids, vals) if bias else None, counts=counts,
+                               **params))  # fmt: skip
+        us.append(u)
+    out = sample_step(z, rows_, us)
+    for b, (row, bias, generated, params, u) in enumerate(batch):
+        proc = ref.penalties_row(ref.bias_row(row, bias), generated,
+                                 params["presence_penalty"], params["frequency_penalty"])  # fmt: skip
+        token = ref.draw_row(proc, params["temperature"], params["top_p"], u)
+        assert out.tokens[b] == token
+        k = params["logprobs"]
+        if k is None:
+            continue
+        if params["logprobs_mode"] == "raw":
+            full = ref.log_softmax_row(row)
+            assert abs(out.logprob[b] - full[token]) < 1e-5
+            assert out.top[b][0].tolist() == ref.top_k_row(row, k)
+        else:  # the distribution sampled from: greedy rows at temperature 1
+            t = params["temperature"] or 1.0
+            zt = ref.temperature_row(proc, t)
+            kept = ref.nucleus_ids(zt, params["top_p"]) if params["top_p"] < 1 else None
+            if kept is not None:
+                zt = np.where(np.isin(np.arange(zt.size), kept), zt, -np.inf).astype(np.float32)
+            full = ref.log_softmax_row(zt)
+            assert abs(out.reported[b] - full[token]) < 1e-5
+            assert out.top[b][0].tolist() == ref.top_k_row(zt, k)
