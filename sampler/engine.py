@@ -6,9 +6,13 @@ bytes into text and finds stop strings, ``response`` shapes the JSON. All candid
 of all prompts of a request advance together in one batch (:class:`Batch`), each with
 its own generator ``SeedSequence(seed, spawn_key=(prompt, candidate))`` (spec §6).
 
->>> engine = Engine.load("tiny-random-cl100k")  # doctest: +SKIP
->>> engine.complete(prompt="Hello", max_tokens=3, seed=1)["usage"]  # doctest: +SKIP
+>>> engine = Engine.load("tiny-random-cl100k")  # built locally on first use
+>>> engine.complete(prompt="Hello", max_tokens=3, seed=1)["usage"]
 {'prompt_tokens': 1, 'completion_tokens': 3, 'total_tokens': 4}
+>>> engine.complete(prompt="Hello", max_tokens=200, n=2, logprobs=9)
+Traceback (most recent call last):
+  ...
+sampler.errors.RequestError: Invalid 'logprobs': integer above maximum value. Expected a value <= 5, but got 9 instead.
 """
 
 from __future__ import annotations

@@ -1,15 +1,31 @@
-"""Shared fixtures."""
+"""Shared fixtures. Built models go to a private folder: tests never touch the user's cache."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from sampler.tiny import build_tiny_random
+_HOME: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _HOME
+    _HOME = tempfile.mkdtemp(prefix="refsampler-test-")
+    os.environ["SAMPLER_HOME"] = _HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HOME:
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The ``tiny-random-cl100k`` model folder, built once per test session (~1 s)."""
-    return build_tiny_random(tmp_path_factory.mktemp("models") / "tiny-random-cl100k")
+def tiny_model_dir() -> Path:
+    """The ``tiny-random-cl100k`` model folder, built once per test process (~1 s)."""
+    from sampler.registry import resolve
+
+    return resolve("tiny-random-cl100k")

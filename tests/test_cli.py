@@ -8,14 +8,6 @@ import pytest
 from sampler import cli
 
 
-@pytest.fixture(autouse=True)
-def tiny_as_default(tiny_model_dir, monkeypatch):
-    """Point the CLI at the session's tiny model folder (no cache dir needed)."""
-    from sampler import registry
-
-    monkeypatch.setattr(registry, "DEFAULT_MODEL", str(tiny_model_dir))
-
-
 def run(capsys, *argv):
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
