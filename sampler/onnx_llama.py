@@ -23,9 +23,9 @@ with ``inv_freq = theta ** (-2j / hd)``; cos/sin tables are computed in float64 
 float32. Masked scores are replaced by -1e30 (finite), so a fully masked query row (a padding
 position) yields finite garbage instead of NaN, which would otherwise reach real rows through
 the padding's keys and values in the next layer. By default the attention sums run in float64
-(``exact_attention``), which removes the largest source of padding-dependent rounding: a row's
-prefill logits are bit-identical whatever its batch or padding, and decode steps agree to
-~1e-5 or better (the float32 score MatMul still rounds with the number of keys).
+(``exact_attention``) and the scores are computed with the keys as rows, which makes a row's
+logits bit-identical whatever its batch, padding or prefill chunking (measured; it relies
+on ORT's CPU GEMM computing each row the same way however many rows there are).
 
 This module imports onnx lazily: ``import sampler.onnx_llama`` costs only NumPy.
 
@@ -184,8 +184,7 @@ def build_llama(weights: Mapping[str, np.ndarray], config: LlamaConfig, *,
     graph (ORT folds the Cast at load); norm vectors stay fp32. Compute and KV cache are fp32.
 
     ``exact_attention`` (default) sums softmax and the weighted values in float64 so that a
-    row's logits depend on its padding, batch or chunking only through the float32 score
-    MatMul (see ``_attend``; measured: prefill bit-identical, decode within ~1e-5);
+    row's logits are bit-identical whatever its padding, batch or chunking (see ``_attend``);
     it costs a float64 copy of V and a float64 P @ V per layer per step. Measured on
     SmolLM2-135M shapes, 1 thread: +0-10% per decode step at batch 1 (context 30-1000),
     +40-55% at batch 8 (context 300-1000). ``False``: plain float32 Softmax + MatMul, whose
@@ -347,33 +346,41 @@ def _attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaC
         return f"present.{i}.{part}"  # [B, Hkv, T, hd]
 
     k_all, v_all = cache(k, "key"), cache(v, "value")
-    scores = g.op("MatMul", q, g.op("Transpose", k_all, perm=[0, 1, 3, 2]))  # [B, Hkv, G*S, T]
-    scores = g.op("Where", allowed, scores, g.scalar("masked", _MASKED))
-    out = _attend(g, scores, v_all, exact)  # [B, Hkv, G*S, hd]
+    out = _attend(g, q, k_all, v_all, allowed, exact)  # [B, Hkv, G*S, hd]
     out = g.op("Reshape", out, g.ints("o5_shape", [0, Hkv, G, -1, hd]))  # [B, Hkv, G, S, hd]
     out = g.op("Transpose", out, perm=[0, 3, 1, 2, 4])  # [B, S, Hkv, G, hd]
     out = g.op("Reshape", out, g.ints("o3_shape", [0, 0, H * hd]))  # [B, S, H*hd]
     return g.op("MatMul", out, g.weight(f"layers.{i}.o_proj.T", w["o_proj"].T))  # [B, S, d]
 
 
-def _attend(g: _Graph, scores: str, v: str, exact: bool) -> str:
-    """softmax(scores) @ v over the keys; [.., G*S, T] x [.., T, hd] -> [.., G*S, hd].
+def _attend(g: _Graph, q: str, k: str, v: str, allowed: str, exact: bool) -> str:
+    """softmax(q k^T, masked) @ v; q [.., G*S, hd], k and v [.., T, hd] -> [.., G*S, hd].
 
-    ``exact``: normalise and weight the values in float64, rounding to float32 once at the
-    end. A float32 reduction over the keys groups its terms by vector lane and K block, and
-    those groupings shift with a row's left padding; in float64 the shift changes the result
-    by ~1e-16, which the final rounding absorbs. What remains is the float32 Q.K MatMul,
-    whose kernel can round differently with the number of keys (seen: 6e-6 on the tiny
-    model's decode logits when 7 padding columns were added).
+    ``exact``: a row's result must not depend on its left padding (the number of keys T).
+    The scores are computed as k q^T, keys as rows: ORT's float32 GEMM computes each row
+    the same way however many rows there are (a float32 q k^T rounds differently at the
+    column-block tail, seen as 6e-6 on the tiny model's logits). The exps are elementwise;
+    the sums over the keys, whose grouping does shift with T, run in float64, so the shift
+    changes them by ~1e-16 and the final rounding to float32 absorbs it.
     """
     if not exact:
+        kt = g.op("Transpose", k, perm=[0, 1, 3, 2])  # [.., hd, T]
+        scores = g.op("Where", allowed, g.op("MatMul", q, kt), g.scalar("masked", _MASKED))
         return g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
     from onnx import TensorProto
+
+    def f64(x: str) -> str:
+        return g.op("Cast", x, to=TensorProto.DOUBLE)
+
+    # Keys as the rows of the product: each score is then one row of a MatMul whose other
+    # rows are other keys, which ORT's GEMM computes the same way however many there are.
+    qt = g.op("Transpose", q, perm=[0, 1, 3, 2])  # [.., hd, G*S]
+    scores = g.op("Transpose", g.op("MatMul", k, qt), perm=[0, 1, 3, 2])  # [.., G*S, T]
+    scores = g.op("Where", allowed, scores, g.scalar("masked", _MASKED))
     e = g.op("Exp", g.op("Sub", scores, g.op("ReduceMax", scores, axes=[-1])))  # [.., T]
-    e64 = g.op("Cast", e, to=TensorProto.DOUBLE)
-    p64 = g.op("Div", e64, g.op("ReduceSum", e64, g.ints("axes_m1", [-1])))  # [.., G*S, T]
-    out = g.op("MatMul", p64, g.op("Cast", v, to=TensorProto.DOUBLE))  # [.., G*S, hd]
-    return g.op("Cast", out, to=TensorProto.FLOAT)
+    e64 = f64(e)
+    p = g.op("Div", e64, g.op("ReduceSum", e64, g.ints("axes_m1", [-1])))  # [.., G*S, T]
+    return g.op("Cast", g.op("MatMul", p, f64(v)), to=TensorProto.FLOAT)
 
 
 def _mlp(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray]) -> str:

@@ -26,7 +26,7 @@ from .onnx_llama import LlamaConfig, weight_shapes
 __all__ = ["TINY_BUILD_VERSION", "TINY_NAME", "TINY_CONFIG", "build_tiny_random",
            "tiny_weights"]
 
-TINY_BUILD_VERSION = 1
+TINY_BUILD_VERSION = 2
 TINY_NAME = "tiny-random-cl100k"
 TINY_CONFIG = LlamaConfig(vocab_size=100_277, hidden_size=64, intermediate_size=128,
                           num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10000.0,
