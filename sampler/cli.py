@@ -1,9 +1,13 @@
 """The ``sampler`` command: a thin shell around :class:`sampler.engine.Engine`.
 
-    sampler complete [PROMPT] [--max-tokens N] [--temperature T] ... [--json]
+    sampler complete [PROMPT] [--model NAME|DIR] [--max-tokens N] [--temperature T] ... [--json]
     sampler models
+    sampler pull NAME
+    sampler convert PATH.gguf [--out DIR] [--weights float32|float16] [--name NAME]
 
-Exit codes: 0 ok, 2 bad request (the message, naming the parameter, goes to stderr).
+The default model is ``$SAMPLER_MODEL`` or ``smollm2-135m-instruct``, fetched and converted
+on first use (said on stderr). Exit codes: 0 ok, 1 a pull or conversion failed, 2 bad request
+(the message, naming the parameter, goes to stderr).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Sequence
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_BAD_REQUEST = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_REQUEST = 0, 1, 2
 
 
 def _logit_bias_item(text: str) -> tuple[str, float]:
@@ -36,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("complete", help="complete a prompt (streams text as it is generated)")
     c.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted")
-    c.add_argument("--model", help="a known model name or a model folder (default: the default model)")
+    c.add_argument("--model", help="a known model name or a model folder (default: "
+                   "$SAMPLER_MODEL or smollm2-135m-instruct)")
     c.add_argument("--max-tokens", type=int)
     c.add_argument("--temperature", type=float)
     c.add_argument("--top-p", type=float)
@@ -58,6 +63,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
 
     sub.add_parser("models", help="list the models this install knows")
+
+    p = sub.add_parser("pull", help="fetch and convert a known model now (else: on first use)")
+    p.add_argument("name", help="a known model name (see `sampler models`)")
+
+    v = sub.add_parser("convert", help="convert a Llama GGUF file into a model folder")
+    v.add_argument("gguf", metavar="PATH.gguf", help="a Llama-architecture GGUF file")
+    v.add_argument("--out", help="the model folder to create (default: PATH without .gguf)")
+    v.add_argument("--weights", choices=("float32", "float16"), default="float32",
+                   help="how the ONNX file stores the weights (compute is float32 either way)")
+    v.add_argument("--name", help="the model id in responses (default: the folder's name)")
+
+    s = sub.add_parser("serve", help="serve the OpenAI Completions API over HTTP")
+    s.add_argument("--model", action="append",
+                   help="a model to serve (repeatable; default: the default model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    s.add_argument("--max-batch", type=int, default=64,
+                   help="sequences decoded together at most (default %(default)s)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a place before 429 (default %(default)s)")
+    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     return parser
 
 
@@ -83,13 +110,19 @@ def _request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
 def _complete(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .errors import RequestError
+    from .pull import PullError
+    from .registry import default_model
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
-        engine = Engine.load(args.model, threads=args.threads)
+        engine = Engine.load(args.model or default_model(), threads=args.threads)
     except FileNotFoundError as err:
         print(f"error: --model: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
+    except PullError as err:
+        print(f"error: {err}\n(try `--model tiny-random-cl100k`, which needs no download)",
+              file=sys.stderr)
+        return EXIT_FAILED
     body = _request(args, prompt)
     streamable = (body.get("best_of") or 0) <= (body.get("n") or 1)
     try:
@@ -114,19 +147,80 @@ def _complete(args: argparse.Namespace) -> int:
 
 
 def _models() -> int:
-    from .registry import DEFAULT_MODEL, known_models
+    from .registry import default_model, known_models
 
+    default = default_model()
     for m in known_models():
-        mark = "*" if m.name == DEFAULT_MODEL else " "
-        state = "ready" if m.cached() else "built/fetched on first use"
+        mark = "*" if m.name == default else " "
+        state = "ready" if m.cached() else m.first_use
         print(f"{mark} {m.name:<24} {m.description} [{state}]")
+    return EXIT_OK
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from .pull import PullError
+    from .registry import pull
+
+    try:
+        folder = pull(args.name)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+    except PullError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(folder)
+    return EXIT_OK
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .convert import convert_gguf
+
+    src = Path(args.gguf)
+    out = Path(args.out) if args.out else src.with_suffix("")
+    if out == src:
+        out = src.with_name(src.name + ".model")
+    if not src.is_file():
+        print(f"error: {src}: no such file", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        folder = convert_gguf(src, out, name=args.name, weight_dtype=args.weights,
+                              progress=sys.stderr.isatty(),
+                              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(folder)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerConfig, serve
+    except ImportError as err:
+        print(f"error: the server needs the 'server' extra ({err}); "
+              "pip install 'refsampler[server]'", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    from .registry import default_model
+
+    config = ServerConfig(api_key=args.api_key, max_sequences=args.max_batch,
+                          max_waiting=args.max_queue)  # fmt: skip
+    try:
+        serve(args.model or [default_model()], host=args.host, port=args.port,
+              threads=args.threads, config=config)  # fmt: skip
+    except FileNotFoundError as err:
+        print(f"error: --model: {err}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "complete":
-        return _complete(args)
+    commands = {"complete": _complete, "pull": _pull, "convert": _convert, "serve": _serve}
+    if args.command in commands:
+        return commands[args.command](args)
     return _models()
 
 

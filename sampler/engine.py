@@ -18,7 +18,7 @@ sampler.errors.RequestError: Invalid 'logprobs': integer above maximum value. Ex
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -37,17 +37,18 @@ from .response import (
 from .select import Workspace
 from .step import RowParams, sample_step
 from .stopping import TextTracker
-from .tokenizer import Tokenizer, get_tokenizer
+from .tokenizer import Tokenizer, tokenizer_for
 
-__all__ = ["Engine", "Batch", "Candidate"]
+__all__ = ["Engine", "Batch", "Candidate", "Completion"]
 
 
 class Candidate:
     """One candidate sequence of a request: its sampling state, text and logprobs."""
 
     def __init__(self, req: Request, prompt: int, index: int, rng: np.random.Generator,
-                 base_offset: int) -> None:  # fmt: skip
+                 base_offset: int, owner: Any = None) -> None:  # fmt: skip
         self.req = req
+        self.owner = owner  # the Completion this candidate belongs to
         self.prompt = prompt  # which prompt of the request
         self.index = index  # candidate number within the prompt (spawn key)
         self.rng = rng
@@ -202,8 +203,14 @@ class Batch:
         self.seqs = [self.seqs[b] for b in keep]
 
 
-class _Completion:
-    """One request in flight: its candidates, echo entries, and the response it builds."""
+class Completion:
+    """One request in flight: its candidates, echo entries, and the response it builds.
+
+    Push-driven, so that one batch can serve many requests: :meth:`start` prefills the
+    prompts into a :class:`Batch`; after each ``batch.advance()`` the caller hands the
+    stepped sequences to :meth:`record`; :meth:`take_chunks` returns the stream chunks
+    ready so far and :meth:`response` the whole response once :attr:`done`.
+    """
 
     def __init__(self, engine: Engine, req: Request) -> None:
         self.engine = engine
@@ -213,19 +220,31 @@ class _Completion:
         entropy = np.random.SeedSequence().entropy if req.seed is None else req.seed % 2**64
         self.groups = [
             [
-                Candidate(req, p, c, _generator(entropy, p, c), len(prompt.text))
+                Candidate(req, p, c, _generator(entropy, p, c), len(prompt.text), owner=self)
                 for c in range(req.best_of)
             ]
             for p, prompt in enumerate(req.prompts)
         ]
+        self.candidates = [c for g in self.groups for c in g]
         self.echo_entries: list[list[TokenEntry]] = [[] for _ in req.prompts]
         self._scores: list[dict[int, tuple[float, np.ndarray, np.ndarray]]] = [
             {} for _ in req.prompts
         ]
+        self._texts: dict[int, list[str]] = {id(c): [] for c in self.candidates}
+        self._entries: dict[int, list[TokenEntry]] = {id(c): [] for c in self.candidates}
+        self._unsent = {id(c) for c in self.candidates}  # the echo rides on the first delta
+        self._chunks: list[dict[str, Any]] = []
+        self._usage_sent = False
+
+    @property
+    def done(self) -> bool:
+        return all(c.done for c in self.candidates)
 
     # -- running
-    def steps(self) -> Iterator[list[Candidate]]:
-        """Run the request in its own batch; yield the candidates touched at each step."""
+    def start(self, batch: Batch) -> None:
+        """Prefill this request's prompts into ``batch`` (model work: call it where the
+        batch lives). With ``max_tokens: 0`` nothing joins the batch: the choices finish
+        here, after echo scoring if asked."""
         req, eng = self.req, self.engine
         scoring = req.echo and req.logprobs is not None
         on_logits = self._score if scoring else None
@@ -235,29 +254,37 @@ class _Completion:
             self._build_echo()
             for c in self.candidates:
                 c.finish_without_tokens()
-            yield self.candidates
+            self.record(self.candidates)
             return
-        batch = Batch(eng)
         batch.admit(req.prompts, self.groups, on_logits)
         self._build_echo()
-        while len(batch):
-            yield batch.advance()
 
-    @property
-    def candidates(self) -> list[Candidate]:
-        return [c for g in self.groups for c in g]
-
-    def deltas(self) -> Iterator[tuple[Candidate, str, list[TokenEntry]]]:
-        """What each step adds to each candidate's choice; the echo rides on the first."""
-        unsent = {id(c) for c in self.candidates}
-        for stepped in self.steps():
-            for c in sorted(stepped, key=self._index):
-                text, entries = c.delta()
-                if id(c) in unsent and self.req.echo:
+    def record(self, stepped: Iterable[Candidate]) -> None:
+        """Take what the last step added to this request's candidates among ``stepped``."""
+        mine = sorted((c for c in stepped if c.owner is self), key=self._index)
+        for c in mine:
+            text, entries = c.delta()
+            if id(c) in self._unsent:
+                self._unsent.discard(id(c))
+                if self.req.echo:
                     head = self.req.prompts[c.prompt].text
                     text, entries = head + text, self.echo_entries[c.prompt] + entries
-                unsent.discard(id(c))
-                yield c, text, entries
+            if self.req.stream:
+                if text or entries or c.done:
+                    logprobs = entries if entries and self.req.logprobs is not None else None
+                    choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
+                    self._chunks.append(self._object([choice], None, self.req.include_usage))
+            else:
+                self._texts[id(c)].append(text)
+                self._entries[id(c)].extend(entries)
+
+    def take_chunks(self) -> list[dict[str, Any]]:
+        """Stream chunks ready since the last call (the usage chunk last, when asked)."""
+        chunks, self._chunks = self._chunks, []
+        if self.req.include_usage and self.done and not self._usage_sent:
+            self._usage_sent = True
+            chunks.append(self._object([], self._usage()))
+        return chunks
 
     def _score(self, p: int, positions: np.ndarray, logits: np.ndarray) -> None:
         """Prefill callback: raw logprobs of each prompt token given the ones before it."""
@@ -305,12 +332,8 @@ class _Completion:
                                  with_usage_key=usage_key)  # fmt: skip
 
     def response(self) -> dict[str, Any]:
-        """Run to the end and return the response object."""
-        texts: dict[int, list[str]] = {id(c): [] for c in self.candidates}
-        entries: dict[int, list[TokenEntry]] = {id(c): [] for c in self.candidates}
-        for c, text, new in self.deltas():
-            texts[id(c)].append(text)
-            entries[id(c)].extend(new)
+        """The response object of a finished non-stream request."""
+        assert self.done and not self.req.stream
         want_logprobs = self.req.logprobs is not None
         choices = []
         for p, group in enumerate(self.groups):
@@ -318,21 +341,10 @@ class _Completion:
             if self.req.best_of > self.req.n:  # best first; ties to the lower candidate
                 ranked = sorted(group, key=lambda c: (-c.mean_logprob, c.index))
             for j, c in enumerate(ranked[: self.req.n]):
-                lp = entries[id(c)] if want_logprobs else None
-                text = "".join(texts[id(c)])
+                lp = self._entries[id(c)] if want_logprobs else None
+                text = "".join(self._texts[id(c)])
                 choices.append(choice_object(p * self.req.n + j, text, lp, c.finish_reason))
         return self._object(choices, self._usage())
-
-    def chunks(self) -> Iterator[dict[str, Any]]:
-        """Run to the end, yielding stream chunks (spec §10)."""
-        with_usage = self.req.include_usage
-        for c, text, entries in self.deltas():
-            if text or entries or c.done:
-                logprobs = entries if entries and self.req.logprobs is not None else None
-                choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
-                yield self._object([choice], None, usage_key=with_usage)
-        if with_usage:
-            yield self._object([], self._usage())
 
 
 def _generator(entropy: int, prompt: int, candidate: int) -> np.random.Generator:
@@ -367,10 +379,10 @@ class Engine:
     def load(cls, model: str | os.PathLike | None = None, *, threads: int = 1) -> Engine:
         """Load a known model by name (building or fetching it if needed) or a model folder."""
         from .model import Decoder
-        from .registry import DEFAULT_MODEL, resolve
+        from .registry import default_model, resolve
 
-        decoder = Decoder.load(resolve(model or DEFAULT_MODEL), threads=threads)
-        return cls(decoder, get_tokenizer(decoder.config.tokenizer))
+        decoder = Decoder.load(resolve(model or default_model()), threads=threads)
+        return cls(decoder, tokenizer_for(decoder.config))
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """Mask, in place, the ids that may never be sampled (spec §3); returns ``logits``."""
@@ -389,9 +401,19 @@ class Engine:
         self, request: Mapping[str, Any] | None = None, /, **fields: Any
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Answer one Completions request: a response dict, or chunks when streaming."""
-        req = self.parse(request, **fields)
-        run = _Completion(self, req)
-        if req.stream:
-            return run.chunks()
+        run = Completion(self, self.parse(request, **fields))
+        if run.req.stream:
+            return self._stream(run)
+        batch = Batch(self)
+        run.start(batch)
+        while not run.done:
+            run.record(batch.advance())
         return run.response()
 
+    def _stream(self, run: Completion) -> Iterator[dict[str, Any]]:
+        batch = Batch(self)
+        run.start(batch)
+        yield from run.take_chunks()
+        while not run.done:
+            run.record(batch.advance())
+            yield from run.take_chunks()

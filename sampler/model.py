@@ -8,6 +8,11 @@ A model folder holds::
                        "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260} | null}
     model.onnx        a decoder with the HF/Optimum KV-cache I/O names (see sampler.onnx_llama)
 
+``tokenizer`` is a registered name (``cl100k_base``) or an object describing a byte-level BPE
+stored in the folder (``{"file": "tokenizer.tiktoken", "sha256", "pattern",
+"special_tokens", "vocab_size", "name"}``, written by ``sampler.convert``; see
+``sampler.tokenizer.tokenizer_for``).
+
 :class:`Decoder` runs it: :meth:`Decoder.prefill` feeds whole prompts (left-padded, in column
 chunks) and :meth:`Decoder.step` one token per row. Both return fresh logits the caller owns
 and a new immutable :class:`KVCache`; :meth:`KVCache.take` and :meth:`KVCache.merge` reshape
@@ -56,7 +61,7 @@ class ModelConfig:
 
     name: str
     onnx: str
-    tokenizer: Any  # a tokenizer name such as "cl100k_base" (an object later)
+    tokenizer: Any  # a tokenizer name such as "cl100k_base", or a folder tokenizer's object
     context_length: int
     eos_token_ids: tuple[int, ...]
     fim: FimTokens | None

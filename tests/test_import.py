@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-HEAVY = ("onnxruntime", "onnx", "tiktoken", "starlette", "uvicorn", "torch", "transformers")
+HEAVY = ("onnxruntime", "onnx", "tiktoken", "starlette", "uvicorn", "torch", "transformers",
+         "gguf", "tqdm")
 
 
 def test_import_sampler_is_light():
