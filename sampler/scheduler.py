@@ -1,0 +1,205 @@
+"""Continuous batching: many requests share one :class:`~sampler.engine.Batch`.
+
+A worker thread owns the batch and does all model work. Between two steps it drops the
+sequences of cancelled requests and admits waiting ones (prefill, then they join the
+batch), so a request never waits for another to finish. Each request's candidates keep
+their own generators, and a row's logits do not depend on the rest of the batch, so a
+seeded request returns exactly what it returns alone (spec §6).
+
+Results leave through each job's ``sink`` callable, called on the worker thread with one
+event at a time: ``("chunks", [chunk, ...])`` for streams, ``("response", dict)`` for a
+finished non-stream request, ``("done", None)`` after a stream's last chunk, or
+``("error", exception)``. A server wraps the sink to hop back onto its event loop.
+
+>>> from sampler import Engine
+>>> sched = Scheduler(Engine.load("tiny-random-cl100k"))
+>>> events = []
+>>> job = sched.submit(sched.engine.parse(prompt="Hi", max_tokens=2, seed=1), events.append)
+>>> job.wait(timeout=30)
+True
+>>> events[-1][0], events[-1][1]["usage"]["completion_tokens"]
+('response', 2)
+>>> sched.close()
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Callable
+
+from .engine import Batch, Completion, Engine
+from .params import Request
+
+__all__ = ["Scheduler", "Job", "Busy"]
+
+Sink = Callable[[tuple[str, Any]], None]
+
+
+class Busy(Exception):
+    """The waiting queue is full: the server answers 429."""
+
+
+class Job:
+    """One submitted request: its completion, where its events go, and its state."""
+
+    def __init__(self, completion: Completion, sink: Sink) -> None:
+        self.completion = completion
+        self.sink = sink
+        self.size = len(completion.candidates) if completion.req.max_tokens else 0
+        self.cancelled = False
+        self.finished = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has sent its last event (for tests and scripts)."""
+        return self.finished.wait(timeout)
+
+
+class Scheduler:
+    """Runs requests for one engine on a worker thread, all in one batch.
+
+    ``max_sequences`` bounds the batch (a request that needs more than that on its own is
+    refused at validation, see :class:`~sampler.params.Limits`); requests that do not fit
+    yet wait, in order, up to ``max_waiting``; beyond that :meth:`submit` raises
+    :class:`Busy`.
+    """
+
+    def __init__(self, engine: Engine, *, max_sequences: int = 64, max_waiting: int = 256) -> None:
+        self.engine = engine
+        self.max_sequences = max_sequences
+        self.max_waiting = max_waiting
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._active: list[Job] = []
+        self._cancel: list[Job] = []
+        self._closed = False
+        self._batch = Batch(engine)
+        self.steps = 0  # batch steps run so far (for tests and benchmarks)
+        self._thread = threading.Thread(target=self._run, name="sampler-worker", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread
+    def submit(self, req: Request, sink: Sink) -> Job:
+        job = Job(Completion(self.engine, req), sink)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("scheduler is closed")
+            if len(self._waiting) >= self.max_waiting:
+                raise Busy(
+                    f"The server is busy: {len(self._waiting)} requests are already waiting "
+                    "for a place in the batch. Retry after a short wait."
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job (its client went away); its sequences leave at the next step."""
+        with self._cond:
+            if job.finished.is_set() or job.cancelled:
+                return
+            job.cancelled = True
+            self._cancel.append(job)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def load(self) -> dict[str, int]:
+        with self._cond:
+            return {"running": len(self._batch), "waiting": len(self._waiting)}
+
+    # -- the worker
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closed or self._waiting or self._cancel or self._active):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                cancelled, self._cancel = self._cancel, []
+                admitted = self._admissible()
+            self._drop(cancelled)
+            for job in admitted:
+                self._start(job)
+            if len(self._batch):
+                self._step()
+
+    def _admissible(self) -> list[Job]:
+        """Waiting jobs that fit now, in order (a job alone always fits an empty batch)."""
+        taken, room = [], self.max_sequences - len(self._batch)
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
+                job.finished.set()
+                continue
+            if job.size > room and (taken or len(self._batch)):
+                break
+            taken.append(self._waiting.popleft())
+            room -= job.size
+        return taken
+
+    def _drop(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job in self._active:
+                self._batch.drop(job.completion.candidates)
+                self._active.remove(job)
+            job.finished.set()
+
+    def _start(self, job: Job) -> None:
+        try:
+            job.completion.start(self._batch)
+        except Exception as exc:  # a bug: report it to this request only
+            self._fail(job, exc)
+            return
+        self._active.append(job)
+        self._emit(job)
+
+    def _step(self) -> None:
+        try:
+            stepped = self._batch.advance()
+        except Exception as exc:  # a bug in the shared step: every running request fails
+            for job in list(self._active):
+                self._fail(job, exc)
+            self._batch = Batch(self.engine)
+            return
+        self.steps += 1
+        by_owner: dict[int, list[Any]] = collections.defaultdict(list)
+        for c in stepped:
+            by_owner[id(c.owner)].append(c)
+        for job in list(self._active):
+            mine = by_owner.get(id(job.completion))
+            if mine:
+                job.completion.record(mine)
+                self._emit(job)
+
+    def _emit(self, job: Job) -> None:
+        comp = job.completion
+        if job.cancelled:
+            return
+        if comp.req.stream:
+            chunks = comp.take_chunks()
+            if chunks:
+                job.sink(("chunks", chunks))
+            if comp.done:
+                job.sink(("done", None))
+        elif comp.done:
+            job.sink(("response", comp.response()))
+        if comp.done:
+            self._finish(job)
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        if job in self._active:
+            self._batch.drop(job.completion.candidates)
+        job.sink(("error", exc))
+        self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        if job in self._active:
+            self._active.remove(job)
+        job.finished.set()
