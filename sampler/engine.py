@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .logprobs import log_normalizer, top_logprobs
+from .model import KVCache
 from .params import ModelInfo, Prompt, Request, parse_request
 from .response import (
     TokenEntry,
@@ -156,8 +157,6 @@ class Batch:
         cache = cache.take(rows)
         logits = self.engine.mask(logits[rows])  # [B', V]
         if self.seqs:
-            from .model import KVCache
-
             self.cache = KVCache.merge([self.cache, cache])
             self.logits = np.concatenate([self.logits, logits])
         else:

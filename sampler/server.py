@@ -104,8 +104,9 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
             return body
         name = body.get("model") if isinstance(body, dict) else None
         model = models.get(name) if isinstance(name, str) else None
-        try:
-            req = parse_request(body, (model or next(iter(models.values()))).engine.info, limits)
+        info = (model or next(iter(models.values()))).engine.info
+        try:  # tokenising a large prompt takes a while: not on the event loop
+            req = await asyncio.to_thread(parse_request, body, info, limits)
         except RequestError as err:
             return JSONResponse(err.to_dict(), status_code=err.status)
         assert model is not None  # parse_request refused any other model with a 404
