@@ -87,21 +87,28 @@ class Candidate:
         """Take the token chosen for this candidate and decide whether it has finished."""
         self.generated += 1
         self.logprob_sum += raw_lp if self.row.raw_logprob else 0.0
-        if token in end_ids:  # ends the choice; never in text nor logprobs (spec §7)
+        if token in end_ids:  # ends the choice; never in text, but in logprobs [decided]
             self._finish("stop")
+            if not self.tracker.stopped:  # (a stop cut would drop it like any later token)
+                self._log(tok, token, rep_lp, top, len(self.tracker.text), end=True)
             return
         self.row.counts.add(token)
         rel = self.tracker.add(tok.token_bytes(token))
-        if self.row.logprobs is not None:
-            assert top is not None
-            entry_top = top_dict(tok, top[0], top[1], token, rep_lp)
-            text = tok.token_text(token)
-            self.entries.append(TokenEntry(text, _lp(rep_lp), entry_top, self.base + rel))
-            self._rel.append(rel)
+        self._log(tok, token, rep_lp, top, rel)
         if self.tracker.stopped:
             self._finish("stop")
         elif self.generated >= self.req.max_tokens:
             self._finish("length")
+
+    def _log(self, tok: Tokenizer, token: int, lp: float,
+             top: tuple[np.ndarray, np.ndarray] | None, rel: int, end: bool = False) -> None:  # fmt: skip
+        """Append the token's logprobs entry (when logprobs were asked for)."""
+        if self.row.logprobs is None:
+            return
+        assert top is not None
+        entry_top = top_dict(tok, top[0], top[1], token, lp)
+        self.entries.append(TokenEntry(tok.token_text(token), _lp(lp), entry_top, self.base + rel))
+        self._rel.append(-1 if end else rel)  # -1: the end token, shown with the last delta
 
     def finish_without_tokens(self) -> None:
         """``max_tokens: 0``: nothing is generated (echo may still show the prompt)."""
@@ -119,7 +126,7 @@ class Candidate:
         self._shown_text = max(self._shown_text, end)
         first = self._shown_entries
         while self._shown_entries < len(self._rel) and self._rel[self._shown_entries] < end:
-            self._shown_entries += 1
+            self._shown_entries += 1  # the end token's -1 passes: it comes last, once done
         return text, self.entries[first : self._shown_entries]
 
 

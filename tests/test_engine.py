@@ -90,7 +90,7 @@ def test_tokens_equal_slow_reference(engine, full_logits, params):
     resp = engine.complete(body)
     for c, choice in enumerate(resp["choices"]):
         expected = reference_tokens(full_logits, prompt, seed=1234, max_tokens=12, c=c, **params)
-        texts = [TOK.token_text(t) for t in expected if t != EOT]
+        texts = [TOK.token_text(t) for t in expected]  # an end token included (decided)
         assert choice["logprobs"]["tokens"] == texts
         assert resp["usage"]["completion_tokens"] >= len(expected)
         text = TOK.decode_bytes([t for t in expected if t != EOT]).decode("utf-8", "replace")
@@ -281,8 +281,26 @@ def test_end_of_text_finishes_with_stop(engine):
                         logit_bias={str(EOT): 100})  # fmt: skip
     ch = r["choices"][0]
     assert ch["text"] == "" and ch["finish_reason"] == "stop"
-    assert ch["logprobs"]["tokens"] == []
+    # never in the text, but in the logprobs arrays, so that a scorer reading the last
+    # entry as the generated token (lm-evaluation-harness) reads the right one
+    assert ch["logprobs"]["tokens"] == ["<|endoftext|>"]
+    assert ch["logprobs"]["text_offset"] == [len("End")]
+    top = ch["logprobs"]["top_logprobs"][0]  # raw: the bias that forced it is not in it
+    assert "<|endoftext|>" in top and len(top) <= 2
     assert r["usage"]["completion_tokens"] == 1
+
+
+def test_echo_scoring_with_one_generated_token_keeps_the_end_token_last(engine, full_logits):
+    """lm-evaluation-harness sends echo + max_tokens 1 and drops the last entry."""
+    prompt = TOK.encode("Scored text")
+    r = engine.complete(prompt=prompt, echo=True, max_tokens=1, logprobs=1, temperature=0,
+                        logit_bias={str(EOT): 100})  # fmt: skip
+    lp = r["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(prompt) + 1 and lp["tokens"][-1] == "<|endoftext|>"
+    logits = full_logits(prompt)
+    expected = ref.log_softmax_row(masked(logits[0]))[prompt[1]]
+    assert abs(lp["token_logprobs"][1] - expected) < 1e-5
+    assert r["choices"][0]["text"] == "Scored text"
 
 
 def test_max_tokens_zero_without_echo(engine):
