@@ -379,7 +379,7 @@ class Engine:
         self.info = ModelInfo(self.name, tokenizer, cfg.context_length, self.end_ids,
                               vocab_size=self.vocab_size, fim=fim_ids)  # fmt: skip
         self._masked = self.info.masked_ids  # [m]
-        self.fingerprint = fingerprint(cfg.digest)
+        self.fingerprint = fingerprint(cfg.digest, cfg.tokenizer)
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, *, threads: int = 1) -> Engine:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import string
 import time
@@ -42,11 +43,13 @@ def now() -> int:
     return int(time.time())
 
 
-def fingerprint(model_digest: str) -> str:
-    """A short stable hash of what determines outputs: model file, library, NumPy."""
+def fingerprint(model_digest: str, tokenizer: object = "") -> str:
+    """A short stable hash of what determines outputs: model file, tokenizer (its name or
+    its description with the rank file's sha256), library, NumPy."""
     from . import __version__
 
-    key = f"{model_digest}|refsampler {__version__}|numpy {np.__version__}"
+    tok = json.dumps(tokenizer, sort_keys=True)
+    key = f"{model_digest}|{tok}|refsampler {__version__}|numpy {np.__version__}"
     return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 

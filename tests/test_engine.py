@@ -421,3 +421,12 @@ def test_invalid_body_type(engine):
     with pytest.raises(RequestError) as e:
         engine.complete([1, 2])
     assert "could not parse the JSON body" in e.value.message
+
+
+def test_fingerprint_follows_model_file_and_tokenizer():
+    from sampler.response import fingerprint
+
+    base = fingerprint("aa", "cl100k_base")
+    assert base == fingerprint("aa", "cl100k_base")
+    assert base != fingerprint("ab", "cl100k_base")
+    assert base != fingerprint("aa", {"name": "x", "sha256": "00"})
