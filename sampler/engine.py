@@ -35,6 +35,7 @@ from .response import (
     top_dict,
     usage,
 )
+from .seeds import generator, request_entropy
 from .select import Workspace
 from .step import RowParams, sample_step
 from .stopping import TextTracker
@@ -223,10 +224,10 @@ class Completion:
         self.req = req
         self.id = completion_id()
         self.created = now()
-        entropy = np.random.SeedSequence().entropy if req.seed is None else req.seed % 2**64
+        entropy = request_entropy(req.seed)
         self.groups = [
             [
-                Candidate(req, p, c, _generator(entropy, p, c), len(prompt.text), owner=self)
+                Candidate(req, p, c, generator(entropy, p, c), len(prompt.text), owner=self)
                 for c in range(req.best_of)
             ]
             for p, prompt in enumerate(req.prompts)
@@ -351,11 +352,6 @@ class Completion:
                 text = "".join(self._texts[id(c)])
                 choices.append(choice_object(p * self.req.n + j, text, lp, c.finish_reason))
         return self._object(choices, self._usage())
-
-
-def _generator(entropy: int, prompt: int, candidate: int) -> np.random.Generator:
-    seq = np.random.SeedSequence(entropy, spawn_key=(prompt, candidate))
-    return np.random.Generator(np.random.PCG64(seq))
 
 
 class Engine:

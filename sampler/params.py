@@ -28,7 +28,8 @@ import numpy as np
 from .errors import RequestError
 from .tokenizer import Tokenizer, UnrepresentableText
 
-__all__ = ["ModelInfo", "Prompt", "Request", "Limits", "parse_request", "EXTENSION_FIELDS"]
+__all__ = ["ModelInfo", "Prompt", "Request", "Limits", "parse_request", "sampling_fields",
+           "logit_bias_field", "SAMPLING_FIELDS", "EXTENSION_FIELDS"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -287,24 +288,31 @@ def _stop(body: Mapping) -> tuple[str, ...]:
     return tuple(_text("stop", s) for s in items)
 
 
-def _logit_bias(body: Mapping, info: ModelInfo) -> tuple[np.ndarray, np.ndarray] | None:
-    value = body.get("logit_bias")
+def logit_bias_field(
+    value: Any, *, max_id: int, masked: frozenset[int] = frozenset(), tokenizer: str = ""
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``logit_bias`` as unique ``(ids, float64 values)``, or None when empty.
+
+    Keys are non-negative integers (or their digit strings) up to ``max_id`` and not in
+    ``masked``; values −100 … 100, never clamped. Two keys naming one id ("5", "05"): the
+    later wins.
+    """
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise _type_error("logit_bias", "an object mapping token ids to numbers", value)
-    biases: dict[int, float] = {}  # "5" and "05" name one token: the later key wins
+    biases: dict[int, float] = {}
     for key, bias in value.items():
-        token = _bias_key(key, info.max_bias_id)
-        if token in info._masked_set:
+        token = _bias_key(key, max_id)
+        if token in masked:
             raise RequestError(
                 f"Invalid key in 'logit_bias': {key}. It is not a token this model can "
-                f"produce (tokenizer {info.tokenizer.name}).",
+                f"produce (tokenizer {tokenizer}).",
                 param="logit_bias",
                 code="invalid_value",
             )
         param = f"logit_bias[{key}]"
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+        if isinstance(bias, bool) or not isinstance(bias, (int, float, np.integer, np.floating)):
             raise _type_error(param, "a number", bias)
         if not math.isfinite(bias):
             raise RequestError(
@@ -321,6 +329,39 @@ def _logit_bias(body: Mapping, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]
         return None
     ids = np.fromiter(biases.keys(), dtype=np.int64, count=len(biases))  # [k]
     return ids, np.fromiter(biases.values(), dtype=np.float64, count=len(biases))
+
+
+#: The fields that shape one step of sampling (spec §3–4, §6, §11), as
+#: :func:`sampling_fields` validates them.
+SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                   "logit_bias", "seed", "logprobs", "logprobs_mode")  # fmt: skip
+
+
+def sampling_fields(
+    body: Mapping[str, Any],
+    *,
+    max_bias_id: int = INT64_MAX,
+    masked: frozenset[int] = frozenset(),
+    tokenizer: str = "",
+) -> dict[str, Any]:
+    """Validate the sampling fields of ``body`` (absent or null: the default), with the
+    API's errors; returns them by name (see :data:`SAMPLING_FIELDS`). Other runtimes'
+    adapters use this without a model; :func:`parse_request` with the model's limits.
+
+    >>> sampling_fields({"temperature": 0.5, "logit_bias": {"7": 2}})["logit_bias"][0]
+    array([7])
+    """
+    return {
+        "temperature": _number(body, "temperature", 1.0, 0, 2),
+        "top_p": _number(body, "top_p", 1.0, 0, 1),
+        "presence_penalty": _number(body, "presence_penalty", 0.0, -2, 2),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2, 2),
+        "logit_bias": logit_bias_field(body.get("logit_bias"), max_id=max_bias_id,
+                                       masked=masked, tokenizer=tokenizer),  # fmt: skip
+        "seed": _int(body, "seed", None, INT64_MIN, INT64_MAX),
+        "logprobs": _int(body, "logprobs", None, 0, 5),
+        "logprobs_mode": _logprobs_mode(body),
+    }
 
 
 def _bias_key(key: Any, top: int) -> int:
@@ -552,44 +593,31 @@ def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> R
     model = _model(body, info)
     raw_prompts = _raw_prompts(body)
     max_tokens = _int(body, "max_tokens", 16, 0, None)
-    temperature = _number(body, "temperature", 1.0, 0, 2)
-    top_p = _number(body, "top_p", 1.0, 0, 1)
     stream = _bool(body, "stream")
     n, best_of = _n_best_of(body, stream)
-    logprobs = _int(body, "logprobs", None, 0, 5)
     echo = _bool(body, "echo")
     stop = _stop(body)
-    presence = _number(body, "presence_penalty", 0.0, -2, 2)
-    frequency = _number(body, "frequency_penalty", 0.0, -2, 2)
-    seed = _int(body, "seed", None, INT64_MIN, INT64_MAX)
     include_usage = _stream_options(body, stream)
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _type_error("user", "a string", user)
-    logprobs_mode = _logprobs_mode(body)
+    sampling = sampling_fields(body, max_bias_id=info.max_bias_id, masked=info._masked_set,
+                               tokenizer=info.tokenizer.name)  # fmt: skip
     if limits is not None:
         _check_limits(len(raw_prompts), best_of, limits)
     suffix = _suffix(body, info, echo)
-    logit_bias = _logit_bias(body, info)
     prompts = tuple(_prompt(raw, info, suffix) for raw in raw_prompts)
     _check_context(prompts, max_tokens, info)
     return Request(
         model=model,
         prompts=prompts,
         max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
         n=n,
         best_of=best_of,
-        logprobs=logprobs,
         echo=echo,
         stop=stop,
-        presence_penalty=presence,
-        frequency_penalty=frequency,
-        logit_bias=logit_bias,
-        seed=seed,
         stream=stream,
         include_usage=include_usage,
-        logprobs_mode=logprobs_mode,
         suffix=suffix,
+        **sampling,
     )

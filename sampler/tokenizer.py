@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import tiktoken
 
 __all__ = ["Tokenizer", "UnrepresentableText", "get_tokenizer", "register_tokenizer",
-           "tokenizer_for", "bpe_tokenizer", "load_folder_tokenizer", "write_ranks",
+           "tokenizer_for", "logprobs_text", "bpe_tokenizer", "load_folder_tokenizer", "write_ranks",
            "read_ranks", "CL100K_SHA256"]
 
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -160,13 +160,21 @@ class Tokenizer:
         """The token as ``logprobs`` writes it: its text, or ``bytes:\\xNN..``."""
         text = self._text.get(i)
         if text is None:
-            data = self.token_bytes(i)
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = "bytes:" + "".join(f"\\x{b:02x}" for b in data)
-            self._text[i] = text
+            text = self._text[i] = logprobs_text(self.token_bytes(i))
         return text
+
+
+def logprobs_text(data: bytes) -> str:
+    """A token's bytes as ``logprobs`` writes them: the text, or ``bytes:\\xNN..`` (every
+    byte, lowercase hex) when they are not valid UTF-8 on their own (spec §4).
+
+    >>> logprobs_text(b"hi"), logprobs_text(b"\\xf0\\x9f")
+    ('hi', 'bytes:\\\\xf0\\\\x9f')
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
 
 
 # --- the registry of named encodings ------------------------------------------------------

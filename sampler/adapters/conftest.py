@@ -1,0 +1,9 @@
+"""pytest (``--doctest-modules``): skip the doctests of an adapter whose runtime is not
+installed — ``adapters.vllm`` and ``adapters.hf`` import theirs at module level."""
+
+import importlib.util
+
+_RUNTIMES = {"vllm.py": ("vllm",), "hf.py": ("torch", "transformers")}
+
+collect_ignore = [name for name, mods in _RUNTIMES.items()
+                  if any(importlib.util.find_spec(m) is None for m in mods)]  # fmt: skip
