@@ -1,12 +1,14 @@
 # Two commands do all set-up on a fresh machine with only Python and pip:
 #   make demo   -- a real completion on the default model
-#   make test   -- the whole suite
+#   make test   -- the whole suite (with the notebooks and a strict docs build)
+#   make docs   -- serve the documentation site locally (mkdocs serve)
+#   make notebooks -- re-execute notebooks/ and save their outputs
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean docs notebooks
 
 venv: $(STAMP)
 
@@ -21,6 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+notebooks: $(STAMP)
+	$(PY) notebooks/run_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
