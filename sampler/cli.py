@@ -3,7 +3,7 @@
     sampler complete [PROMPT] [--model NAME|DIR] [--max-tokens N] [--temperature T] ... [--json]
     sampler models
     sampler pull NAME
-    sampler convert PATH.gguf [--out DIR] [--weights float32|float16] [--name NAME]
+    sampler convert PATH.gguf [--out DIR] [--weights float32|float16|int4] [--name NAME]
 
 The default model is ``$SAMPLER_MODEL`` or ``smollm2-135m-instruct``, fetched and converted
 on first use (said on stderr). Exit codes: 0 ok, 1 a pull or conversion failed, 2 bad request
@@ -70,8 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("convert", help="convert a Llama GGUF file into a model folder")
     v.add_argument("gguf", metavar="PATH.gguf", help="a Llama-architecture GGUF file")
     v.add_argument("--out", help="the model folder to create (default: PATH without .gguf)")
-    v.add_argument("--weights", choices=("float32", "float16"), default="float32",
-                   help="how the ONNX file stores the weights (compute is float32 either way)")
+    v.add_argument("--weights", choices=("float32", "float16", "int4"), default="float32",
+                   help="how the ONNX file stores the weights (compute is float32 either way; "
+                        "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
+                        "MatMulNBits)")
     v.add_argument("--name", help="the model id in responses (default: the folder's name)")
 
     s = sub.add_parser("serve", help="serve the OpenAI Completions API over HTTP")

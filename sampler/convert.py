@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .onnx_llama import LlamaConfig, weight_shapes
+from .onnx_llama import Int4Matrix, LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     import gguf
 
 __all__ = ["CONVERT_VERSION", "PRETOKENIZER_PATTERNS", "GGUFVocab", "GGUFLlama", "read_gguf",
-           "gguf_vocab", "llama_config", "llama_weights", "unpermute_rope_rows",
-           "byte_decoder", "convert_gguf"]
+           "gguf_vocab", "llama_config", "llama_weights", "llama_int4_weights",
+           "int4_matrix", "unpermute_rope_rows", "byte_decoder", "convert_gguf"]
 
 #: Bumped whenever the output changes for the same input, through this module or through
 #: sampler.onnx_llama's graph: the registry's folder names carry it, so a changed converter
@@ -377,6 +377,55 @@ def llama_weights(model: GGUFLlama, *, progress: bool = False) -> dict[str, np.n
     return weights
 
 
+#: GGUF block layouts that :class:`Int4Matrix` holds exactly: bytes per block of 32
+_INT4_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20}  # fp16 d [, fp16 m], 16 bytes of nibbles
+
+
+def int4_matrix(kind: str, raw: np.ndarray, rows: int, cols: int) -> Int4Matrix:
+    """A Q4_0/Q4_1 tensor's raw blocks (uint8, ``rows`` x ``cols`` values) as an Int4Matrix.
+
+    A block is fp16 ``d``, (Q4_1) fp16 ``m``, then 16 bytes whose low nibbles are values
+    0-15 and high nibbles values 16-31 -- the layout ``gguf.quants`` reads.
+    """
+    size = _INT4_BLOCK_BYTES[kind]
+    nb = cols // 32
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, nb, size)
+
+    def half(at: int) -> np.ndarray:  # the fp16 at byte ``at`` of every block, as float32
+        return blocks[:, :, at:at + 2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+
+    d = half(0)  # [rows, nb]
+    m = half(2) if kind == "Q4_1" else None
+    qs = blocks[:, :, size - 16:]  # [rows, nb, 16]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2)  # [rows, nb, 32]
+    return Int4Matrix(kind, q, d, m)
+
+
+def llama_int4_weights(model: GGUFLlama) -> dict[str, Int4Matrix]:
+    """The Q4_0/Q4_1 layer matrices as :class:`Int4Matrix` (HF names, Q/K rows un-permuted).
+
+    Replacing these entries of :func:`llama_weights` gives ``build_llama(...,
+    weight_dtype="int4")`` its input; their :meth:`Int4Matrix.dense` equals the float32
+    weights exactly. The embedding and the head are left out (they stay dense).
+    """
+    c = model.config
+    out: dict[str, Int4Matrix] = {}
+    for t in model.reader.tensors:
+        name = _hf_name(t.name)
+        kind = t.tensor_type.name
+        if (name is None or not name.startswith("layers.") or kind not in _INT4_BLOCK_BYTES
+                or len(t.shape) != 2):
+            continue
+        cols, rows = (int(n) for n in t.shape)  # GGUF lists the fastest dimension first
+        w = int4_matrix(kind, t.data, rows, cols)
+        if name.endswith(".q_proj") or name.endswith(".k_proj"):
+            heads = c.num_heads if name.endswith(".q_proj") else c.num_kv_heads
+            order = unpermute_rope_rows(np.arange(rows)[:, None], heads)[:, 0]
+            w = w.rows(order)
+        out[name] = w
+    return out
+
+
 def _progress(items: Sequence, desc: str, on: bool):
     if not on:
         return items
@@ -391,13 +440,20 @@ def _progress(items: Sequence, desc: str, on: bool):
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  name: str | None = None, weight_dtype: str = "float32",
                  exact_attention: bool = True, progress: bool = False,
-                 log: Callable[[str], None] | None = None) -> Path:
+                 log: Callable[[str], None] | None = None,
+                 int4_accuracy_level: int = 0) -> Path:
     """Convert a Llama GGUF file into a model folder ``out_dir`` (which must not exist).
 
     The folder holds ``model.onnx`` (float32 weights, or float16 storage with
     ``weight_dtype="float16"``), ``tokenizer.tiktoken`` and ``refsampler.json``; it appears
     atomically, so an interrupted conversion leaves nothing at ``out_dir``. ``name`` is the
     model id in responses (default: the folder's name). ``log`` gets progress lines.
+
+    ``weight_dtype="int4"`` keeps the file's Q4_0/Q4_1 layer matrices as 4-bit blocks run by
+    ONNX Runtime's ``com.microsoft.MatMulNBits`` (see :class:`sampler.onnx_llama.Int4Matrix`;
+    same values as the float32 conversion, to float32 rounding); other tensors, the
+    embedding and the head stay float32. ``int4_accuracy_level`` is passed to MatMulNBits:
+    keep 0 (4 is faster but not reproducible; for measurement).
     """
     from .onnx_llama import build_llama, save_model
     from .tokenizer import bpe_tokenizer, write_ranks
@@ -406,8 +462,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
-    if weight_dtype not in ("float32", "float16"):
-        raise ValueError(f"weights must be 'float32' or 'float16', got {weight_dtype!r}")
+    if weight_dtype not in ("float32", "float16", "int4"):
+        raise ValueError(f"weights must be 'float32', 'float16' or 'int4', got {weight_dtype!r}")
     t0 = time.perf_counter()
     model = read_gguf(gguf_path)
     c, v = model.config, model.vocab
@@ -419,10 +475,18 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     # Build the tokenizer now: a vocabulary tiktoken cannot load fails before any big work.
     bpe_tokenizer(name, v.ranks, pattern=v.pattern, special_tokens=v.special_tokens,
                   vocab_size=v.vocab_size)
-    weights = llama_weights(model, progress=progress)
+    weights: dict[str, Any] = dict(llama_weights(model, progress=progress))
+    if weight_dtype == "int4":
+        int4 = llama_int4_weights(model)
+        if not int4:
+            raise ValueError(f"{model.path}: no Q4_0 or Q4_1 layer matrices (tensor types "
+                             f"{'/'.join(types)}); --weights int4 has nothing to keep in 4 bits")
+        weights.update(int4)
+        say(f"{len(int4)} Q4_0/Q4_1 matrices kept as 4-bit MatMulNBits blocks")
     say(f"building the ONNX graph ({weight_dtype} weights)")
     graph = build_llama(weights, c, weight_dtype=weight_dtype,  # type: ignore[arg-type]
-                        exact_attention=exact_attention)
+                        exact_attention=exact_attention,
+                        int4_accuracy_level=int4_accuracy_level)
     del weights
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -443,6 +507,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             "source": {"gguf": model.path.name, "sha256": _sha256(model.path),
                        "general.name": model.name, "tensor_types": types},
             "weights": weight_dtype, "exact_attention": exact_attention,
+            **({"int4_accuracy_level": int4_accuracy_level} if weight_dtype == "int4" else {}),
             "converter": f"refsampler convert/{CONVERT_VERSION}",
         }  # fmt: skip
         (tmp / "refsampler.json").write_text(json.dumps(manifest, indent=2) + "\n")

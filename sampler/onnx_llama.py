@@ -50,14 +50,16 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-__all__ = ["LlamaConfig", "build_llama", "save_model", "random_weights", "weight_shapes",
-           "rope_tables"]
+__all__ = ["LlamaConfig", "Int4Matrix", "build_llama", "save_model", "random_weights",
+           "weight_shapes", "rope_tables"]
 
 OPSET = 17
 _MASKED = -1e30  # finite: a fully masked row softmaxes to uniform, not NaN
 _PROTO_LIMIT = 2**31 - 1  # protobuf's hard limit; above it weights go to an external file
 
-WeightDtype = Literal["float32", "float16"]
+WeightDtype = Literal["float32", "float16", "int4"]
+_MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (MatMulNBits), used by int4 only
+INT4_BLOCK = 32  # elements per block along the input dimension (GGUF's Q4_0/Q4_1 block)
 
 
 @dataclass(frozen=True)
@@ -134,20 +136,108 @@ def rope_tables(config: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+@dataclass(frozen=True, eq=False)
+class Int4Matrix:
+    """A weight matrix [N, K] (HF layout: out x in) held as 4-bit blocks of 32 along K::
+
+        w[n, 32 b + j] = scale[n, b] * (q[n, b, j] - 8) + offset[n, b]
+
+    which is GGUF's Q4_0 (``offset`` None: ``d * (q - 8)``) and, with ``offset = m + 8 d``,
+    Q4_1 (``d * q + m``). ``kind`` names the source type; :meth:`dense` is the float32 matrix
+    computed exactly as ``gguf.quants`` dequantises the source (``d*(q-8)``, ``d*q + m``).
+    ``build_llama(..., weight_dtype="int4")`` runs it with ONNX Runtime's
+    ``com.microsoft.MatMulNBits`` (zero point 8) plus, for Q4_1, the exact correction
+    ``sum_b offset[n, b] * sum_j x[32 b + j]`` (see :func:`_int4_matmul`).
+
+    >>> q = np.arange(32, dtype=np.uint8).reshape(1, 1, 32) % 16
+    >>> d, m = np.full((1, 1), 0.5, np.float32), np.full((1, 1), -1.0, np.float32)
+    >>> w = Int4Matrix("Q4_1", q, d, m)
+    >>> w.shape, w.dense()[0, :3].tolist()
+    ((1, 32), [-1.0, -0.5, 0.0])
+    """
+
+    kind: str  # "Q4_0" or "Q4_1"
+    q: np.ndarray  # uint8 [N, K/32, 32], values 0..15
+    scale: np.ndarray  # float32 [N, K/32]: d
+    m: np.ndarray | None  # float32 [N, K/32]: Q4_1's block minimum; None for Q4_0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("Q4_0", "Q4_1") or (self.m is None) != (self.kind == "Q4_0"):
+            given = "absent" if self.m is None else "given"
+            raise ValueError(f"Int4Matrix: kind {self.kind!r} with m {given} (Q4_0 has no m, "
+                             "Q4_1 needs one)")
+        n, nb, block = self.q.shape
+        if block != INT4_BLOCK or self.scale.shape != (n, nb) or (
+                self.m is not None and self.m.shape != (n, nb)):
+            raise ValueError(f"Int4Matrix: q {self.q.shape}, scale {self.scale.shape} do not "
+                             f"describe [N, K/{INT4_BLOCK}, {INT4_BLOCK}] blocks")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q.shape[0], self.q.shape[1] * INT4_BLOCK
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        """Per-block term added to ``scale * (q - 8)``: ``m + 8 d`` (float64, rounded once)."""
+        if self.m is None:
+            return None
+        offset = self.m.astype(np.float64) + 8.0 * self.scale.astype(np.float64)
+        return offset.astype(np.float32)
+
+    def dense(self) -> np.ndarray:
+        """float32 [N, K], the same arithmetic (and so the same values) as gguf.quants."""
+        d = self.scale[:, :, None]
+        if self.m is None:
+            w = d * (self.q.astype(np.int8) - np.int8(8)).astype(np.float32)
+        else:
+            w = d * self.q.astype(np.float32) + self.m[:, :, None]
+        return np.ascontiguousarray(w.reshape(self.shape), dtype=np.float32)
+
+    def rows(self, index: np.ndarray) -> "Int4Matrix":
+        """The matrix of rows ``index`` (e.g. a row permutation)."""
+        return Int4Matrix(self.kind, self.q[index], self.scale[index],
+                          None if self.m is None else self.m[index])
+
+    @staticmethod
+    def stack(parts: "list[Int4Matrix]") -> "Int4Matrix":
+        """Rows of ``parts`` one after the other (Q4_0 parts become Q4_1-like when mixed)."""
+        if all(p.kind == "Q4_0" for p in parts):
+            return Int4Matrix("Q4_0", np.concatenate([p.q for p in parts]),
+                              np.concatenate([p.scale for p in parts]), None)
+        # a Q4_0 part as d*q + (-8d): its offset m + 8d is then exactly 0
+        zeros = [p.m if p.m is not None else (-8.0 * p.scale).astype(np.float32) for p in parts]
+        return Int4Matrix("Q4_1", np.concatenate([p.q for p in parts]),
+                          np.concatenate([p.scale for p in parts]), np.concatenate(zeros))
+
+    def packed(self) -> np.ndarray:
+        """MatMulNBits' B: uint8 [N, K/32, 16], byte i = q[2i] | q[2i+1] << 4."""
+        q = self.q
+        return np.ascontiguousarray(q[:, :, 0::2] | (q[:, :, 1::2] << 4), dtype=np.uint8)
+
+
+def _dense(w) -> np.ndarray:
+    """A weight as a float32 array (an :class:`Int4Matrix` dequantised)."""
+    return w.dense() if isinstance(w, Int4Matrix) else w
+
+
 class _Graph:
     """Accumulates nodes and initializers; every helper returns the name of its output."""
 
-    def __init__(self, weight_dtype: WeightDtype) -> None:
+    def __init__(self, weight_dtype: WeightDtype, int4_accuracy_level: int = 0) -> None:
         from onnx import helper
         self.helper = helper
         self.nodes: list = []
         self.initializers: dict = {}
         self.weight_dtype = weight_dtype
+        self.int4_accuracy_level = int4_accuracy_level
+        self.uses_ms_domain = False
         self._fp32: dict[str, str] = {}  # initializer name -> name of its fp32 value
 
-    def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs) -> str | list[str]:
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str | None = None,
+           **attrs) -> str | list[str]:
         outs = [f"{op_type.lower()}_{len(self.nodes)}_{k}" for k in range(n_out)]
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, **attrs))
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, domain=domain,
+                                                **attrs))
         return outs[0] if n_out == 1 else outs
 
     def const(self, name: str, value) -> str:
@@ -166,7 +256,7 @@ class _Graph:
     def weight(self, name: str, value: np.ndarray) -> str:
         """A float32 weight; matrices are stored as fp16 (and Cast back in-graph) when asked."""
         if name not in self._fp32:
-            if self.weight_dtype == "float32" or value.ndim < 2:
+            if self.weight_dtype in ("float32", "int4") or value.ndim < 2:
                 self._fp32[name] = self.const(name, value.astype(np.float32))
             else:
                 from onnx import TensorProto
@@ -175,9 +265,10 @@ class _Graph:
         return self._fp32[name]
 
 
-def build_llama(weights: Mapping[str, np.ndarray], config: LlamaConfig, *,
+def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaConfig, *,
                 weight_dtype: WeightDtype = "float32",
-                exact_attention: bool = True) -> "onnx.ModelProto":
+                exact_attention: bool = True,
+                int4_accuracy_level: int = 0) -> "onnx.ModelProto":
     """The decoder graph for ``weights`` (HF names and shapes, see :func:`weight_shapes`).
 
     ``weight_dtype="float16"`` stores the matrices as fp16 and casts them to fp32 inside the
@@ -189,13 +280,30 @@ def build_llama(weights: Mapping[str, np.ndarray], config: LlamaConfig, *,
     SmolLM2-135M shapes, 1 thread: +0-10% per decode step at batch 1 (context 30-1000),
     +40-55% at batch 8 (context 300-1000). ``False``: plain float32 Softmax + MatMul, whose
     results shift with padding by ~1e-6 relative (up to ~1e-5 absolute on logits).
+
+    A layer matrix may be an :class:`Int4Matrix` (GGUF Q4_0/Q4_1 blocks). With
+    ``weight_dtype="int4"`` such matrices run as ``com.microsoft.MatMulNBits`` (an ONNX
+    Runtime contrib op: 4-bit storage, ~1/5 of the float32 bytes) and everything else is
+    float32; the embedding and the output head are always dense. With the other dtypes they
+    are dequantised first, so the same ``weights`` give the dense graph of the same values.
+    ``int4_accuracy_level`` is MatMulNBits' ``accuracy_level``: 0 (default) computes in
+    float32; 4 quantises the activations to int8 per block -- faster, but a row's logits
+    then depend on how the sequence was chunked and batched (incremental != full, by ~1 on
+    SmolLM2), so it is for measurement only. Even at 0, MatMulNBits rounds differently for
+    one row and for many (~1e-4 on SmolLM2's logits): int4 graphs are not bit-reproducible
+    across batch composition as the float32 graph with exact attention is.
     """
     from onnx import helper
 
-    if weight_dtype not in ("float32", "float16"):
-        raise ValueError(f"weight_dtype must be 'float32' or 'float16', got {weight_dtype!r}")
+    if weight_dtype not in ("float32", "float16", "int4"):
+        raise ValueError("weight_dtype must be 'float32', 'float16' or 'int4', got "
+                         f"{weight_dtype!r}")
+    if int4_accuracy_level not in (0, 1, 2, 3, 4):
+        raise ValueError(f"int4_accuracy_level must be 0-4, got {int4_accuracy_level!r}")
     _check_weights(weights, config)
-    g = _Graph(weight_dtype)
+    if weight_dtype != "int4":
+        weights = {k: _dense(v) for k, v in weights.items()}
+    g = _Graph(weight_dtype, int4_accuracy_level)
     c = config
     ids, mask_in, pos = "input_ids", "attention_mask", "position_ids"
 
@@ -215,8 +323,11 @@ def build_llama(weights: Mapping[str, np.ndarray], config: LlamaConfig, *,
 
     inputs, outputs = _io_specs(c)
     graph = helper.make_graph(g.nodes, "llama", inputs, outputs, list(g.initializers.values()))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                             producer_name="refsampler", ir_version=8)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if g.uses_ms_domain:
+        opsets.append(helper.make_opsetid(_MS_DOMAIN, 1))
+    return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler",
+                             ir_version=8)
 
 
 def _io_specs(c: LlamaConfig) -> tuple[list, list]:
@@ -243,9 +354,13 @@ def _check_weights(weights: Mapping[str, np.ndarray], config: LlamaConfig) -> No
     for name, shape in expected.items():
         if name not in weights:
             raise ValueError(f"missing weight {name!r} (expected shape {shape})")
-        if tuple(np.shape(weights[name])) != shape:
-            raise ValueError(f"weight {name!r} has shape {tuple(np.shape(weights[name]))}, "
-                             f"expected {shape}")
+        w = weights[name]
+        found = w.shape if isinstance(w, Int4Matrix) else tuple(np.shape(w))
+        if found != shape:
+            raise ValueError(f"weight {name!r} has shape {found}, expected {shape}")
+        if isinstance(w, Int4Matrix) and name in ("embed_tokens", "lm_head"):
+            raise ValueError(f"weight {name!r}: the embedding and the head must be dense "
+                             "arrays (Int4Matrix is for the layer matrices)")
     extra = sorted(set(weights) - set(expected))
     if extra:
         raise ValueError(f"unexpected weights {extra[:5]} for this config")
@@ -327,8 +442,8 @@ def _attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaC
     """
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
     G = H // Hkv
-    qkv_w = np.concatenate([w["q_proj"], w["k_proj"], w["v_proj"]], axis=0).T  # [d, (H+2Hkv)hd]
-    qkv = g.op("MatMul", x, g.weight(f"layers.{i}.qkv_proj.T", qkv_w))  # [B, S, (H+2Hkv)*hd]
+    qkv = _linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
+    # [B, S, (H+2Hkv)*hd]
     qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
     qk, v = g.op("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
     qk = _rope(g, qk, cos, sin, c)  # [B, S, H+Hkv, hd]
@@ -350,7 +465,7 @@ def _attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaC
     out = g.op("Reshape", out, g.ints("o5_shape", [0, Hkv, G, -1, hd]))  # [B, Hkv, G, S, hd]
     out = g.op("Transpose", out, perm=[0, 3, 1, 2, 4])  # [B, S, Hkv, G, hd]
     out = g.op("Reshape", out, g.ints("o3_shape", [0, 0, H * hd]))  # [B, S, H*hd]
-    return g.op("MatMul", out, g.weight(f"layers.{i}.o_proj.T", w["o_proj"].T))  # [B, S, d]
+    return _linear(g, out, f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
 
 
 def _attend(g: _Graph, q: str, k: str, v: str, allowed: str, exact: bool) -> str:
@@ -386,11 +501,48 @@ def _attend(g: _Graph, q: str, k: str, v: str, allowed: str, exact: bool) -> str
 def _mlp(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray]) -> str:
     """down(silu(gate x) * up x), gate and up in one MatMul."""
     ffn = w["gate_proj"].shape[0]
-    gate_up = np.concatenate([w["gate_proj"], w["up_proj"]], axis=0).T  # [d, 2*ffn]
-    gu = g.op("MatMul", x, g.weight(f"layers.{i}.gate_up_proj.T", gate_up))  # [B, S, 2*ffn]
+    gu = _linear(g, x, f"layers.{i}.gate_up_proj", [w["gate_proj"], w["up_proj"]])
+    # [B, S, 2*ffn]
     gate, up = g.op("Split", gu, g.ints("gate_up_split", [ffn, ffn]), axis=-1, n_out=2)
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # [B, S, ffn]
-    return g.op("MatMul", act, g.weight(f"layers.{i}.down_proj.T", w["down_proj"].T))
+    return _linear(g, act, f"layers.{i}.down_proj", [w["down_proj"]])
+
+
+def _linear(g: _Graph, x: str, name: str, parts: list) -> str:
+    """x @ concat(parts, rows)^T: one MatMul over the stacked [out, in] matrices.
+
+    Dense parts: a float32 (or fp16-stored) weight ``{name}.T`` [in, out]. All parts
+    :class:`Int4Matrix` (only with ``weight_dtype="int4"``): :func:`_int4_matmul`. A mix is
+    run dense (the 4-bit parts dequantised).
+    """
+    if all(isinstance(p, Int4Matrix) for p in parts):
+        return _int4_matmul(g, x, name, Int4Matrix.stack(parts))
+    dense = [_dense(p) for p in parts]
+    w = (dense[0] if len(dense) == 1 else np.concatenate(dense, axis=0)).T  # [in, out]
+    return g.op("MatMul", x, g.weight(f"{name}.T", w))
+
+
+def _int4_matmul(g: _Graph, x: str, name: str, w: Int4Matrix) -> str:
+    """x [B, S, K] @ w^T -> [B, S, N] with MatMulNBits, exact up to float32 rounding.
+
+    MatMulNBits (bits 4, block 32, no zero-point input, so zero point 8) computes
+    ``sum_k x_k * scale (q_k - 8)``. Q4_1's ``d q + m`` is ``d (q - 8) + (m + 8 d)``: the
+    second term is ``offset[n, b]`` times the block sum of x, one small MatMul
+    ``blocksum(x) [.., K/32] @ offset^T [K/32, N]`` added to the result (Q4_0 needs none).
+    """
+    N, K = w.shape
+    g.uses_ms_domain = True
+    b = g.const(f"{name}.q4", w.packed())  # uint8 [N, K/32, 16]
+    s = g.const(f"{name}.scales", np.ascontiguousarray(w.scale, dtype=np.float32).reshape(-1))
+    y = g.op("MatMulNBits", x, b, s, domain=_MS_DOMAIN, K=K, N=N, bits=4,
+             block_size=INT4_BLOCK, accuracy_level=g.int4_accuracy_level)  # [.., N]
+    offset = w.offset
+    if offset is None or not offset.any():
+        return y
+    blocks = g.op("Reshape", x, g.ints(f"int4_blocks_{K}", [0, 0, K // INT4_BLOCK, INT4_BLOCK]))
+    sums = g.op("ReduceSum", blocks, g.ints("axes_m1", [-1]), keepdims=0)  # [B, S, K/32]
+    corr = g.op("MatMul", sums, g.const(f"{name}.offset.T", np.ascontiguousarray(offset.T)))
+    return g.op("Add", y, corr)  # [B, S, N]
 
 
 def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
