@@ -10,12 +10,16 @@ build version, so a changed builder never reuses an old folder.
   checked, see ``sampler.pull``) and converted to float32 ONNX (~540 MB), saying so on stderr.
 - ``tiny-random-cl100k``: a 2-layer random Llama over cl100k_base, built locally in about a
   second; for tests.
+- ``cl100k-fim-mini``: a 1.8M-parameter Llama trained here on license-clean text (mostly the
+  CPython standard library) with fill-in-the-middle, OpenAI's cl100k_base ids; committed in
+  the repository's ``models/cl100k-fim-mini/`` (source and editable installs only: wheels do
+  not ship it). See its MODEL_CARD.md.
 
 ``$SAMPLER_MODEL`` overrides the default model (:func:`default_model`); the test suite sets
 it to ``tiny-random-cl100k`` so that nothing is ever downloaded there.
 
 >>> sorted(m.name for m in known_models())
-['smollm2-135m-instruct', 'tiny-random-cl100k']
+['cl100k-fim-mini', 'smollm2-135m-instruct', 'tiny-random-cl100k']
 """
 
 from __future__ import annotations
@@ -103,6 +107,24 @@ def _smollm2_build() -> Path:
     return folder
 
 
+FIM_MINI = "cl100k-fim-mini"
+
+
+def _fim_mini_folder() -> Path:
+    """``models/cl100k-fim-mini`` of the repository this package was loaded from."""
+    return Path(__file__).resolve().parent.parent / "models" / FIM_MINI
+
+
+def _fim_mini() -> Path:
+    folder = _fim_mini_folder()
+    if not _complete(folder):
+        raise FileNotFoundError(
+            f"{FIM_MINI} lives in the refsampler repository (models/{FIM_MINI}/) and is not "
+            f"shipped in wheels; {folder} has no model. Use a source checkout (pip install -e "
+            f".) or pass the folder's path as the model.")
+    return folder
+
+
 _MODELS: dict[str, ModelEntry] = {
     SMOLLM2: ModelEntry(
         name=SMOLLM2,
@@ -116,6 +138,14 @@ _MODELS: dict[str, ModelEntry] = {
         description="2-layer random Llama over cl100k_base, built locally in seconds (tests)",
         folder=_tiny_build,
         cached=lambda: _complete(_tiny_folder()),
+    ),
+    FIM_MINI: ModelEntry(
+        name=FIM_MINI,
+        description="1.8M-parameter Llama with fill-in-the-middle over cl100k_base, trained "
+                    "here (in the repository; not in wheels)",
+        folder=_fim_mini,
+        cached=lambda: _complete(_fim_mini_folder()),
+        first_use="in the repository checkout (models/cl100k-fim-mini)",
     ),
 }
 
