@@ -21,6 +21,7 @@ PSM order (Bavarian et al. 2022)::
 
     <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle <|endoftext|>
 
+(with ``fim_line_rate``, some middles are instead whole lines: see :meth:`Sampler.fim_span`);
 otherwise it is ``context_length`` tokens of plain text, followed by ``<|endoftext|>`` when
 it reaches the end of its document. The loss covers every position.
 
@@ -28,6 +29,10 @@ Outputs in ``out``: ``log.jsonl`` (one line per logged step and per evaluation),
 ``weights.npz`` (float32 HF-named weights, the vocabulary tables and a probe's reference
 log-probabilities, written at every checkpoint; ``export.py`` reads it) and ``ckpt.pt``.
 Touch ``out/STOP`` to checkpoint and stop early.
+
+A config with ``init`` (a ``ckpt.pt``) continues from that checkpoint's weights and optimizer
+moments with its own seed, data settings and learning-rate schedule (a later phase); the
+compact vocabulary must come out the same (same corpus and mixture), which is checked.
 """
 
 from __future__ import annotations
@@ -232,11 +237,30 @@ class Sampler:
         if fim:
             text = self.enc.decode_bytes(window.tolist()).decode("utf-8", errors="ignore")
             if len(text) >= self.cfg["fim_min_chars"]:
-                i, j = sorted(int(x) for x in self.rng.integers(0, len(text) + 1, size=2))
+                i, j = self.fim_span(text)
                 e = self.enc.encode_ordinary
                 return ([FIM_PREFIX, *e(text[:i]), FIM_SUFFIX, *e(text[j:]), FIM_MIDDLE,
                          *e(text[i:j]), EOT], start == 0)
         return window.tolist() + ([EOT] if ends else []), start == 0
+
+    def fim_span(self, text: str) -> tuple[int, int]:
+        """The middle's character span [i, j) of a FIM sample's text.
+
+        With probability ``fim_line_rate`` (0 when absent) the span is whole lines: 1 to 4
+        consecutive complete lines (1 with probability 1/2, then halving), without the last
+        one's newline, so the suffix begins with that newline. Otherwise (and when the text
+        has no complete line after its first) two uniform character positions, as in
+        Bavarian et al. 2022."""
+        if self.rng.random() < self.cfg.get("fim_line_rate", 0.0):
+            starts = [0] + [k + 1 for k, ch in enumerate(text) if ch == "\n"]
+            # complete lines only: line a runs from starts[a] to starts[a + 1] - 1 (its "\n")
+            complete = len(starts) - 1
+            if complete >= 2:
+                a = int(self.rng.integers(1, complete))  # not the (partial) first line
+                k = min(int(self.rng.geometric(0.5)), 4, complete - a)
+                return starts[a], starts[a + k] - 1
+        i, j = sorted(int(x) for x in self.rng.integers(0, len(text) + 1, size=2))
+        return i, j
 
     def row(self) -> list[int]:
         buf: list[int] = []
@@ -365,6 +389,12 @@ def main() -> None:
 
     mc = ModelConfig(vocab_size=len(vocab_ids) + 1, **cfg["model"])
     model = Decoder(mc)
+    init = torch.load(cfg["init"], weights_only=False) if cfg.get("init") else None
+    if init is not None:  # a later phase: same vocabulary, weights and optimizer moments
+        prev = np.load(Path(cfg["init"]).with_name("weights.npz"))["vocab_ids"]
+        if not np.array_equal(prev, vocab_ids):
+            raise SystemExit(f"{cfg['init']}: its compact vocabulary differs from this config's")
+        model.load_state_dict(init["model"])
     n_params = sum(p.numel() for p in model.parameters())
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)
     train = Sampler(corpus, cfg, np.random.default_rng(seeds[0]), test=False, enc=enc)
@@ -380,6 +410,8 @@ def main() -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg["lr"], betas=(0.9, 0.95))
+    if init is not None:
+        opt.load_state_dict(init["opt"])
     log = open(out / "log.jsonl", "a")
 
     def emit(rec: dict) -> None:
@@ -389,6 +421,7 @@ def main() -> None:
         log.flush()
 
     emit({"event": "start", "params": n_params, "vocab": mc.vocab_size,
+          "init": cfg.get("init"), "init_step": init["step"] if init else None,
           "config": cfg, "torch": torch.__version__, "threads": torch.get_num_threads()})
     t0 = last_ckpt = time.time()
     tokens_seen, ema = 0, None
