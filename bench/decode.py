@@ -73,6 +73,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from machine import cpu_busy_seconds  # bench/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,17 +88,6 @@ def home() -> Path:
 
 
 # ---------------------------------------------------------------- load and timing helpers
-
-
-def cpu_busy_seconds() -> float | None:
-    """Machine-wide busy CPU seconds so far, from /proc/stat (None off Linux)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(x) for x in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds() -> float:

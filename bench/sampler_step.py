@@ -82,6 +82,8 @@ from typing import Callable
 
 import numpy as np
 
+from machine import cpu_busy_seconds  # bench/machine.py, beside this script
+
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # benchmark the working tree, installed or not
     sys.path.insert(0, str(_ROOT))
@@ -309,17 +311,6 @@ def run(batches, budget: float, min_reps: int) -> dict:
         "nucleus_at_top_p": nuclei,
         "results": results,
     }
-
-
-def cpu_busy_seconds() -> float | None:
-    """Machine-wide busy CPU seconds so far, from /proc/stat (None off Linux)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(x) for x in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def other_load(start: tuple) -> float | None:
