@@ -263,9 +263,20 @@ class Sampler:
         return i, j
 
     def row(self) -> list[int]:
+        """``context_length + 1`` tokens packed from samples, the last one cut to fit.
+
+        With ``fim_whole`` (false when absent) a FIM sample is never cut (its middle and
+        ``<|endoftext|>`` come last, so a cut one teaches nothing about ending a middle): one
+        that does not fit in the room left is replaced by plain text, which fills the row.
+        """
         buf: list[int] = []
+        fim_rate = self.cfg["fim_rate"]
         while len(buf) < self.ctx + 1:
-            toks, first = self.sample(self.cfg["fim_rate"])
+            toks, first = self.sample(fim_rate)
+            if (self.cfg.get("fim_whole") and toks[0] == FIM_PREFIX
+                    and len(buf) + len(toks) > self.ctx + 1):
+                fim_rate = 0.0  # the rest of this row is plain text
+                continue
             if first and buf and buf[-1] != EOT:
                 buf.append(EOT)
             buf.extend(toks)
