@@ -25,8 +25,8 @@ vocabulary, unchanged in names:
   included, makes it the most likely token. With ``other_logq=None`` the "other" slot is
   dropped instead: every id not kept gets ``low_logit``.
 
-The mapping is three ops at the end (Gather, Add, Where) and one at the start, all per
-row, so a row's logits stay independent of its batch, padding and chunking.
+The mapping is four ops at the end (LogSoftmax, Gather, Add, Where) and one at the start, all
+per row, so a row's logits stay independent of its batch, padding and chunking.
 
 >>> import numpy as np
 >>> from sampler.onnx_llama import LlamaConfig, build_llama, random_weights

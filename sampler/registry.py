@@ -12,8 +12,9 @@ build version, so a changed builder never reuses an old folder.
   second; for tests.
 - ``cl100k-fim-mini``: a 1.8M-parameter Llama trained here on license-clean text (mostly the
   CPython standard library) with fill-in-the-middle, OpenAI's cl100k_base ids; committed in
-  the repository's ``models/cl100k-fim-mini/`` (source and editable installs only: wheels do
-  not ship it). See its MODEL_CARD.md.
+  the repository's ``models/cl100k-fim-mini/``: available when the package runs from a
+  checkout (in place, or ``pip install -e .``); wheels, and so ``pip install .``, do not ship
+  it. See its MODEL_CARD.md.
 
 ``$SAMPLER_MODEL`` overrides the default model (:func:`default_model`); the test suite sets
 it to ``tiny-random-cl100k`` so that nothing is ever downloaded there.
@@ -120,8 +121,8 @@ def _fim_mini() -> Path:
     if not _complete(folder):
         raise FileNotFoundError(
             f"{FIM_MINI} lives in the refsampler repository (models/{FIM_MINI}/) and is not "
-            f"shipped in wheels; {folder} has no model. Use a source checkout (pip install -e "
-            f".) or pass the folder's path as the model.")
+            f"shipped in wheels; {folder} has no model. Run from a checkout (in place or pip "
+            f"install -e .) or pass the folder's path as the model.")
     return folder
 
 
@@ -145,7 +146,7 @@ _MODELS: dict[str, ModelEntry] = {
                     "here (in the repository; not in wheels)",
         folder=_fim_mini,
         cached=lambda: _complete(_fim_mini_folder()),
-        first_use="in the repository checkout (models/cl100k-fim-mini)",
+        first_use="not in this install: needs a repository checkout (models/cl100k-fim-mini)",
     ),
 }
 

@@ -177,3 +177,38 @@ def test_wrap_compact_vocab_maps_ids_and_spreads_the_other_slot():
     assert np.all(dropped[:, np.setdiff1d(np.arange(n), kept)] == LOW_LOGIT)
     with pytest.raises(ValueError, match="len\\(vocab_ids\\) \\+ 1"):
         wrap_compact_vocab(inner, kept[:3], n_vocab=n)
+
+
+def test_wrap_compact_vocab_refuses_bad_tables():
+    from sampler.onnx_llama import LlamaConfig, build_llama, random_weights
+    from sampler.onnx_vocab import full_to_compact, wrap_compact_vocab
+
+    with pytest.raises(ValueError, match="distinct"):
+        full_to_compact(np.array([3, 3]), 10)
+    with pytest.raises(ValueError, match="lie in"):
+        full_to_compact(np.array([3, 10]), 10)
+    cfg = LlamaConfig(vocab_size=4, hidden_size=8, intermediate_size=16, num_layers=1,
+                      num_heads=2, num_kv_heads=1, max_position=16)
+    inner = build_llama(random_weights(cfg, np.random.default_rng(0)), cfg)
+    kept = np.array([5, 1, 7])
+    with pytest.raises(ValueError, match="shape"):
+        wrap_compact_vocab(inner, kept, n_vocab=10, other_logq=np.zeros(9))
+    with pytest.raises(ValueError, match="log-probabilities"):
+        wrap_compact_vocab(inner, kept, n_vocab=10, other_logq=np.full(10, 0.5))
+    no_logits = type(inner)()
+    no_logits.CopyFrom(inner)
+    no_logits.graph.output[0].name = "scores"
+    with pytest.raises(ValueError, match="no 'logits' output"):
+        wrap_compact_vocab(no_logits, kept, n_vocab=10)
+
+
+def test_without_the_repository_folder_it_says_so(monkeypatch, tmp_path, capsys):
+    from sampler import cli, registry
+
+    monkeypatch.setattr(registry, "_fim_mini_folder", lambda: tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="not shipped in wheels"):
+        resolve("cl100k-fim-mini")
+    assert cli.main(["models"]) == 0
+    assert "not in this install" in capsys.readouterr().out
+    assert cli.main(["complete", "x", "--model", "cl100k-fim-mini"]) == 2
+    assert "not shipped in wheels" in capsys.readouterr().err
