@@ -278,9 +278,10 @@ class Sampler:
         fim_rate = self.cfg["fim_rate"]
         while len(buf) < self.ctx + 1:
             toks, first = self.sample(fim_rate)
-            sep = int(bool(first and buf and buf[-1] != EOT))  # the EOT added below
+            # (the check leaves out the separating EOT added below, as when phase 3 ran: a
+            # FIM sample at the start of its document can lose its final token to it)
             if (self.cfg.get("fim_whole") and toks[0] == FIM_PREFIX
-                    and len(buf) + sep + len(toks) > self.ctx + 1):
+                    and len(buf) + len(toks) > self.ctx + 1):
                 fim_rate = 0.0  # the rest of this row is plain text
                 continue
             if first and buf and buf[-1] != EOT:
