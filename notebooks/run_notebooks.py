@@ -6,7 +6,8 @@
 The notebooks use whatever models this machine has: SmolLM2 cells run when
 ``smollm2-135m-instruct`` is pulled (``sampler pull smollm2-135m-instruct``) and say they are
 skipped otherwise. CI re-executes them without saving (``tests/test_notebooks.py``), on the
-tiny model only. Volatile metadata (timings) is dropped so that a re-run diffs cleanly, and consecutive\nprints are joined into one output.
+tiny model only. Volatile metadata (timings) is dropped so that a re-run diffs cleanly, and consecutive
+prints are joined into one output.
 """
 
 from __future__ import annotations

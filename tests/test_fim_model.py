@@ -25,9 +25,9 @@ LOW_LOGIT = -40.0
 GOLDEN_PROMPT = "import os\n\n\ndef "
 GOLDEN_PARAMS = {"max_tokens": 24, "temperature": 0.8, "top_p": 0.95, "seed": 1234}
 GOLDEN_TOKENS: list[str] = [
-    '0', ':\n', '   ', ' try', ':\n', '       ', ' """', 'Returns', ' the', ' sort', ' file',
-    '.\n\n', '       ', ' _', 'write', ' =', ' os', '.path', '.join', '(self', ',', ' "', 'w',
-    '")\n']
+    '0', ' print', "('", 'from', ' f', ' import', '_helper', ' import', '_helper', '\n', 'from',
+    ' test', '.support', ' import', '_helper', '\n', 'from', ' test', ' import', ' test', '\n',
+    'from', ' test', '.support']
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +98,10 @@ def test_suffix_returns_the_middle_only_and_stops_at_end_of_text(engine, full_lo
     # A seeded draw in which this small model ends the middle by itself (greedy decoding
     # tends to loop until max_tokens; see the model card).
     prefix, suffix = "def add(a, b):\n", "\n    return result\n"
-    r = engine.complete(prompt=prefix, suffix=suffix, max_tokens=16, temperature=0.7, seed=4)
+    r = engine.complete(prompt=prefix, suffix=suffix, max_tokens=16, temperature=0.7, seed=24)
     (choice,) = r["choices"]
     seq = [FIM_PREFIX, *TOK.encode(prefix), FIM_SUFFIX, *TOK.encode(suffix), FIM_MIDDLE]
-    expected = reference_tokens(full_logits, seq, seed=4, max_tokens=16, temperature=0.7,
+    expected = reference_tokens(full_logits, seq, seed=24, max_tokens=16, temperature=0.7,
                                 top_p=1.0)
     assert expected[-1] == EOT  # the model ends the middle by itself
     assert choice["finish_reason"] == "stop"

@@ -21,7 +21,11 @@ runs in the project venv (NumPy + ONNX Runtime, no torch)::
    - with the suffix (``suffix=``): exact match if ``text.rstrip() == middle.rstrip()``;
      also counted: whether it stopped by itself (``<|endoftext|>``, finish_reason "stop"),
      and whether its first line matches;
-   - without it, the same prompt with ``stop="\\n"``: exact match on that line.
+   - without it, the same prompt with ``stop="\\n"``: exact match on that line;
+   - teacher-forced, on the same cases (what greedy decoding hides): the true middle's mean
+     log-likelihood per token after ``<|fim_prefix|> prefix <|fim_suffix|> suffix
+     <|fim_middle|>`` and after ``<|endoftext|> prefix`` (does the suffix help?), and
+     log p(``<|endoftext|>``) right after the true middle (can it end a middle?).
 3. Five sample completions and five sample insertions (printed as Markdown for the card).
 """
 
@@ -219,6 +223,31 @@ def fim_eval(engine, cases: list[dict]) -> dict:
             "rows": rows}
 
 
+def fim_teacher_forced(model_dir: Path, cases: list[dict], tok) -> dict:
+    """Mean over cases: the true middle's log-likelihood per token with and without the
+    suffix, and log p(<|endoftext|>) after it (full-sequence passes, no decoding)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), opts,
+                                providers=["CPUExecutionProvider"])
+    fim_prefix, fim_middle, fim_suffix = 100258, 100259, 100260
+    with_s, without, end = [], [], []
+    for c in cases:
+        pre, suf, mid = (tok.encode(c[k]) for k in ("prefix", "suffix", "middle"))
+        head = [fim_prefix, *pre, fim_suffix, *suf, fim_middle]
+        nll = model_nll(sess, np.asarray(head + mid + [EOT], np.int64))  # [S-1]
+        with_s.append(-nll[len(head) - 1:len(head) - 1 + len(mid)].mean())
+        end.append(-nll[-1])
+        nll = model_nll(sess, np.asarray([EOT, *pre, *mid], np.int64))
+        without.append(-nll[len(pre):].mean())
+    return {"middle_loglik_with_suffix": float(np.mean(with_s)),
+            "middle_loglik_without_suffix": float(np.mean(without)),
+            "eot_after_middle_logp_mean": float(np.mean(end)),
+            "eot_after_middle_logp_median": float(np.median(end))}
+
+
 # ------------------------------------------------------------------ samples
 
 COMPLETIONS = [
@@ -266,7 +295,15 @@ def markdown(res: dict) -> str:
     out += ["", f"FIM on {f['cases']} held-out single-line stdlib infills (greedy): exact match "
             f"with suffix {f['fim_exact_match']:.1%} (first line {f['fim_first_line_match']:.1%},"
             f" stopped by <|endoftext|> {f['fim_stopped_by_eot']:.1%}); without suffix "
-            f"{f['no_suffix_exact_match']:.1%}.", ""]
+            f"{f['no_suffix_exact_match']:.1%}."]
+    if "teacher_forced" in f:
+        t = f["teacher_forced"]
+        out += ["", f"Teacher-forced on the same cases: the true middle's log-likelihood "
+                f"{t['middle_loglik_with_suffix']:.3f} nats/token with the suffix, "
+                f"{t['middle_loglik_without_suffix']:.3f} without it; log p(<|endoftext|>) "
+                f"after the true middle: mean {t['eot_after_middle_logp_mean']:.2f}, median "
+                f"{t['eot_after_middle_logp_median']:.2f}."]
+    out += [""]
     for s in res["samples"]["completions"]:
         out += [f"Completion, {json.dumps(s['params'])}:", "```text",
                 s["prompt"] + "⟦" + s["text"] + "⟧", "```"]
@@ -301,6 +338,8 @@ def main() -> None:
     cases = infill_cases(args.corpus, get_tokenizer("cl100k_base"), args.infills,
                          np.random.default_rng(SEED))
     res["fim"] = fim_eval(engine, cases)
+    res["fim"]["teacher_forced"] = fim_teacher_forced(args.model, cases,
+                                                      get_tokenizer("cl100k_base"))
     res["samples"] = samples(engine)
     res["seconds"] = round(time.time() - t0, 1)
     md = markdown(res)
