@@ -14,7 +14,8 @@ runs in the project venv (NumPy + ONNX Runtime, no torch)::
    (add-one over all ids) and bigram (Witten-Bell interpolated with that unigram).
 2. Fill-in-the-middle on ``--infills`` single-line infills from the held-out stdlib files:
    a function (``def`` line to its end, at most 400 tokens) is cut around one of its body
-   lines (not the first, not blank, not a comment, not inside the docstring): prefix = the
+   lines (any line after the ``def`` line(s) that is not blank, not a comment, not inside
+   the docstring and at least 4 characters without its indentation): prefix = the
    lines before it, middle = the line (with its indentation, without its newline), suffix =
    the newline and the rest. Candidates are drawn with a seeded generator, at most 2 per
    function and 6 per file. Greedy (temperature 0), ``max_tokens`` 48:
