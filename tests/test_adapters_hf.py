@@ -4,7 +4,6 @@ same tokens and logprobs as ``sampler.Engine`` fed the same logits step by step.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from sampler.adapters import hf  # noqa: E402
 from sampler.adapters.core import completion_text, logprobs_object, masked_ids  # noqa: E402
 from sampler.model import ModelConfig  # noqa: E402
 from sampler.tokenizer import get_tokenizer  # noqa: E402
+from replay import ReplayDecoder  # noqa: E402
 
 V = 100_277  # cl100k_base's width, so the engine's tokenizer and mask apply
 EOT = 100_257
@@ -124,49 +124,6 @@ class _Recorder:
         return scores
 
 
-class _ReplayCache:
-    """Which HF row each engine row is, and at which step. ``take`` with a row repeated k
-    times (the engine fanning a prompt out to its candidates) maps the j-th copy to HF row
-    ``row + j``: HF's ``repeat_interleave`` order."""
-
-    def __init__(self, rows: list[int], step: int) -> None:
-        self.rows, self.step = rows, step
-
-    @property
-    def batch(self) -> int:
-        return len(self.rows)
-
-    def take(self, rows) -> _ReplayCache:
-        seen: Counter[int] = Counter()
-        out = []
-        for r in np.asarray(rows).reshape(-1).tolist():
-            out.append(self.rows[r] + seen[r])
-            seen[r] += 1
-        return _ReplayCache(out, self.step)
-
-
-class _ReplayDecoder:
-    """A decoder for ``sampler.Engine`` that hands out the logits HF computed, step by
-    step, and checks the engine asks for the tokens HF generated."""
-
-    def __init__(self, steps: list[np.ndarray], tokens: np.ndarray, n: int) -> None:
-        self.steps, self.tokens, self.n = steps, tokens, n
-        self.vocab_size = V
-        self.config = ModelConfig(name="hf-replay", onnx="-", tokenizer="cl100k_base",
-                                  context_length=64, eos_token_ids=(EOT,), fim=None,
-                                  path=Path("."), digest="replay")  # fmt: skip
-
-    def prefill(self, prompts, *, on_logits=None):
-        rows = [p * self.n for p in range(len(prompts))]
-        return self.steps[0][rows].copy(), _ReplayCache(rows, 0)
-
-    def step(self, cache: _ReplayCache, tokens):
-        want = [int(self.tokens[r, cache.step]) for r in cache.rows]
-        assert np.asarray(tokens).tolist() == want, "the engine chose differently from HF"
-        nxt = cache.step + 1
-        return self.steps[nxt][cache.rows].copy(), _ReplayCache(cache.rows, nxt)
-
-
 FIELDS = dict(temperature=0.8, top_p=0.9, presence_penalty=0.6, frequency_penalty=0.4,
               logit_bias={"1917": 4.0, "13": -3}, logprobs=3)  # fmt: skip
 
@@ -185,7 +142,10 @@ def test_generate_equals_the_engine_fed_the_same_logits(gpt2, prompts, n, seed):
             np.testing.assert_array_equal(rec.steps[0][p * n + c], rec.steps[0][p * n])
     width = max(len(g.tokens) for g in gens)
     tokens = np.array([g.tokens + [EOT] * (width - len(g.tokens)) for g in gens])
-    engine = Engine(_ReplayDecoder(rec.steps, tokens, n), tok)
+    config = ModelConfig(name="hf-replay", onnx="-", tokenizer="cl100k_base", context_length=64,
+                         eos_token_ids=(EOT,), fim=None, path=Path("."), digest="replay")
+    decoder = ReplayDecoder(config, V, lambda s, t: rec.steps[t][s], tokens, n)
+    engine = Engine(decoder, tok)
     resp = engine.complete(prompt=prompts, n=n, max_tokens=6, seed=seed, **FIELDS)
     for g in gens:
         choice = resp["choices"][g.prompt * n + g.candidate]

@@ -8,7 +8,6 @@ llama-cpp-python builds from source, so it is not in the test extra: install
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from sampler.adapters.core import completion_text, logprobs_object
 from sampler.model import load_config
 
 import gguf_reference as ref
+from replay import ReplayDecoder
 
 
 # --- without llama-cpp-python: the processor's contract ------------------------------------
@@ -74,40 +74,6 @@ class _Recorder:
         return scores
 
 
-class _ReplayCache:
-    def __init__(self, rows: list[int], step: int) -> None:
-        self.rows, self.step = rows, step
-
-    @property
-    def batch(self) -> int:
-        return len(self.rows)
-
-    def take(self, rows) -> _ReplayCache:  # the j-th copy of a prompt row is candidate j
-        seen: Counter[int] = Counter()
-        out = []
-        for r in np.asarray(rows).reshape(-1).tolist():
-            out.append(self.rows[r] + seen[r])
-            seen[r] += 1
-        return _ReplayCache(out, self.step)
-
-
-class _ReplayDecoder:
-    """Hands ``sampler.Engine`` the logits llama.cpp computed for each sequence."""
-
-    def __init__(self, config, vocab: int, steps: list[list[np.ndarray]], tokens, n: int):
-        self.config, self.vocab_size = config, vocab
-        self.steps, self.tokens, self.n = steps, tokens, n  # per sequence p * n + c
-
-    def prefill(self, prompts, *, on_logits=None):
-        rows = [p * self.n for p in range(len(prompts))]
-        return np.stack([self.steps[r][0] for r in rows]), _ReplayCache(rows, 0)
-
-    def step(self, cache: _ReplayCache, tokens):
-        assert np.asarray(tokens).tolist() == [self.tokens[r][cache.step] for r in cache.rows]
-        nxt = cache.step + 1
-        return np.stack([self.steps[r][nxt] for r in cache.rows]), _ReplayCache(cache.rows, nxt)
-
-
 FIELDS = dict(temperature=0.9, top_p=0.9, presence_penalty=0.8, frequency_penalty=0.5,
               logit_bias={"100": 2.0}, logprobs=2)  # fmt: skip
 
@@ -129,7 +95,9 @@ def test_llama_with_our_step_equals_the_engine_fed_the_same_logits(tiny, prompts
         for c in range(1, n):
             np.testing.assert_array_equal(steps[p * n + c][0], steps[p * n][0])
     cfg = load_config(real.decoder.config.path)
-    engine = Engine(_ReplayDecoder(cfg, real.vocab_size, steps, [g.tokens for g in gens], n), tok)
+    decoder = ReplayDecoder(cfg, real.vocab_size, lambda s, t: steps[s][t],
+                            [g.tokens for g in gens], n)
+    engine = Engine(decoder, tok)
     resp = engine.complete(prompt=prompts, n=n, max_tokens=6, seed=seed, **FIELDS)
     for g in gens:
         choice = resp["choices"][g.prompt * n + g.candidate]
