@@ -311,7 +311,9 @@ class Sequences:
                              [r.frequency_penalty for r in self.rows], out=res)  # fmt: skip
         temps = [r.temperature for r in self.rows]
         processors.temperature(res, temps, out=res)
-        processors.top_p(res, [r.top_p for r in self.rows], out=res)
+        # a greedy row keeps its argmax below, which is always inside the nucleus: skip it
+        processors.top_p(res, [1.0 if t == 0.0 else r.top_p for t, r in zip(temps, self.rows)],
+                         out=res)  # fmt: skip
         for b in np.flatnonzero(np.asarray(temps) == 0.0):
             force(res[b : b + 1], [int(np.argmax(res[b]))])
         return res
@@ -379,25 +381,23 @@ def logprobs_object(
     text (docs/semantics.md).
     """
     from ..logprobs import reported
-    from ..response import top_dict
+    from ..response import TokenEntry, top_dict
+    from ..response import logprobs_object as entries_object
     from ..stopping import TextTracker
 
     ends = set(end_ids)
     texts = _Texts(token_bytes)
     tracker = TextTracker()
-    out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
-                                 "text_offset": []}  # fmt: skip
+    rows: list[TokenEntry] = []
     for e in entries:
         if e.token in ends:
             tracker.finish()
             rel = len(tracker.text)
         else:
             rel = tracker.add(token_bytes(e.token))
-        out["tokens"].append(texts.token_text(e.token))
-        out["token_logprobs"].append(reported(e.logprob))
         top = top_dict(texts, e.top_ids, e.top_logprobs, e.token, e.logprob)  # type: ignore
-        out["top_logprobs"].append(top)
-        out["text_offset"].append(offset + rel)
+        rows.append(TokenEntry(texts.token_text(e.token), reported(e.logprob), top,
+                               offset + rel))
         if e.token in ends:
             break
-    return out
+    return entries_object(rows)
