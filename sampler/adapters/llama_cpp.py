@@ -29,6 +29,7 @@ from .core import (
     SamplingParams,
     Sequences,
     TokenLogprob,
+    force,
     fresh_entropy,
     logprobs_object,
     sampling_params,
@@ -77,7 +78,6 @@ class LogitsProcessor:
         self.sequences: Sequences | None = None
         self._seen = 0
         self._last: int | None = None
-        self._buf: np.ndarray | None = None
 
     def reset(self) -> None:
         self.sequences = None
@@ -115,16 +115,12 @@ class LogitsProcessor:
         for t in new:
             self.sequences.observe([t])
         self._seen = len(ids)
-        if self._buf is None or self._buf.shape[1] != vocab:
-            self._buf = np.empty((1, vocab), dtype=np.float32)
-        np.copyto(self._buf[0], scores)  # llama-cpp-python passes a strided view
+        z = np.asarray(scores, dtype=np.float32)[None]  # [1, V], a view: neither call writes it
         if not self.draw:
-            return self.sequences.process(self._buf, out=self._buf)[0].copy()
-        token = int(self.sequences.step(self._buf).tokens[0])
+            return self.sequences.process(z)[0]  # a fresh row
+        token = int(self.sequences.step(z).tokens[0])
         self._last = token
-        out = np.full(vocab, -np.inf, dtype=np.float32)  # [V]
-        out[token] = 0.0
-        return out
+        return force(np.empty((1, vocab), dtype=np.float32), [token])[0]  # [V]
 
 
 def token_bytes(llm: Any) -> Callable[[int], bytes]:
