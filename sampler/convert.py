@@ -32,7 +32,6 @@ reads the GGUF itself and applies llama.cpp's adjacent-pair RoPE to the GGUF-lay
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .model import sha256_file
 from .onnx_llama import Int4Matrix, LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -504,7 +504,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                           "vocab_size": v.vocab_size, "pre": v.pre},
             "context_length": c.max_position, "eos_token_ids": list(v.eos_token_ids),
             "fim": v.fim,
-            "source": {"gguf": model.path.name, "sha256": _sha256(model.path),
+            "source": {"gguf": model.path.name, "sha256": sha256_file(model.path),
                        "general.name": model.name, "tensor_types": types},
             "weights": weight_dtype, "exact_attention": exact_attention,
             **({"int4_accuracy_level": int4_accuracy_level} if weight_dtype == "int4" else {}),
@@ -523,10 +523,3 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     say(f"converted in {time.perf_counter() - t0:.1f} s: {out}")
     return out
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()

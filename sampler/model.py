@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["FORMAT", "FimTokens", "ModelConfig", "load_config", "file_digest", "KVCache",
+__all__ = ["FORMAT", "FimTokens", "ModelConfig", "load_config", "file_digest", "sha256_file", "KVCache",
            "Decoder"]
 
 FORMAT = "refsampler-model/1"
@@ -173,13 +173,18 @@ def file_digest(path: str | os.PathLike) -> str:
             return cached["sha256"]
     except (OSError, ValueError, AttributeError):
         pass
+    digest = sha256_file(path)
+    _write_atomic(sidecar, json.dumps({**key, "sha256": digest}))
+    return digest
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex of a file, read in 8 MiB blocks (no cache: see :func:`file_digest`)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_HASH_BLOCK):
             h.update(block)
-    digest = h.hexdigest()
-    _write_atomic(sidecar, json.dumps({**key, "sha256": digest}))
-    return digest
+    return h.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:

