@@ -161,8 +161,14 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
 
 
 def _server_error(exc: BaseException) -> JSONResponse:
-    return _error(500, "The server had an error while processing your request. Sorry about "
-                  f"that! ({type(exc).__name__}: {exc})", type="server_error")  # fmt: skip
+    return JSONResponse(_error_body(exc), status_code=500)
+
+
+def _error_body(exc: BaseException) -> dict[str, Any]:
+    """The 500 body for an unexpected error (also sent in-band once a stream has begun)."""
+    return RequestError("The server had an error while processing your request. Sorry about "
+                        f"that! ({type(exc).__name__}: {exc})", status=500,
+                        type="server_error").to_dict()
 
 
 async def _read_json(request: HTTPRequest, limit: int) -> Any:
@@ -236,10 +242,6 @@ async def _events(scheduler: Scheduler, job: Job, queue: asyncio.Queue) -> Async
                 return
     finally:
         scheduler.cancel(job)
-
-
-def _error_body(exc: BaseException) -> dict[str, Any]:
-    return json.loads(_server_error(exc).body)
 
 
 def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000,
