@@ -43,6 +43,7 @@ __all__ = [
     "temperature",
     "top_p",
     "nucleus",
+    "few_candidates_nucleus",
 ]
 
 STEP_ORDER = ("logit_bias", "penalties", "temperature", "top_p")
@@ -127,8 +128,10 @@ class TokenCounts:
         self._slot: dict[int, int] = {}
         self._ids = np.empty(16, dtype=np.int64)  # [capacity]
         self._counts = np.empty(16, dtype=np.int64)  # [capacity]
+        self.added: list[int] = []  # every token, in order: lets a reader catch up
 
     def add(self, token: int) -> None:
+        self.added.append(token)
         slot = self._slot.get(token)
         if slot is not None:
             self._counts[slot] += 1
@@ -140,6 +143,11 @@ class TokenCounts:
         self._slot[token] = n
         self._ids[n] = token
         self._counts[n] = 1
+
+    def count(self, token: int) -> int:
+        """How many times ``token`` was added (0 if never)."""
+        slot = self._slot.get(token)
+        return 0 if slot is None else int(self._counts[slot])
 
     @property
     def ids(self) -> np.ndarray:
@@ -218,7 +226,13 @@ def temperature(
 
 
 # --- 4. top_p -----------------------------------------------------------------------------
-def nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarray]:
+def nucleus(
+    e: np.ndarray,
+    total: float | None,
+    p: float,
+    *,
+    outside: tuple[np.ndarray, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The minimal nucleus of one row of unnormalised probabilities ``e`` (float32, [V]).
 
     Returns ``(ids, weights)``: the kept token ids in increasing id order and their
@@ -226,11 +240,20 @@ def nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarr
     ``>= p * total`` (``total`` = float64 sum of ``e``), ties ordered by lower id first,
     never empty. The float64 running sum over values in decreasing order is the
     definition; only tokens above a safe threshold are sorted (performance.md).
+    ``total=None``: found here, first as a cheap float32 sum with an error bound, which
+    settles the common case of a few candidates; the float64 sum only when it does not.
+    ``outside = (ids, bound)``: the caller knows that every id not in ``ids`` has
+    ``e <= bound``, so those above it are found without a pass over the row.
 
     >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
     >>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]
     array([1, 2])
     """
+    if total is None:
+        quick = few_candidates_nucleus(e, p, outside)
+        if quick is not None:
+            return np.array(quick[0], dtype=np.int64), np.array(quick[1], dtype=np.float32)
+        total = float(e.sum(dtype=np.float64))
     target = p * total
     for t in _thresholds(p, total, e.size):
         cand = np.flatnonzero(e >= t)  # [k] ids above the threshold, increasing
@@ -253,6 +276,47 @@ def nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarr
     tied = np.flatnonzero(vals == cut)[: k + 1 - n_above]  # lowest ids among the ties
     above[tied] = True
     return cand[above], vals[above]
+
+
+def few_candidates_nucleus(
+    e: np.ndarray, p: float, outside: tuple[np.ndarray, float] | None = None
+) -> tuple[list[int], list[float]] | None:
+    """:func:`nucleus` with ``total=None`` when a few candidates settle it, as Python lists
+    ``(ids, values)``, ids increasing; None when they do not.
+
+    The nucleus from a few candidates that form a top set, with only bounds on the total.
+
+    The candidates are every id with ``e >= 1e-4`` or, given ``outside = (ids, bound)``,
+    those of ``ids`` above ``bound`` (all ids above it are among them). A float32 sum of
+    ``n`` non-negative values, in any order, is within ``(n-1) * 2**-24`` of the true sum,
+    relatively (and the float64 sum far closer still). The kept set only grows with the
+    target, so when the targets at both ends of that interval keep the same set, it is
+    the set the float64 total keeps. None when that does not settle it.
+
+    >>> few_candidates_nucleus(np.array([0.1, 1.0, 0.5, 1e-6], dtype=np.float32), 0.7)
+    ([1, 2], [1.0, 0.5])
+    """
+    s32 = float(e.sum())  # float32 pairwise sum
+    slack = 2.0 * e.size * 2.0**-24  # twice the bound: room for the float64 total too
+    if slack >= 0.5:
+        return None
+    if outside is None:
+        cand = np.flatnonzero(e >= _FIRST_THRESHOLD)  # [k] ids above the threshold
+        if cand.size > _SMALL:
+            return None
+        ids, vals = cand.tolist(), e[cand].tolist()
+    else:
+        known, bound = outside
+        at = e[known]  # [m]
+        above = at > bound  # [m]
+        pairs = dict(zip(known[above].tolist(), at[above].tolist()))  # dedupes the ids
+        ids = sorted(pairs)
+        vals = [pairs[i] for i in ids]
+    low = _small_nucleus(ids, vals, p * s32 * (1.0 - slack))
+    if low is None or low != _small_nucleus(ids, vals, p * s32 * (1.0 + slack)):
+        return None
+    value = dict(zip(ids, vals))
+    return low, [value[i] for i in low]
 
 
 _FIRST_THRESHOLD = 1e-4  # relative to the largest value (1): few tokens on peaked rows

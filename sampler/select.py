@@ -23,13 +23,13 @@ running sum finds the token (no float64 running sum over the whole vocabulary).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Container, NamedTuple, Sequence
 
 import numpy as np
 
-from .processors import nucleus
+from .processors import few_candidates_nucleus, nucleus
 
-__all__ = ["WEIGHT_SCALE", "Workspace", "greedy", "sample", "draw"]
+__all__ = ["WEIGHT_SCALE", "Edits", "Workspace", "greedy", "sample", "draw", "pick"]
 
 WEIGHT_SCALE = 2**43  # w = floor(e * 2**43); V * 2**43 < 2**63 for V up to a million
 _SCALE32 = np.float32(WEIGHT_SCALE)
@@ -102,9 +102,9 @@ def _pick_kept(ids: np.ndarray, vals: np.ndarray, u: float) -> int:
     return int(ids[int(np.searchsorted(run, _target(u, int(run[-1])), side="right"))])
 
 
-def _exps(row: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``exp(row - max row)`` into ``out`` (float32 [V])."""
-    np.subtract(row, row.max(), out=out)
+def _exps(row: np.ndarray, out: np.ndarray, top: np.float32 | None = None) -> np.ndarray:
+    """``exp(row - max row)`` into ``out`` (float32 [V]); ``top``: the max, when known."""
+    np.subtract(row, row.max() if top is None else top, out=out)
     return np.exp(out, out=out)
 
 
@@ -130,7 +130,9 @@ def draw(
     *,
     bias: tuple[np.ndarray, np.ndarray] | None = None,
     penalty: tuple[np.ndarray, np.ndarray] | None = None,
+    edits: "Edits | None" = None,
     workspace: Workspace | None = None,
+    raw_top: tuple[Sequence[int], Sequence[float]] | None = None,
 ) -> int:
     """The engine's fused steps 1–5 for one row of masked logits ``[V]`` (not modified).
 
@@ -139,7 +141,10 @@ def draw(
     :func:`~sampler.processors.penalties` subtracts, applied at those ids only, with the
     same float32 operations. Equivalent to ``sample(top_p(temperature(processed, T), p),
     [u])`` (``greedy`` at T = 0), with one full-row exp and a sort of the nucleus
-    candidates only.
+    candidates only. A caller that keeps both as one :class:`Edits` passes ``edits``
+    instead; ``raw_top = (ids, values)``, the top ids of ``row`` (largest first, ties to
+    the lower id) and their values, when the caller has them, saves the passes that would
+    find the max and the nucleus candidates.
 
     >>> z = np.log(np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32))
     >>> draw(z, 1.0, 0.7, 0.6), draw(z, 1.0, 0.7, 0.7), draw(z, 0.0, 1.0, 0.9)
@@ -147,52 +152,115 @@ def draw(
     """
     ws = Workspace.for_row(row, workspace)
     e = ws.e  # [V]
+    if edits is None:
+        edits = Edits.of(bias, penalty)
+    row_max = None if raw_top is None else (int(raw_top[0][0]), raw_top[1][0])
     if temperature == 0.0:
-        if bias is None and penalty is None:
-            return int(np.argmax(row))
-        _processed(row, np.float32(1.0), bias, penalty, e)
+        if edits is None:
+            return int(np.argmax(row)) if row_max is None else int(row_max[0])
+        _processed(row, np.float32(1.0), edits, e)
         return int(np.argmax(e))
-    _processed(row, np.float32(temperature), bias, penalty, e)
-    _exps(e, e)  # the one full-row exp; the largest value is 1
+    t = np.float32(temperature)
+    edited_max = _processed(row, t, edits, e)
+    top = _processed_max(e, t, edits, row_max, edited_max)
+    _exps(e, e, top)  # the one full-row exp
     if top_p >= 1.0:
         return _pick_full(e, u)
-    ids, vals = nucleus(e, float(e.sum(dtype=np.float64)), top_p)
+    outside = None if raw_top is None else _bound_outside(raw_top, t, top, edits)
+    few = few_candidates_nucleus(e, top_p, outside)
+    if few is not None:
+        return _pick_small(few[0], [int(v * WEIGHT_SCALE) for v in few[1]], u)
+    return _pick_kept(*nucleus(e, float(e.sum(dtype=np.float64)), top_p), u)
+
+
+def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32, top: np.float32,
+                   edits: "Edits | None") -> tuple[np.ndarray, float]:  # fmt: skip
+    """``(ids, bound)``: every id outside the raw top ids and the edited ones has
+    ``e <= bound``. Its raw value is at most the last top value, and division, subtraction
+    and exp are monotonic (a relative 2**-20 of slack covers an exp that is not exactly)."""
+    ids, values = raw_top
+    last = np.float32(values[-1])
+    z = last / t if t != 1.0 else last
+    bound = float(np.exp(np.float32(z - top))) * (1.0 + 2.0**-20)
+    ids = np.asarray(ids) if edits is None else np.concatenate((ids, edits.ids))  # [k + m]
+    return ids, bound
+
+
+def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None) -> int:
+    """Step 5 on a row's exps ``e`` (float32 [V], largest value 1), which it uses up.
+
+    ``total``: ``e``'s float64 sum, when known (the nucleus needs it).
+    """
+    if top_p >= 1.0:
+        return _pick_full(e, u)
+    ids, vals = nucleus(e, total, top_p)
     return _pick_kept(ids, vals, u)
 
 
-def _processed(
-    row: np.ndarray,
+class Edits(NamedTuple):
+    """Steps 1–2 as one sparse edit: ``z[ids] = (z[ids] + add) - sub`` in float32.
+
+    ``add`` is the logit_bias and ``sub`` the penalty amount at each id (0 where there is
+    none: ``z + 0`` and ``z - 0`` are exactly ``z``); ``where`` answers ``id in edits``.
+    """
+
+    ids: np.ndarray  # [k] int64, unique
+    add: np.ndarray  # [k] float32
+    sub: np.ndarray  # [k] float32
+    where: Container[int]
+
+    @classmethod
+    def of(cls, bias: tuple[np.ndarray, np.ndarray] | None,
+           penalty: tuple[np.ndarray, np.ndarray] | None) -> "Edits | None":  # fmt: skip
+        """The edit of a bias and a penalty given as ``(ids, values)`` pairs (or None)."""
+        parts = [x for x in (bias, penalty) if x is not None and len(x[0])]
+        if not parts:
+            return None
+        ids = np.unique(np.concatenate([np.asarray(x[0], np.int64) for x in parts]))  # [k]
+        return cls(ids, _values_at(bias, ids), _values_at(penalty, ids), set(ids.tolist()))
+
+
+def _values_at(pair: tuple[np.ndarray, np.ndarray] | None, ids: np.ndarray) -> np.ndarray:
+    """The float32 value of each of ``ids`` in ``pair = (ids, values)`` (0 where none)."""
+    out = np.zeros(ids.size, dtype=np.float32)  # [k]
+    if pair is not None and len(pair[0]):
+        src = np.asarray(pair[0], np.int64)
+        out[np.searchsorted(ids, src)] = np.asarray(pair[1]).astype(np.float32, copy=False)
+    return out
+
+
+def _processed_max(
+    e: np.ndarray,
     t: np.float32,
-    bias: tuple[np.ndarray, np.ndarray] | None,
-    penalty: tuple[np.ndarray, np.ndarray] | None,
-    out: np.ndarray,
-) -> None:
+    edits: Edits | None,
+    row_max: tuple[int, float] | None,
+    edited_max: float,
+) -> np.float32:
+    """The max of the processed row ``e`` without a full pass, when ``row_max`` allows.
+
+    Float32 division by ``t > 0`` is monotonic, so every id left as ``row / t`` is at most
+    ``float32(max / t)``, which the raw argmax reaches if no bias or penalty touched it;
+    the edited ids (largest value ``edited_max``) are then the only other contenders.
+    """
+    if row_max is None or (edits is not None and row_max[0] in edits.where):
+        return e.max()
+    top = np.float32(row_max[1]) / t if t != 1.0 else np.float32(row_max[1])
+    return np.float32(max(top, edited_max))
+
+
+def _processed(row: np.ndarray, t: np.float32, edits: Edits | None, out: np.ndarray) -> float:
     """Steps 1–3 into ``out``: ``((row + bias) - penalty) / t`` without copying the row.
 
     The division of the whole row is the one pass; the few edited ids are recomputed from
-    ``row`` with the processors' float32 operations in their order (an id both biased and
-    penalised gets ``(z + b) - a``).
+    ``row`` with the processors' float32 operations in their order. Returns the largest
+    edited value (-inf: none).
     """
     if t != 1.0:
         np.divide(row, t, out=out)
     else:
         np.copyto(out, row)
-    if bias is not None:
-        b_ids, b_vals = bias
-        out[b_ids] = (row[b_ids] + b_vals.astype(np.float32, copy=False)) / t
-    if penalty is not None:
-        p_ids, amounts = penalty
-        base = row[p_ids]  # [k] float32
-        if bias is not None:
-            base = base + _bias_at(bias, p_ids)
-        out[p_ids] = (base - amounts.astype(np.float32, copy=False)) / t
-
-
-def _bias_at(bias: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray:
-    """The bias of each of ``ids`` (0 where none; ``z + 0`` is exactly ``z``)."""
-    b_ids, b_vals = bias
-    order = np.argsort(b_ids)
-    pos = np.searchsorted(b_ids, ids, sorter=order)  # [k]
-    pos = np.minimum(pos, b_ids.size - 1)
-    hit = b_ids[order[pos]] == ids
-    return np.where(hit, b_vals[order[pos]], 0.0).astype(np.float32)
+    if edits is None or not edits.ids.size:
+        return -np.inf
+    vals = ((row[edits.ids] + edits.add) - edits.sub) / t  # [k] float32
+    out[edits.ids] = vals
+    return float(vals.max())

@@ -4,7 +4,8 @@ This composes the processors in their contract order (see :mod:`sampler.processo
 with the draw and the logprobs. Rows come from any mix of requests; each row's choice
 depends only on its own logits, parameters, counts and uniform. Per row, the work is one
 exp pass for the draw, plus one for the raw normaliser when logprobs (or best_of ranking)
-need it and the row was processed; nothing V-sized is allocated (one reused workspace).
+need it and the row was processed (at temperature 1 with no bias or penalty, the draw
+reuses the raw exps); nothing V-sized is allocated (one reused workspace).
 
 >>> import numpy as np
 >>> z = np.log(np.array([[0.7, 0.2, 0.1]], dtype=np.float32))
@@ -23,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from . import processors
-from .logprobs import log_normalizer, top_logprobs
-from .select import Workspace, draw
+from .logprobs import log_normalizer, top_k, top_logprobs
+from .select import Edits, Workspace, draw, pick
 
 __all__ = ["RowParams", "StepOutput", "sample_step"]
 
@@ -47,10 +48,57 @@ class RowParams:
         if self.logit_bias is not None:  # float32 once, not at every step
             ids, values = self.logit_bias
             self.logit_bias = (np.asarray(ids, np.int64), np.asarray(values, np.float32))
+        self._edits = _RowEdits(self.logit_bias)
 
     def penalty(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Step 2 as ``(ids, amounts)`` to subtract (None when neutral or nothing seen)."""
         return self.counts.amounts(self.presence_penalty, self.frequency_penalty)
+
+    def edits(self) -> Edits | None:
+        """Steps 1–2 as one :class:`~sampler.select.Edits`, brought up to date with the
+        tokens added to ``counts`` since the last call (O(1) per new token)."""
+        return self._edits.update(self.counts, self.presence_penalty, self.frequency_penalty)
+
+
+class _RowEdits:
+    """A row's bias and penalty amounts at the ids they touch, kept incrementally.
+
+    The bias ids come first; each generated token's id is appended the first time it is
+    seen (penalties on), and its amount ``float32(c * frequency + presence)`` rewritten
+    whenever its count ``c`` grows -- the same float64 expression and rounding as
+    :meth:`~sampler.processors.TokenCounts.amounts`.
+    """
+
+    def __init__(self, bias: tuple[np.ndarray, np.ndarray] | None) -> None:
+        ids, add = bias if bias is not None else (np.empty(0, np.int64), np.empty(0, np.float32))
+        self.pos = {int(i): n for n, i in enumerate(ids.tolist())}
+        self.ids, self.add = ids.copy(), add.copy()  # [cap]
+        self.sub = np.zeros(ids.size, dtype=np.float32)  # [cap]
+        self.n = ids.size
+        self.seen = 0  # tokens of counts.added already applied
+
+    def update(self, counts: processors.TokenCounts, presence: float,
+               frequency: float) -> Edits | None:  # fmt: skip
+        if presence != 0.0 or frequency != 0.0:
+            for token in counts.added[self.seen :]:
+                self._set(token, np.float32(counts.count(token) * frequency + presence))
+            self.seen = len(counts.added)
+        if not self.n:
+            return None
+        n = self.n
+        return Edits(self.ids[:n], self.add[:n], self.sub[:n], self.pos)
+
+    def _set(self, token: int, amount: np.float32) -> None:
+        at = self.pos.get(token)
+        if at is None:
+            at = self.pos[token] = self.n
+            if self.n == self.ids.size:  # grow geometrically: amortised O(1) per token
+                cap = max(16, 2 * self.n)
+                self.ids, self.add, self.sub = (np.resize(a, cap) for a in
+                                                (self.ids, self.add, self.sub))  # fmt: skip
+            self.ids[at], self.add[at] = token, 0.0
+            self.n += 1
+        self.sub[at] = amount
 
 
 @dataclass
@@ -61,30 +109,18 @@ class StepOutput:
     top: list[tuple[np.ndarray, np.ndarray] | None]  # per row: (ids [k], logprobs [k])
 
 
-def _raw_side(raw: np.ndarray, k: int, ws: Workspace) -> tuple[float, np.ndarray]:
-    """The raw log-normaliser and the top-k ids of one row (ties to the lowest id).
+def _raw_side(raw: np.ndarray, k: int, ws: Workspace) -> tuple[list[int], list[float], float, float]:
+    """The top-``k`` ids of one row (ties to the lowest id) and their values, its raw
+    log-normaliser and the float64 sum of its exps, which are left in the workspace.
 
-    One argmax gives the max and the best id, k - 1 more over a copy give the rest: no
-    sort. Uses the workspace's buffer, after the draw is done with it.
+    The top ids come from block maxima (no sort, no copy of the row); the first of them is
+    the row's argmax, so the max costs nothing more. Then one exp pass.
     """
-    g = ws.e  # [V]
-    j = int(np.argmax(raw))
-    m = raw[j]
-    np.subtract(raw, m, out=g)
-    np.exp(g, out=g)
-    lognorm = float(m) + math.log(float(g.sum(dtype=np.float64)))
-    if k <= 1:
-        return lognorm, np.array([j][:k], dtype=np.int64)
-    np.copyto(g, raw)
-    ids = [j]
-    g[j] = -np.inf
-    for _ in range(k - 1):
-        i = int(np.argmax(g))
-        if g[i] == -np.inf:  # fewer finite tokens than k: the exact rule handles the rest
-            return lognorm, top_logprobs(raw[None], k)[0][0]
-        ids.append(i)
-        g[i] = -np.inf
-    return lognorm, np.array(ids, dtype=np.int64)
+    ids, vals = top_k(raw, k)  # [k] each
+    np.subtract(raw, vals[0], out=ws.e)
+    np.exp(ws.e, out=ws.e)  # [V] largest value 1
+    total = float(ws.e.sum(dtype=np.float64))
+    return ids, vals, vals[0] + math.log(total), total
 
 
 def sample_step(
@@ -107,19 +143,27 @@ def sample_step(
     top: list[tuple[np.ndarray, np.ndarray] | None] = [None] * batch
     for b, r in enumerate(rows):
         raw = logits[b]  # [V]
-        penalty = r.penalty()
-        token = tokens[b] = draw(raw, r.temperature, r.top_p, float(uniforms[b]),
-                                 bias=r.logit_bias, penalty=penalty, workspace=ws)  # fmt: skip
+        edits = r.edits()
+        u = float(uniforms[b])
         raw_mode = r.logprobs is not None and r.logprobs_mode == "raw"
-        if raw_mode or r.raw_logprob:
-            lognorm, top_ids = _raw_side(raw, r.logprobs or 1, ws)
+        if raw_mode or r.raw_logprob:  # the raw side first: its max serves the draw
+            top_ids, top_vals, lognorm, total = _raw_side(raw, r.logprobs or 1, ws)
+            if r.temperature == 1.0 and edits is None:
+                token = pick(ws.e, r.top_p, u, total)  # the row sampled from is the raw row
+            else:
+                token = draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws,
+                             raw_top=(top_ids, top_vals))  # fmt: skip
             raw_lp[b] = float(raw[token]) - lognorm
             if raw_mode:
                 rep_lp[b] = raw_lp[b]
-                ids = top_ids[: r.logprobs]
-                top[b] = (ids, raw[ids].astype(np.float64) - lognorm)
-        elif r.logprobs is not None:  # "processed": the distribution actually sampled from
-            q = _processed_row(raw, penalty, r)  # [1, V]
+                k = r.logprobs
+                top[b] = (np.array(top_ids[:k], dtype=np.int64),
+                          np.array(top_vals[:k], dtype=np.float64) - lognorm)  # fmt: skip
+        else:
+            token = draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws)
+        tokens[b] = token
+        if r.logprobs is not None and not raw_mode:  # "processed": the distribution sampled
+            q = _processed_row(raw, r.penalty(), r)  # [1, V]
             norm = log_normalizer(q)  # [1]
             rep_lp[b] = float(q[0, token]) - norm[0]
             ids, lps = top_logprobs(q, r.logprobs, lognorm=norm)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from sampler import processors as P
-from sampler.logprobs import log_normalizer, log_softmax, reported, top_logprobs
+from sampler.logprobs import log_normalizer, log_softmax, reported, top_k_ids, top_logprobs
 from sampler.select import draw, greedy, sample
+from sampler.step import RowParams, sample_step
 
 
 def f32(*rows):
@@ -196,6 +197,27 @@ def test_top_logprobs_input_untouched():
     z = f32([1.0, 5.0, 2.0])
     top_logprobs(z, 2)
     np.testing.assert_array_equal(z, f32([1.0, 5.0, 2.0]))
+
+
+def test_top_k_ids_by_blocks_hand_computed():
+    # blocks of 2: [4, 1] [4, 9] [-inf, 3] [2] -> maxima 4, 9, 3, 2
+    z = f32([4.0, 1.0, 4.0, 9.0, -np.inf, 3.0, 2.0])[0]
+    assert top_k_ids(z, 3, block=2).tolist() == [3, 0, 2]  # the tie 4, 4: lower id first
+    assert top_k_ids(z, 7, block=2).tolist() == [3, 0, 2, 5, 6, 1, 4]
+    assert top_k_ids(z, 0, block=2).tolist() == []
+    np.testing.assert_array_equal(z, f32([4.0, 1.0, 4.0, 9.0, -np.inf, 3.0, 2.0])[0])
+
+
+def test_processed_logprobs_are_reported_when_best_of_ranks_by_raw_ones():
+    """A best_of row needs its raw logprob too; the processed ones are still reported."""
+    z = np.log(f32([0.5, 0.3, 0.2]))
+    common = dict(temperature=0.0, logprobs=2, logprobs_mode="processed")
+    both = sample_step(z, [RowParams(raw_logprob=True, **common)], [0.5])
+    alone = sample_step(z, [RowParams(**common)], [0.5])
+    assert both.tokens[0] == alone.tokens[0] == 0
+    assert both.logprob[0] == pytest.approx(np.log(0.5))  # raw, for the ranking
+    assert both.reported[0] == alone.reported[0] == pytest.approx(np.log(0.5))
+    assert both.top[0][0].tolist() == alone.top[0][0].tolist() == [0, 1]
 
 
 def test_reported_maps_minus_inf():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import reference as ref
 from sampler import processors as P
-from sampler.logprobs import log_normalizer, log_softmax, top_logprobs
+from sampler.logprobs import log_normalizer, log_softmax, top_k_ids, top_logprobs
 from sampler.select import draw, greedy, sample
 from sampler.stopping import TextTracker, held_prefix
 
@@ -99,6 +99,12 @@ def test_top_k_contents_equal_full_sort(z, k):
     assert ids[0].tolist() == ref.top_k_row(z, k)
     full = ref.log_softmax_row(z)
     np.testing.assert_allclose(lps[0], full[ids[0]], rtol=1e-6, atol=1e-6)
+
+
+@given(rows(), st.integers(0, 6), st.integers(1, 8))
+def test_top_k_by_block_maxima_equals_full_sort(z, k, block):
+    """Small blocks put ties, -inf and the short last block across block boundaries."""
+    assert top_k_ids(z, k, block=block).tolist() == ref.top_k_row(z, k)
 
 
 @given(st.lists(rows(min_size=8, max_size=8), min_size=1, max_size=6), st.data())
@@ -227,6 +233,25 @@ def step_rows(draw_):
         logprobs_mode=draw_(st.sampled_from(["raw", "processed"])),
     )  # fmt: skip
     return z, bias, generated, params, draw_(uniforms)
+
+
+@settings(max_examples=300)
+@given(step_rows(), st.integers(1, 5))
+def test_draw_given_the_raw_top_equals_reference(case, k):
+    """The processed max and the nucleus candidates taken from the raw top ids (skipping
+    their passes) change nothing, whether or not a bias or penalty hits those ids."""
+    z, bias, generated, params, u = case
+    counts = P.TokenCounts()
+    for t in generated:
+        counts.add(t)
+    b = (np.array(list(bias), np.int64), np.array(list(bias.values()), np.float32))
+    penalty = counts.amounts(params["presence_penalty"], params["frequency_penalty"])
+    top = top_k_ids(z, k)
+    got = draw(z, params["temperature"], params["top_p"], u, bias=b if bias else None,
+               penalty=penalty, raw_top=(top, z[top]))  # fmt: skip
+    proc = ref.penalties_row(ref.bias_row(z, bias), generated,
+                             params["presence_penalty"], params["frequency_penalty"])  # fmt: skip
+    assert got == ref.draw_row(proc, params["temperature"], params["top_p"], u)
 
 
 @settings(max_examples=300)
