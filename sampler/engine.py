@@ -165,7 +165,7 @@ class Batch:
         cache = cache.take(rows)
         logits = self.engine.mask(logits[rows])  # [B', V]
         if self.seqs:
-            self.cache = KVCache.merge([self.cache, cache])
+            self.cache = type(self.cache).merge([self.cache, cache])
             self.logits = np.concatenate([self.logits, logits])
         else:
             self.cache, self.logits = cache, logits

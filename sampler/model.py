@@ -293,6 +293,101 @@ def _left_pad_cat(arrays: list[np.ndarray], length: int, axis: int) -> np.ndarra
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class SharedKVCache:
+    """The keys and values of every layer in buffers that decode steps update in place.
+
+    For graphs built with ``attention="gqa"``: ``keys[i]``/``values[i]`` are [B, Hkv,
+    capacity, hd], each row's keys at positions ``0 .. lengths[row] - 1`` (no padding; the
+    rest of the buffer is unused). :meth:`Decoder.step` writes the new token's keys into
+    these buffers and returns a cache sharing them, so the cache passed to it must not be
+    used again. ``take`` and ``merge`` copy, like :class:`KVCache`'s.
+
+    >>> c = SharedKVCache.empty(2, num_layers=1, num_kv_heads=1, head_dim=2)
+    >>> c.batch, c.length, c.take([1, 1, 0]).batch
+    (2, 0, 3)
+    """
+
+    keys: tuple[np.ndarray, ...]
+    values: tuple[np.ndarray, ...]
+    lengths: np.ndarray
+
+    @staticmethod
+    def empty(batch: int, *, num_layers: int, num_kv_heads: int, head_dim: int,
+              capacity: int = 0, dtype: np.dtype | type = np.float32) -> SharedKVCache:
+        """A cache of ``batch`` rows holding nothing yet, with room for ``capacity`` tokens."""
+        def buffer() -> np.ndarray:
+            return np.zeros((batch, num_kv_heads, capacity, head_dim), dtype)  # [B, Hkv, C, hd]
+
+        return SharedKVCache(tuple(buffer() for _ in range(num_layers)),
+                             tuple(buffer() for _ in range(num_layers)),
+                             np.zeros(batch, np.int64))
+
+    @property
+    def batch(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def length(self) -> int:
+        """The longest row's length."""
+        return int(self.lengths.max()) if self.batch else 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> SharedKVCache:
+        """A copy holding rows ``rows`` (any order, repeats allowed)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)  # [B']
+        lengths = self.lengths[rows]
+        cap = _capacity(int(lengths.max()) if rows.size else 0, self.capacity)
+        return SharedKVCache(tuple(k[rows, :, :cap] for k in self.keys),  # [B', Hkv, C', hd]
+                             tuple(v[rows, :, :cap] for v in self.values), lengths)
+
+    def reserve(self, extra: int, limit: int) -> SharedKVCache:
+        """This cache if it has room for ``extra`` more tokens per row, else a copy that has
+        (capacity grows by doubling, up to ``limit``)."""
+        need = self.length + extra
+        if need <= self.capacity:
+            return self
+        cap = max(_capacity(need, limit), min(2 * self.capacity, limit))
+        return SharedKVCache.merge([self], capacity=cap)
+
+    @staticmethod
+    def merge(caches: Sequence[SharedKVCache], *, capacity: int = 0) -> SharedKVCache:
+        """One cache holding the rows of ``caches`` in order (copied into new buffers)."""
+        if not caches:
+            raise ValueError("SharedKVCache.merge needs at least one cache")
+        first = caches[0]
+        shape = first.keys[0].shape
+        for c in caches[1:]:
+            if (len(c.keys) != len(first.keys) or c.keys[0].shape[1::2] != shape[1::2]
+                    or c.keys[0].dtype != first.keys[0].dtype):
+                raise ValueError("SharedKVCache.merge: caches come from different models "
+                                 "(layers, KV heads, head size or dtype differ)")
+        cap = max([capacity] + [_capacity(c.length, c.capacity) for c in caches])
+        out = SharedKVCache.empty(sum(c.batch for c in caches), num_layers=len(first.keys),
+                                  num_kv_heads=shape[1], head_dim=shape[3], capacity=cap,
+                                  dtype=first.keys[0].dtype)
+        row = 0
+        for c in caches:
+            n = c.length
+            for dst, src in zip(out.keys + out.values, c.keys + c.values):
+                dst[row:row + c.batch, :, :n] = src[:, :, :n]
+            out.lengths[row:row + c.batch] = c.lengths
+            row += c.batch
+        return out
+
+
+_CAPACITY_STEP = 256  # buffer lengths are multiples of this (or the context length)
+
+
+def _capacity(need: int, limit: int) -> int:
+    """``need`` rounded up to the next multiple of the step, at most ``max(limit, need)``."""
+    rounded = -(-max(need, 1) // _CAPACITY_STEP) * _CAPACITY_STEP
+    return max(need, min(rounded, limit))
+
+
 # ---------------------------------------------------------------- decoder
 
 OnLogits = Callable[[int, np.ndarray, np.ndarray], None]
@@ -308,6 +403,10 @@ class Decoder:
     ``attention_mask``, ``position_ids``, ``past_key_values.{i}.key/value`` and, for Optimum
     "merged" exports, ``use_cache_branch`` (True once the past is non-empty; best effort, as
     such graphs are not tested here). Outputs: ``logits`` and ``present.{i}.key/value``.
+    A graph with a ``seqlens_k`` input (``build_llama(attention="gqa")``) is run with a
+    :class:`SharedKVCache` through IOBinding instead: ``total_sequence_length`` and
+    ``seqlens_k`` replace ``attention_mask``, and the cache buffers are bound as both the
+    past inputs and the present outputs.
     """
 
     def __init__(self, session: Any, config: ModelConfig) -> None:
@@ -326,6 +425,7 @@ class Decoder:
             raise ValueError(f"{config.onnx_path}: KV heads and head size must be static, "
                              f"got shape {past.shape}")
         self.kv_dtype = np.dtype(np.float16 if past.type == "tensor(float16)" else np.float32)
+        self.shared_cache = "seqlens_k" in inputs  # attention="gqa": SharedKVCache
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         vocab = logits.shape[-1]
         self.vocab_size: int = vocab if isinstance(vocab, int) else self._probe_vocab()
@@ -347,7 +447,11 @@ class Decoder:
                                        providers=["CPUExecutionProvider"])
         return cls(session, config)
 
-    def empty_cache(self, batch: int) -> KVCache:
+    def empty_cache(self, batch: int, capacity: int = 0) -> KVCache | SharedKVCache:
+        if self.shared_cache:
+            return SharedKVCache.empty(batch, num_layers=self.num_layers, capacity=capacity,
+                                       num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                                       dtype=self.kv_dtype)
         return KVCache.empty(batch, num_layers=self.num_layers, num_kv_heads=self.num_kv_heads,
                              head_dim=self.head_dim, dtype=self.kv_dtype)
 
@@ -368,6 +472,8 @@ class Decoder:
         P, L = ids.shape
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if self.shared_cache:
+            return self._prefill_shared(ids, pads, on_logits, chunk_size)
         width = max(1, min(chunk_size, _LOGITS_BUDGET // (P * self.vocab_size * 4)))
         cache = self.empty_cache(P)
         for c0 in range(0, L, width):
@@ -385,7 +491,9 @@ class Decoder:
              tokens: np.ndarray | Sequence[int]) -> tuple[np.ndarray, KVCache]:
         """Append one token per row; return logits float32 [B, V] and the new cache.
 
-        Each row's new token takes position ``cache.lengths[row]``; ``cache`` is unchanged.
+        Each row's new token takes position ``cache.lengths[row]``. A :class:`KVCache` is
+        unchanged; a :class:`SharedKVCache`'s buffers receive the new keys in place (or are
+        copied into larger ones when full), so do not step it again: use the one returned.
         """
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)  # [B]
         if tokens.shape[0] != cache.batch:
@@ -397,9 +505,58 @@ class Decoder:
                              f"{self.config.context_length}")
         if cache.batch == 0:
             return np.zeros((0, self.vocab_size), np.float32), cache
+        if isinstance(cache, SharedKVCache):
+            cache = cache.reserve(1, self.config.context_length)
+            logits = self._run_shared(tokens[:, None], cache.lengths[:, None], cache)
+            return logits.reshape(cache.batch, -1), SharedKVCache(cache.keys, cache.values,
+                                                                  cache.lengths + 1)
         mask = np.concatenate([cache.mask, np.ones((cache.batch, 1), np.int64)], axis=1)
         logits, keys, values = self._run(tokens[:, None], mask, cache.lengths[:, None], cache)
         return logits.reshape(cache.batch, -1), KVCache(keys, values, mask, cache.lengths + 1)
+
+    # -- the in-place cache (attention="gqa")
+
+    def _prefill_shared(self, ids: np.ndarray, pads: np.ndarray, on_logits: OnLogits | None,
+                        chunk_size: int) -> tuple[np.ndarray, SharedKVCache]:
+        """Each prompt alone (batch 1, no padding), in chunks; then one cache for all."""
+        width = max(1, min(chunk_size, _LOGITS_BUDGET // (self.vocab_size * 4)))
+        last, caches = [], []
+        for p, pad in enumerate(pads.tolist()):
+            tokens = ids[p, pad:]  # [n] this prompt
+            cache = self.empty_cache(1, capacity=_capacity(tokens.size,
+                                                           self.config.context_length))
+            for c0 in range(0, tokens.size, width):
+                c1 = min(tokens.size, c0 + width)
+                logits = self._run_shared(tokens[None, c0:c1], np.arange(c0, c1)[None], cache)
+                cache = SharedKVCache(cache.keys, cache.values, cache.lengths + (c1 - c0))
+                if c1 == tokens.size:
+                    last.append(logits[0, -1])  # [V]
+                if on_logits is not None:
+                    logits.flags.writeable = False
+                    on_logits(p, np.arange(c0, c1, dtype=np.int64), logits[0])  # [n, V]
+            caches.append(cache)
+        return np.stack(last), SharedKVCache.merge(caches)
+
+    def _run_shared(self, ids: np.ndarray, pos: np.ndarray, cache: SharedKVCache) -> np.ndarray:
+        """One ORT call appending ``ids`` [B, S] at each row's length, the cache's buffers
+        bound as both past and present (ORT writes the new keys into them). Returns the
+        logits [B, S, V]; the caller advances ``lengths``."""
+        B, S = ids.shape
+        total = cache.lengths + S  # [B] each row's length after this call
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        io.bind_cpu_input("position_ids", np.ascontiguousarray(pos, dtype=np.int64))
+        io.bind_cpu_input("seqlens_k", (total - 1).astype(np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(int(total.max()), np.int32))
+        logits = np.empty((B, S, self.vocab_size), np.float32)  # [B, S, V]
+        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        for i in range(self.num_layers):
+            for part, buf in (("key", cache.keys[i]), ("value", cache.values[i])):
+                shape, ptr = list(buf.shape), buf.ctypes.data
+                io.bind_input(f"past_key_values.{i}.{part}", "cpu", 0, buf.dtype, shape, ptr)
+                io.bind_output(f"present.{i}.{part}", "cpu", 0, buf.dtype, shape, ptr)
+        self.session.run_with_iobinding(io)
+        return logits
 
     # -- helpers
 

@@ -51,14 +51,16 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 __all__ = ["LlamaConfig", "Int4Matrix", "build_llama", "save_model", "random_weights",
-           "weight_shapes", "rope_tables"]
+           "weight_shapes", "rope_tables", "ATTENTIONS"]
 
 OPSET = 17
 _MASKED = -1e30  # finite: a fully masked row softmaxes to uniform, not NaN
 _PROTO_LIMIT = 2**31 - 1  # protobuf's hard limit; above it weights go to an external file
 
 WeightDtype = Literal["float32", "float16", "int4"]
-_MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (MatMulNBits), used by int4 only
+Attention = Literal["exact", "fast", "gqa"]
+ATTENTIONS = ("exact", "fast", "gqa")
+_MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: MatMulNBits, GroupQueryAttention
 INT4_BLOCK = 32  # elements per block along the input dimension (GGUF's Q4_0/Q4_1 block)
 
 
@@ -268,8 +270,25 @@ class _Graph:
 def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaConfig, *,
                 weight_dtype: WeightDtype = "float32",
                 exact_attention: bool = True,
-                int4_accuracy_level: int = 0) -> "onnx.ModelProto":
+                int4_accuracy_level: int = 0,
+                attention: Attention | None = None) -> "onnx.ModelProto":
     """The decoder graph for ``weights`` (HF names and shapes, see :func:`weight_shapes`).
+
+    ``attention`` picks the attention and its KV-cache I/O (default: ``"exact"``, or
+    ``"fast"`` when ``exact_attention`` is False):
+
+    - ``"exact"`` and ``"fast"``: the HF/Optimum convention (``attention_mask``, left
+      padding, ``present`` = past and new keys concatenated), with the sums in float64
+      (exact) or plain float32 (fast), as described below.
+    - ``"gqa"``: ONNX Runtime's ``com.microsoft.GroupQueryAttention`` with a KV cache
+      updated in place: ``past_key_values.{i}.key/value`` are buffers [B, Hkv, capacity,
+      hd] that the caller binds as the ``present`` outputs too, each row's keys starting at
+      position 0; ``seqlens_k`` (int32 [B], each row's length after this call minus one)
+      and ``total_sequence_length`` (int32 scalar, the longest) replace ``attention_mask``.
+      No copy of the cache per step, and no padding: a row's attention sees only its own
+      keys, so its logits are bit-identical whatever else is in the batch (measured); they
+      differ from a one-call prefill of the same tokens by ~1e-6 (ORT computes one query
+      row differently from many). See :class:`sampler.model.SharedKVCache`.
 
     ``weight_dtype="float16"`` stores the matrices as fp16 and casts them to fp32 inside the
     graph (ORT folds the Cast at load); norm vectors stay fp32. Compute and KV cache are fp32.
@@ -298,6 +317,10 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     if weight_dtype not in ("float32", "float16", "int4"):
         raise ValueError("weight_dtype must be 'float32', 'float16' or 'int4', got "
                          f"{weight_dtype!r}")
+    if attention is None:
+        attention = "exact" if exact_attention else "fast"
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if int4_accuracy_level not in (0, 1, 2, 3, 4):
         raise ValueError(f"int4_accuracy_level must be 0-4, got {int4_accuracy_level!r}")
     _check_weights(weights, config)
@@ -309,11 +332,15 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
 
     x = _embed(g, weights, c, ids)  # [B, S, d]
     cos, sin = _rope_inputs(g, c, pos)  # [B, S, 1, hd] each
-    allowed = _attention_mask(g, c, ids, mask_in)  # [B, 1, G*S, T]
+    shared = attention == "gqa"
+    allowed = None if shared else _attention_mask(g, c, ids, mask_in)  # [B, 1, G*S, T]
     for i in range(c.num_layers):
         w = {k[len(f"layers.{i}."):]: v for k, v in weights.items() if k.startswith(f"layers.{i}.")}
         n = _rms_norm(g, x, g.weight(f"layers.{i}.input_layernorm", w["input_layernorm"]), c)
-        attn = _attention(g, i, n, w, c, cos, sin, allowed, exact_attention)  # [B, S, d]
+        if shared:
+            attn = _gqa_attention(g, i, n, w, c, cos, sin)  # [B, S, d]
+        else:
+            attn = _attention(g, i, n, w, c, cos, sin, allowed, attention == "exact")
         x = g.op("Add", x, attn)
         m = _rms_norm(g, x, g.weight(f"layers.{i}.post_attention_layernorm",
                                      w["post_attention_layernorm"]), c)
@@ -321,31 +348,38 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     x = _rms_norm(g, x, g.weight("norm", weights["norm"]), c)
     g.nodes.append(helper.make_node("MatMul", [x, _head(g, weights, c)], ["logits"]))
 
-    inputs, outputs = _io_specs(c)
+    inputs, outputs = _io_specs(c, shared)
     graph = helper.make_graph(g.nodes, "llama", inputs, outputs, list(g.initializers.values()))
     opsets = [helper.make_opsetid("", OPSET)]
-    if g.uses_ms_domain:
+    if g.uses_ms_domain or shared:
         opsets.append(helper.make_opsetid(_MS_DOMAIN, 1))
     return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler",
                              ir_version=8)
 
 
-def _io_specs(c: LlamaConfig) -> tuple[list, list]:
-    """Graph inputs and outputs in the HF/Optimum KV-cache convention, symbolic dims named."""
+def _io_specs(c: LlamaConfig, shared: bool = False) -> tuple[list, list]:
+    """Graph inputs and outputs in the HF/Optimum KV-cache convention, symbolic dims named;
+    ``shared``: the in-place cache convention of ``attention="gqa"`` (see build_llama)."""
     from onnx import TensorProto
     from onnx.helper import make_tensor_value_info as spec
 
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    inputs = [spec("input_ids", i64, ["batch", "sequence_length"]),
-              spec("attention_mask", i64, ["batch", "total_sequence_length"]),
-              spec("position_ids", i64, ["batch", "sequence_length"])]
+    f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+    inputs = [spec("input_ids", i64, ["batch", "sequence_length"])]
+    if shared:
+        inputs += [spec("position_ids", i64, ["batch", "sequence_length"]),
+                   spec("seqlens_k", i32, ["batch"]), spec("total_sequence_length", i32, [])]
+        past_len = total_len = "max_sequence_length"
+    else:
+        inputs += [spec("attention_mask", i64, ["batch", "total_sequence_length"]),
+                   spec("position_ids", i64, ["batch", "sequence_length"])]
+        past_len, total_len = "past_sequence_length", "total_sequence_length"
     outputs = [spec("logits", f32, ["batch", "sequence_length", c.vocab_size])]
     for i in range(c.num_layers):
         for part in ("key", "value"):
             inputs.append(spec(f"past_key_values.{i}.{part}", f32,
-                               ["batch", c.num_kv_heads, "past_sequence_length", c.head_dim]))
+                               ["batch", c.num_kv_heads, past_len, c.head_dim]))
             outputs.append(spec(f"present.{i}.{part}", f32,
-                                ["batch", c.num_kv_heads, "total_sequence_length", c.head_dim]))
+                                ["batch", c.num_kv_heads, total_len, c.head_dim]))
     return inputs, outputs
 
 
@@ -466,6 +500,27 @@ def _attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaC
     out = g.op("Transpose", out, perm=[0, 3, 1, 2, 4])  # [B, S, Hkv, G, hd]
     out = g.op("Reshape", out, g.ints("o3_shape", [0, 0, H * hd]))  # [B, S, H*hd]
     return _linear(g, out, f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
+
+
+def _gqa_attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig,
+                   cos: str, sin: str) -> str:
+    """Grouped-query attention by ONNX Runtime's GroupQueryAttention on the in-place cache;
+    returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`_attention`."""
+    H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+    qkv = _linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
+    qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
+    qk, v = g.op("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
+    qk = _rope(g, qk, cos, sin, c)  # [B, S, H+Hkv, hd]
+    flat = g.ints("bsh_shape", [0, 0, -1])
+    qk = g.op("Reshape", qk, flat)  # [B, S, (H+Hkv)*hd]
+    q, k = g.op("Split", qk, g.ints("qk_flat_split", [H * hd, Hkv * hd]), axis=2, n_out=2)
+    g.nodes.append(g.helper.make_node(
+        "GroupQueryAttention",
+        [q, k, g.op("Reshape", v, flat), f"past_key_values.{i}.key",
+         f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length"],
+        [f"gqa_{i}", f"present.{i}.key", f"present.{i}.value"],
+        domain=_MS_DOMAIN, num_heads=H, kv_num_heads=Hkv))  # scale 1/sqrt(hd) by default
+    return _linear(g, f"gqa_{i}", f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
 
 
 def _attend(g: _Graph, q: str, k: str, v: str, allowed: str, exact: bool) -> str:

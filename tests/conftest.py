@@ -33,3 +33,15 @@ def tiny_model_dir() -> Path:
     from sampler.registry import resolve
 
     return resolve("tiny-random-cl100k")
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """``tiny-random-cl100k``'s weights in the GroupQueryAttention graph (in-place cache)."""
+    from sampler.onnx_llama import build_llama, save_model
+    from sampler.tiny import TINY_CONFIG, tiny_weights
+
+    out = tmp_path_factory.mktemp("tiny-gqa")
+    save_model(build_llama(tiny_weights(), TINY_CONFIG, attention="gqa"), out / "model.onnx")
+    shutil.copy(tiny_model_dir / "refsampler.json", out / "refsampler.json")
+    return out

@@ -17,9 +17,13 @@ TOK = get_tokenizer("cl100k_base")
 EOT = 100257
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    return Engine(Decoder.load(tiny_model_dir), TOK)
+@pytest.fixture(scope="module", params=["exact", "gqa"])
+def engine(request, tiny_model_dir):
+    """The tiny model in both graph kinds: the HF/Optimum cache I/O (exact attention) and
+    GroupQueryAttention with the cache updated in place."""
+    folder = tiny_model_dir if request.param == "exact" else request.getfixturevalue(
+        "tiny_gqa_model_dir")
+    return Engine(Decoder.load(folder), TOK)
 
 
 @pytest.fixture(scope="module")

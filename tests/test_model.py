@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llama_reference as ref
-from sampler.model import Decoder, FimTokens, KVCache, load_config
+from sampler.model import Decoder, FimTokens, KVCache, SharedKVCache, load_config
 from sampler.onnx_llama import LlamaConfig, build_llama, random_weights, save_model
 from sampler.tiny import TINY_BUILD_VERSION, build_tiny_random
 
@@ -43,9 +43,18 @@ def model_dir(tmp_path_factory) -> Path:
     return write_model(tmp_path_factory.mktemp("small"))
 
 
-@pytest.fixture(scope="module")
-def dec(model_dir) -> Decoder:
-    return Decoder.load(model_dir)
+@pytest.fixture(scope="module", params=["exact", "gqa"])
+def dec(request, tmp_path_factory) -> Decoder:
+    """The decoder of each graph kind: the HF/Optimum cache I/O (exact attention) and
+    GroupQueryAttention with the cache updated in place."""
+    model = build_llama(WEIGHTS, CFG, attention=request.param)
+    return Decoder.load(write_model(tmp_path_factory.mktemp(request.param), model))
+
+
+def incremental_tolerance(dec: Decoder) -> float:
+    """Steps vs a one-call prefill of the same tokens: GroupQueryAttention computes one
+    query row differently from many (~1e-6 relative); the exact graph computes them alike."""
+    return 5e-5 if dec.shared_cache else EXACT
 
 
 def prompts_from(seed: int, lengths) -> list[list[int]]:
@@ -164,7 +173,7 @@ def test_incremental_equals_full(dec):
     last, cache = dec.prefill([tokens[:k]])
     steps, cache = decode(dec, cache, [[t] for t in tokens[k:]])
     incremental = np.concatenate([last] + steps)  # logits at positions k-1 .. 29
-    assert np.abs(incremental - full[k - 1:]).max() < EXACT
+    assert np.abs(incremental - full[k - 1:]).max() < incremental_tolerance(dec)
     assert cache.lengths.tolist() == [30] and cache.length == 30
 
 
@@ -183,7 +192,9 @@ def test_chunked_prefill_equals_unchunked(dec):
     for p, prompt in enumerate(prompts):
         positions = np.concatenate([pos for pos, _ in small[p]])
         assert positions.tolist() == list(range(len(prompt)))  # each position once, in order
-        assert len(small[p]) == [4, 2, 4][p]  # columns [0,3) [3,6) [6,9) [9,11); 1 starts at 7
+        # left-padded columns [0,3) [3,6) [6,9) [9,11), prompt 1 from column 7; a shared
+        # cache prefills each prompt alone from its first token
+        assert len(small[p]) == ([4, 2, 3] if dec.shared_cache else [4, 2, 4])[p]
         a = np.concatenate([lg for _, lg in small[p]])
         b = np.concatenate([lg for _, lg in big[p]])
         assert np.abs(a - b).max() < EXACT
@@ -256,7 +267,8 @@ def test_take_repeats_and_drops_rows(dec):
     assert fanned.batch == 6 and fanned.lengths.tolist() == [15, 15, 4, 4, 8, 8]
     short = cache.take([1, 2])  # the long row finished: its leading padding columns go
     assert short.length == 8 and short.lengths.tolist() == [4, 8]
-    assert cache.take([2, 1]).mask[1, :4].tolist() == [0, 0, 0, 0]
+    if isinstance(cache, KVCache):  # left padding; a SharedKVCache has none
+        assert cache.take([2, 1]).mask[1, :4].tolist() == [0, 0, 0, 0]
     assert cache.take([]).batch == 0
     assert dec.step(cache.take([]), np.array([], np.int64))[0].shape == (0, 700)
     tokens = np.array([20, 21, 22, 23, 24, 25])
@@ -278,7 +290,7 @@ def test_merge_caches_of_different_lengths(dec):
     _, a = dec.prefill(prompts[:1])
     _, a = dec.step(a, np.array([9]))  # 4 tokens
     _, b = dec.prefill(prompts[1:])  # 12 and 6 tokens, the 6 left-padded
-    merged = KVCache.merge([a, b])
+    merged = type(a).merge([a, b])
     assert merged.batch == 3 and merged.length == 12
     assert merged.lengths.tolist() == [4, 12, 6]
     steps = [[30, 31, 32], [33, 34, 35]]
@@ -307,7 +319,56 @@ def test_exact_attention_makes_padding_bit_exact(tmp_path):
                                   dec.step(alone_cache, [7])[0][0])
 
 
+def long_context_decoders(tmp_path) -> dict[str, Decoder]:
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=32, max_position=1024)
+    w = random_weights(cfg, np.random.default_rng(12), scale=2.0)
+    return {a: Decoder.load(write_model(tmp_path / a, build_llama(w, cfg, attention=a),
+                                        context_length=1024)) for a in ("exact", "gqa")}
+
+
+def test_gqa_rows_are_bit_exact_whatever_the_batch(tmp_path):
+    """With GroupQueryAttention every row's keys start at position 0 and prompts are
+    prefilled one at a time, so a row's logits are bit-identical alone or beside longer
+    rows, across MLAS's K blocking, step after step."""
+    dec = long_context_decoders(tmp_path)["gqa"]
+    rng = np.random.default_rng(13)
+    prompt, longer = rng.integers(0, 300, 700).tolist(), rng.integers(0, 300, 830).tolist()
+    alone, alone_cache = dec.prefill([prompt])
+    batched, batched_cache = dec.prefill([prompt, longer], chunk_size=100)
+    np.testing.assert_array_equal(batched[0], alone[0])
+    for t in (7, 8, 9):
+        a, alone_cache = dec.step(alone_cache, [t])
+        b, batched_cache = dec.step(batched_cache, [t, t + 1])
+        np.testing.assert_array_equal(b[0], a[0])
+
+
+def test_gqa_cache_is_written_in_place_and_grows(tmp_path):
+    decs = long_context_decoders(tmp_path)
+    dec, exact = decs["gqa"], decs["exact"]
+    prompt = np.random.default_rng(14).integers(0, 300, 250).tolist()
+    _, cache = dec.prefill([prompt])
+    _, ref_cache = exact.prefill([prompt])
+    assert isinstance(cache, SharedKVCache) and cache.capacity == 256
+    for n in range(10):  # positions 250 .. 259: the buffers fill up at 256, then double
+        logits, new = dec.step(cache, [n])
+        expected, ref_cache = exact.step(ref_cache, [n])
+        assert np.abs(logits - expected).max() < 5e-5
+        grew = new.capacity != cache.capacity
+        assert grew == (n == 6) and np.shares_memory(new.keys[0], cache.keys[0]) != grew
+        cache = new
+    assert cache.capacity == 512 and cache.lengths.tolist() == [260]
+    with pytest.raises(ValueError, match="context length"):
+        dec.step(dec.prefill([[1] * 1024])[1], [1])
+
+
 def test_merge_rejects_mismatched_caches():
+    a = SharedKVCache.empty(1, num_layers=2, num_kv_heads=2, head_dim=8)
+    with pytest.raises(ValueError, match="different models"):
+        SharedKVCache.merge([a, SharedKVCache.empty(1, num_layers=2, num_kv_heads=1, head_dim=8)])
+    with pytest.raises(ValueError, match="at least one"):
+        SharedKVCache.merge([])
+
     a = KVCache.empty(1, num_layers=2, num_kv_heads=2, head_dim=8)
     with pytest.raises(ValueError, match="different models"):
         KVCache.merge([a, KVCache.empty(1, num_layers=2, num_kv_heads=1, head_dim=8)])
