@@ -13,17 +13,21 @@ their own interpreters (neither is a dependency of this package):
   in one context, one ``llama_decode`` per step for the whole batch, ``n_threads`` = ours,
   llama.cpp's default context parameters otherwise (float16 KV cache).
 - **onnxruntime-genai** (``--genai-python``, default ``/tmp/genaivenv/bin/python``) on OUR
-  float32 ONNX file: a ``genai_config.json`` (type ``llama``, the HF/Optimum I/O names,
+  float32 ONNX file in the HF/Optimum I/O (the ``fp32 exact`` folder: genai feeds
+  ``attention_mask``, not our GQA graph's ``seqlens_k``): a ``genai_config.json`` (type
+  ``llama``, the HF/Optimum I/O names,
   ``past_present_share_buffer: false``) is written in a temporary folder next to a symlink
   to ``model.onnx``; greedy search, ``batch_size`` B.
 
 Ours, all on the same ``Decoder`` (``sampler.model``) with one ORT thread by default,
 loaded together in this process and timed interleaved (one step of each in turn, so that a
 noisy neighbour slows them alike):
-``fp32`` (the default model: float32 weights, exact attention), ``fp32 fast-attn``
-(``exact_attention=False``), ``int4`` (``--weights int4``: Q4_1 matrices as MatMulNBits,
-exact) and ``int4 acc4`` (the same with ``accuracy_level=4``: int8 activations, faster but
-not reproducible -- for comparison only); plus ``engine fp32``, the whole
+``fp32`` (the default model: float32 weights, GroupQueryAttention on a KV cache updated
+in place), ``fp32 exact`` (``attention="exact"``: the HF/Optimum I/O, past and new keys
+concatenated every step, float64 attention sums), ``fp32 fast-attn`` (the same I/O,
+float32 sums), ``int4`` (``--weights int4``: Q4_1 matrices as MatMulNBits, exact
+attention) and ``int4 acc4`` (the same with ``accuracy_level=4``: int8 activations, faster
+but not reproducible -- for comparison only); plus ``engine fp32``, the whole
 ``Engine.complete`` (sampling step included) on the default model. Extra folders are
 converted once under ``$SAMPLER_HOME/bench/``.
 
@@ -510,15 +514,18 @@ def our_folders(names: list[str]) -> dict[str, Path]:
     from sampler.registry import resolve
 
     base = resolve(MODEL)
-    variants = {"fp32 fast-attn": {"exact_attention": False},
-                "int4": {"weight_dtype": "int4"},
-                "int4 acc4": {"weight_dtype": "int4", "int4_accuracy_level": 4}}
+    variants = {"fp32 exact": {"attention": "exact"},
+                "fp32 fast-attn": {"attention": "fast"},
+                "int4": {"weight_dtype": "int4", "attention": "exact"},
+                "int4 acc4": {"weight_dtype": "int4", "int4_accuracy_level": 4,
+                              "attention": "exact"}}
     out = {}
     for n in names:
         if n in ("fp32", "engine fp32"):
             out[n] = base
             continue
-        folder = home() / "bench" / {"fp32 fast-attn": "smollm2-fp32-fastattn",
+        folder = home() / "bench" / {"fp32 exact": "smollm2-fp32-exact",
+                                     "fp32 fast-attn": "smollm2-fp32-fastattn",
                                      "int4": "smollm2-int4-acc0",
                                      "int4 acc4": "smollm2-int4-acc4"}[n]
         if not (folder / "refsampler.json").is_file():
@@ -528,7 +535,7 @@ def our_folders(names: list[str]) -> dict[str, Path]:
     return out
 
 
-OURS = ["fp32", "fp32 fast-attn", "int4", "int4 acc4", "engine fp32"]
+OURS = ["fp32", "fp32 exact", "fp32 fast-attn", "int4", "int4 acc4", "engine fp32"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -602,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             child(args.llama_python, "llama", str(gguf), work, args),
             weight_bytes=gguf_weight_bytes(gguf))}
     if "genai" in only:
-        folder = resolve(MODEL)
+        folder = our_folders(["fp32 exact"])["fp32 exact"]  # genai feeds the HF/Optimum I/O
         gw = dict(work, genai_config=json.dumps(genai_config(folder, args.threads)))
         runs["genai fp32"] = lambda: {"genai fp32": dict(
             child(args.genai_python, "genai", str(folder), gw, args),
@@ -695,7 +702,7 @@ def print_report(rep: dict) -> None:
               f"{f(vs, '.2f'):>6s} {g:>6s} {f(r.get('on_cpu'), '.2f'):>5s} "
               f"{f(r.get('other_cores'), '.2f'):>5s}")
 
-    print("\ntargets (ours fp32, exact attention):")
+    print("\ntargets (ours fp32, the default model):")
     if "ms_at_2000" in base:
         ratio = base["ms_at_2000"] / base["ms_at_100"]
         print(f"  KV cache: step at 2000 / step at 100 = {ratio:.2f} (target <= 1.3): "

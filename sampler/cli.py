@@ -4,6 +4,7 @@
     sampler models
     sampler pull NAME
     sampler convert PATH.gguf [--out DIR] [--weights float32|float16|int4] [--name NAME]
+                           [--attention gqa|exact|fast]
 
 The default model is ``$SAMPLER_MODEL`` or ``smollm2-135m-instruct``, fetched and converted
 on first use (said on stderr). Exit codes: 0 ok, 1 a pull or conversion failed, 2 bad request
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                         "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
                         "MatMulNBits)")
     v.add_argument("--name", help="the model id in responses (default: the folder's name)")
+    v.add_argument("--attention", choices=("gqa", "exact", "fast"), default="gqa",
+                   help="gqa (default): ONNX Runtime's GroupQueryAttention with the KV cache "
+                        "updated in place; exact/fast: the Hugging Face/Optimum cache I/O "
+                        "(past and new keys concatenated every step), attention sums in "
+                        "float64/float32")
 
     s = sub.add_parser("serve", help="serve the OpenAI Completions API over HTTP")
     s.add_argument("--model", action="append",
@@ -189,6 +195,7 @@ def _convert(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         folder = convert_gguf(src, out, name=args.name, weight_dtype=args.weights,
+                              attention=args.attention,
                               progress=sys.stderr.isatty(),
                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ValueError, FileExistsError) as err:

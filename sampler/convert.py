@@ -57,7 +57,7 @@ __all__ = ["CONVERT_VERSION", "PRETOKENIZER_PATTERNS", "GGUFVocab", "GGUFLlama",
 #: Bumped whenever the output changes for the same input, through this module or through
 #: sampler.onnx_llama's graph: the registry's folder names carry it, so a changed converter
 #: never reuses an old folder.
-CONVERT_VERSION = 1
+CONVERT_VERSION = 2
 
 #: Pre-tokenizer regex per ``tokenizer.ggml.pre``, as one tiktoken pattern. ``smollm`` is
 #: llama.cpp's two-stage split (every digit alone, then GPT-2's regex inside each piece) in
@@ -439,7 +439,7 @@ def _progress(items: Sequence, desc: str, on: bool):
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  name: str | None = None, weight_dtype: str = "float32",
-                 exact_attention: bool = True, progress: bool = False,
+                 attention: str = "gqa", progress: bool = False,
                  log: Callable[[str], None] | None = None,
                  int4_accuracy_level: int = 0) -> Path:
     """Convert a Llama GGUF file into a model folder ``out_dir`` (which must not exist).
@@ -454,6 +454,10 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     same values as the float32 conversion, to float32 rounding); other tensors, the
     embedding and the head stay float32. ``int4_accuracy_level`` is passed to MatMulNBits:
     keep 0 (4 is faster but not reproducible; for measurement).
+
+    ``attention`` is :func:`sampler.onnx_llama.build_llama`'s: ``"gqa"`` (default: ONNX
+    Runtime's GroupQueryAttention on a KV cache updated in place), ``"exact"`` (the
+    HF/Optimum I/O, float64 attention sums) or ``"fast"`` (the same I/O, float32 sums).
     """
     from .onnx_llama import build_llama, save_model
     from .tokenizer import bpe_tokenizer, write_ranks
@@ -464,6 +468,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
     if weight_dtype not in ("float32", "float16", "int4"):
         raise ValueError(f"weights must be 'float32', 'float16' or 'int4', got {weight_dtype!r}")
+    if attention not in ("gqa", "exact", "fast"):
+        raise ValueError(f"attention must be 'gqa', 'exact' or 'fast', got {attention!r}")
     t0 = time.perf_counter()
     model = read_gguf(gguf_path)
     c, v = model.config, model.vocab
@@ -485,7 +491,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         say(f"{len(int4)} Q4_0/Q4_1 matrices kept as 4-bit MatMulNBits blocks")
     say(f"building the ONNX graph ({weight_dtype} weights)")
     graph = build_llama(weights, c, weight_dtype=weight_dtype,  # type: ignore[arg-type]
-                        exact_attention=exact_attention,
+                        attention=attention,  # type: ignore[arg-type]
                         int4_accuracy_level=int4_accuracy_level)
     del weights
 
@@ -506,7 +512,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             "fim": v.fim,
             "source": {"gguf": model.path.name, "sha256": sha256_file(model.path),
                        "general.name": model.name, "tensor_types": types},
-            "weights": weight_dtype, "exact_attention": exact_attention,
+            "weights": weight_dtype, "attention": attention,
             **({"int4_accuracy_level": int4_accuracy_level} if weight_dtype == "int4" else {}),
             "converter": f"refsampler convert/{CONVERT_VERSION}",
         }  # fmt: skip
