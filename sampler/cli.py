@@ -76,11 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                         "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
                         "MatMulNBits)")
     v.add_argument("--name", help="the model id in responses (default: the folder's name)")
-    v.add_argument("--attention", choices=("gqa", "exact", "fast"), default="gqa",
-                   help="gqa (default): ONNX Runtime's GroupQueryAttention with the KV cache "
-                        "updated in place; exact/fast: the Hugging Face/Optimum cache I/O "
-                        "(past and new keys concatenated every step), attention sums in "
-                        "float64/float32")
+    v.add_argument("--attention", choices=("gqa", "exact", "fast"),
+                   help="gqa (the default when the head size is a multiple of 8, else "
+                        "exact): ONNX Runtime's GroupQueryAttention with the KV cache updated "
+                        "in place; exact/fast: the Hugging Face/Optimum cache I/O (past and "
+                        "new keys concatenated every step), attention sums in float64/float32")
 
     s = sub.add_parser("serve", help="serve the OpenAI Completions API over HTTP")
     s.add_argument("--model", action="append",

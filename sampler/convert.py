@@ -439,7 +439,7 @@ def _progress(items: Sequence, desc: str, on: bool):
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  name: str | None = None, weight_dtype: str = "float32",
-                 attention: str = "gqa", progress: bool = False,
+                 attention: str | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = None,
                  int4_accuracy_level: int = 0) -> Path:
     """Convert a Llama GGUF file into a model folder ``out_dir`` (which must not exist).
@@ -455,11 +455,12 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     embedding and the head stay float32. ``int4_accuracy_level`` is passed to MatMulNBits:
     keep 0 (4 is faster but not reproducible; for measurement).
 
-    ``attention`` is :func:`sampler.onnx_llama.build_llama`'s: ``"gqa"`` (default: ONNX
-    Runtime's GroupQueryAttention on a KV cache updated in place), ``"exact"`` (the
-    HF/Optimum I/O, float64 attention sums) or ``"fast"`` (the same I/O, float32 sums).
+    ``attention`` is :func:`sampler.onnx_llama.build_llama`'s: ``"gqa"`` (ONNX Runtime's
+    GroupQueryAttention on a KV cache updated in place), ``"exact"`` (the HF/Optimum I/O,
+    float64 attention sums) or ``"fast"`` (the same I/O, float32 sums). The default, None,
+    is ``"gqa"`` when the head size allows it (a multiple of 8), else ``"exact"``.
     """
-    from .onnx_llama import build_llama, save_model
+    from .onnx_llama import build_llama, gqa_supported, save_model
     from .tokenizer import bpe_tokenizer, write_ranks
 
     say = log or (lambda _msg: None)
@@ -468,7 +469,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
     if weight_dtype not in ("float32", "float16", "int4"):
         raise ValueError(f"weights must be 'float32', 'float16' or 'int4', got {weight_dtype!r}")
-    if attention not in ("gqa", "exact", "fast"):
+    if attention not in (None, "gqa", "exact", "fast"):
         raise ValueError(f"attention must be 'gqa', 'exact' or 'fast', got {attention!r}")
     t0 = time.perf_counter()
     model = read_gguf(gguf_path)
@@ -489,7 +490,12 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                              f"{'/'.join(types)}); --weights int4 has nothing to keep in 4 bits")
         weights.update(int4)
         say(f"{len(int4)} Q4_0/Q4_1 matrices kept as 4-bit MatMulNBits blocks")
-    say(f"building the ONNX graph ({weight_dtype} weights)")
+    if attention is None:
+        attention = "gqa" if gqa_supported(c) else "exact"
+        if attention == "exact":
+            say(f"head size {c.head_dim} is not a multiple of 8: GroupQueryAttention cannot "
+                "run it, using the exact attention graph (HF/Optimum cache I/O)")
+    say(f"building the ONNX graph ({weight_dtype} weights, {attention} attention)")
     graph = build_llama(weights, c, weight_dtype=weight_dtype,  # type: ignore[arg-type]
                         attention=attention,  # type: ignore[arg-type]
                         int4_accuracy_level=int4_accuracy_level)

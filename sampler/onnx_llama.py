@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 __all__ = ["LlamaConfig", "Int4Matrix", "build_llama", "save_model", "random_weights",
-           "weight_shapes", "rope_tables", "ATTENTIONS"]
+           "weight_shapes", "rope_tables", "ATTENTIONS", "gqa_supported"]
 
 OPSET = 17
 _MASKED = -1e30  # finite: a fully masked row softmaxes to uniform, not NaN
@@ -321,6 +321,9 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
         attention = "exact" if exact_attention else "fast"
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if attention == "gqa" and not gqa_supported(config):
+        raise ValueError(f"attention='gqa' needs a head size that is a multiple of 8 (ONNX "
+                         f"Runtime's GroupQueryAttention), got {config.head_dim}")
     if int4_accuracy_level not in (0, 1, 2, 3, 4):
         raise ValueError(f"int4_accuracy_level must be 0-4, got {int4_accuracy_level!r}")
     _check_weights(weights, config)
@@ -355,6 +358,12 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
         opsets.append(helper.make_opsetid(_MS_DOMAIN, 1))
     return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler",
                              ir_version=8)
+
+
+def gqa_supported(config: LlamaConfig) -> bool:
+    """Whether ``attention="gqa"`` can run this shape: ORT's GroupQueryAttention kernel
+    takes head sizes that are multiples of 8 (checked when it runs)."""
+    return config.head_dim % 8 == 0
 
 
 def _io_specs(c: LlamaConfig, shared: bool = False) -> tuple[list, list]:

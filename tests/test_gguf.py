@@ -266,6 +266,17 @@ def test_cli_convert_end_to_end(tmp_path, capsys):
     assert cli.main(["convert", str(src), "--out", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
 
+    # --attention picks the graph; the default is GroupQueryAttention's in-place cache
+    assert manifest["attention"] == "gqa" and Engine.load(out).decoder.shared_cache
+    exact = tmp_path / "exact"
+    assert cli.main(["convert", str(src), "--out", str(exact), "--attention", "exact"]) == 0
+    assert json.loads((exact / "refsampler.json").read_text())["attention"] == "exact"
+    assert not Engine.load(exact).decoder.shared_cache
+    with pytest.raises(SystemExit) as e:
+        cli.main(["convert", str(src), "--out", str(tmp_path / "x"), "--attention", "flash"])
+    assert e.value.code == 2 and "--attention" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
 
 def test_folder_tokenizer_is_checked(folder, tmp_path):
     import shutil
@@ -281,6 +292,28 @@ def test_folder_tokenizer_is_checked(folder, tmp_path):
     (copy / "refsampler.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="field 'tokenizer': 'pattern' must be"):
         Engine.load(copy)
+
+
+def test_convert_rejects_an_unknown_attention(tmp_path):
+    src = ref.write_tiny_gguf(tmp_path / "m.gguf", "F32")
+    with pytest.raises(ValueError, match="attention must be 'gqa', 'exact' or 'fast'"):
+        convert_gguf(src, tmp_path / "m", attention="flash")
+    assert not (tmp_path / "m").exists()
+
+
+def test_head_size_gqa_cannot_run_falls_back_to_exact(tmp_path, monkeypatch):
+    monkeypatch.setitem(ref.TINY_DIMS, "heads", 16)  # width 64: head size 4
+    monkeypatch.setitem(ref.TINY_DIMS, "kv_heads", 8)
+    src = ref.write_tiny_gguf(tmp_path / "m.gguf", "F32")
+    said = []
+    out = convert_gguf(src, tmp_path / "m", log=said.append)
+    assert json.loads((out / "refsampler.json").read_text())["attention"] == "exact"
+    assert any("not a multiple of 8" in line for line in said)
+    tokens = np.random.default_rng(3).integers(0, len(TOKENS), 12).tolist()
+    assert np.abs(all_logits(Decoder.load(out), tokens) - ref.forward(src, tokens)).max() < 1e-4
+    with pytest.raises(ValueError, match="multiple of 8"):
+        convert_gguf(src, tmp_path / "g", attention="gqa")
+    assert not (tmp_path / "g").exists()
 
 
 def test_cli_convert_errors(tmp_path, capsys):

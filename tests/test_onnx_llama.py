@@ -62,6 +62,47 @@ def test_matches_reference(tied, exact):
     assert np.abs(logits[0] - ref.forward(w, cfg, tokens)).max() < 1e-4
 
 
+@pytest.mark.parametrize("heads,head_dim,tied", [((4, 2), 8, False), ((4, 1), 8, True),
+                                                  ((2, 2), 16, False), ((6, 3), 24, True)])
+def test_gqa_graph_matches_reference(tmp_path, heads, head_dim, tied):
+    """The GroupQueryAttention graph (in-place cache, run by the Decoder) against the
+    float64 reference, prefill and steps."""
+    import json
+
+    from sampler.model import Decoder
+
+    cfg = LlamaConfig(vocab_size=400, hidden_size=24, intermediate_size=40, num_layers=2,
+                      num_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim,
+                      tie_word_embeddings=tied, max_position=64)
+    rng = np.random.default_rng(head_dim)
+    w = random_weights(cfg, rng, scale=2.0)
+    save_model(build_llama(w, cfg, attention="gqa"), tmp_path / "model.onnx")
+    (tmp_path / "refsampler.json").write_text(json.dumps(
+        {"format": "refsampler-model/1", "name": "g", "onnx": "model.onnx",
+         "tokenizer": "cl100k_base", "context_length": 64, "eos_token_ids": [1], "fim": None}))
+    dec = Decoder.load(tmp_path)
+    assert dec.shared_cache
+    tokens = rng.integers(0, cfg.vocab_size, 21)
+    expected = ref.forward(w, cfg, tokens)  # [S, V]
+    got = np.full(expected.shape, np.nan, np.float32)
+    last, cache = dec.prefill([tokens[:15].tolist()],
+                              on_logits=lambda p, pos, lg: got.__setitem__(pos, lg))
+    for t in tokens[15:]:
+        logits, cache = dec.step(cache, [int(t)])
+        got[cache.length - 1] = logits[0]
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_unknown_attention_and_unsupported_gqa_are_refused():
+    cfg = small_config()
+    with pytest.raises(ValueError, match="attention must be one of"):
+        build_llama(random_weights(cfg, np.random.default_rng(0)), cfg, attention="flash")
+    odd = small_config(head_dim=4)  # ORT's GroupQueryAttention wants multiples of 8
+    assert not onnx_llama.gqa_supported(odd) and onnx_llama.gqa_supported(cfg)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_llama(random_weights(odd, np.random.default_rng(0)), odd, attention="gqa")
+
+
 @settings(max_examples=12, deadline=None)
 @given(vocab=st.integers(300, 1000), heads=st.sampled_from([(4, 2), (4, 1), (2, 2), (6, 3)]),
        head_dim=st.sampled_from([4, 8, 16]), ffn=st.integers(8, 64),
