@@ -5,6 +5,7 @@ Run from the repository root, in ONE process (only ratios measured together mean
     python bench/sampler_step.py            # full run, a few minutes
     python bench/sampler_step.py --quick    # B = 1, 8 only, shorter timing (<= ~30 s)
     python bench/sampler_step.py --json out.json
+    python bench/sampler_step.py --no-hf    # ours and the floor only, caches warm
 
 The HF column needs ``torch`` and ``transformers``, which are not dependencies of the
 library; use a separate venv (e.g. ``/tmp/benchvenv`` with ``torch``, ``transformers``,
@@ -274,8 +275,8 @@ def time_cell(methods: dict[str, Timed], logits: np.ndarray, budget: float, min_
     return {**us, **pf}, reps
 
 
-def run(batches, budget: float, min_reps: int) -> dict:
-    hf, hf_reason = import_hf()
+def run(batches, budget: float, min_reps: int, with_hf: bool = True) -> dict:
+    hf, hf_reason = import_hf() if with_hf else (None, "--no-hf")
     seeds = np.random.SeedSequence(SEED).spawn(len(KINDS) + 2)
     bias, generated = make_request_state(seeds[-1])
     workspace = Workspace(VOCAB)  # reused row buffers, as the engine does
@@ -403,13 +404,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="B = 1, 8 and short timing (<= ~30 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the numbers to PATH")
+    ap.add_argument("--no-hf", action="store_true",
+                    help="leave the HF pipeline out: its multi-megabyte sweeps between "
+                         "repeats make every timed call start with cold caches, which costs "
+                         "a step of ~50 small NumPy calls more than the 4-call floor")
     args = ap.parse_args(argv)
     start = (cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter())
     load_start = [round(x, 2) for x in os.getloadavg()]
     if args.quick:
-        report = run(batches=(1, 8), budget=0.8, min_reps=5)
+        report = run(batches=(1, 8), budget=0.8, min_reps=5, with_hf=not args.no_hf)
     else:
-        report = run(batches=(1, 8, 64), budget=6.0, min_reps=7)
+        report = run(batches=(1, 8, 64), budget=6.0, min_reps=7, with_hf=not args.no_hf)
     report["machine"]["loadavg_start"] = load_start
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     load = other_load(start)
