@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n## reproducibility, max |diff| over the 33 continuation positions: incremental "
           "(prefill the prompt, then one step per token) vs full-sequence logits; and the "
-          "three prompts decoded together (B = 3, left-padded) vs each alone")
+          "three prompts decoded together (B = 3) vs each alone")
     names = list(seqs)
     for name, d in variants.items():
         alone = {k: incremental_logits(d, s, len(prompts[k])) for k, s in seqs.items()}
