@@ -434,3 +434,52 @@ def test_fingerprint_follows_model_file_and_tokenizer():
     assert base == fingerprint("aa", "cl100k_base")
     assert base != fingerprint("ab", "cl100k_base")
     assert base != fingerprint("aa", {"name": "x", "sha256": "00"})
+
+
+def test_requests_joining_a_running_batch_equal_their_solo_runs(engine):
+    """Continuous batching on both cache kinds: a request admitted while another runs is
+    merged into its batch (KVCache.merge / SharedKVCache.merge), and rows that finish are
+    taken out; every seeded choice still equals the request run alone."""
+    from sampler.scheduler import Scheduler
+
+    bodies = [dict(prompt="Once upon a time", max_tokens=12, seed=3, n=2, temperature=1.0,
+                   stream=True),
+              dict(prompt=["The", "A much longer prompt about the sea and"], max_tokens=5,
+                   seed=4, logprobs=2, top_p=0.9),
+              dict(prompt="x", max_tokens=8, seed=5, best_of=3, n=2, presence_penalty=1.0)]
+    sched = Scheduler(engine)
+    responses: dict[int, object] = {}
+    later = []
+
+    def sink_for(k):
+        def sink(event):
+            kind, payload = event
+            if kind == "chunks":
+                responses.setdefault(k, []).extend(payload)
+                if k == 0 and not later:  # the first request is running: add the rest
+                    later.extend(sched.submit(engine.parse(**b), sink_for(i))
+                                 for i, b in enumerate(bodies[1:], start=1))
+            elif kind in ("response", "error"):
+                responses[k] = payload
+        return sink
+
+    try:
+        first = sched.submit(engine.parse(**bodies[0]), sink_for(0))
+        assert first.wait(60) and len(later) == 2 and all(j.wait(60) for j in later)
+        assert sched.steps < 12 + 5 + 8  # the later requests really ran beside the first
+    finally:
+        sched.close()
+
+    def texts(chunks):
+        out: dict[int, str] = {}
+        for c in chunks:
+            for choice in c["choices"]:
+                out[choice["index"]] = out.get(choice["index"], "") + choice["text"]
+        return out
+
+    assert texts(responses[0]) == texts(engine.complete(**bodies[0]))
+    for k in (1, 2):
+        solo = engine.complete(**bodies[k])
+        assert [c["text"] for c in responses[k]["choices"]] == [c["text"] for c in solo["choices"]]
+        assert [c["logprobs"] for c in responses[k]["choices"]] == [
+            c["logprobs"] for c in solo["choices"]]
