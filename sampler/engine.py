@@ -23,7 +23,6 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .logprobs import log_normalizer, top_logprobs
-from .model import KVCache
 from .params import ModelInfo, Prompt, Request, parse_request
 from .response import (
     TokenEntry,

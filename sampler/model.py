@@ -15,9 +15,11 @@ stored in the folder (``{"file": "tokenizer.tiktoken", "sha256", "pattern",
 
 :class:`Decoder` runs it: :meth:`Decoder.prefill` feeds whole prompts (left-padded, in column
 chunks) and :meth:`Decoder.step` one token per row. Both return fresh logits the caller owns
-and a new immutable :class:`KVCache`; :meth:`KVCache.take` and :meth:`KVCache.merge` reshape
-the batch between steps. A row's logits never depend on the other rows (to float rounding):
-padding keys are masked, positions are per row.
+and a cache: a new immutable :class:`KVCache` for graphs in the HF/Optimum convention, or a
+:class:`SharedKVCache` whose buffers ORT updates in place for ``attention="gqa"`` graphs;
+``take`` and ``merge`` reshape the batch between steps. A row's logits never depend on the
+other rows: padding keys are masked and positions are per row (HF/Optimum), or rows have
+no padding at all (GQA).
 
 onnxruntime is imported only when a Decoder is loaded.
 """
@@ -35,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["FORMAT", "FimTokens", "ModelConfig", "load_config", "file_digest", "sha256_file", "KVCache",
-           "Decoder"]
+           "SharedKVCache", "Decoder"]
 
 FORMAT = "refsampler-model/1"
 CONFIG_FILE = "refsampler.json"
@@ -530,7 +532,7 @@ class Decoder:
                 logits = self._run_shared(tokens[None, c0:c1], np.arange(c0, c1)[None], cache)
                 cache = SharedKVCache(cache.keys, cache.values, cache.lengths + (c1 - c0))
                 if c1 == tokens.size:
-                    last.append(logits[0, -1])  # [V]
+                    last.append(logits[0, -1].copy())  # [V]; not a view holding the chunk
                 if on_logits is not None:
                     logits.flags.writeable = False
                     on_logits(p, np.arange(c0, c1, dtype=np.int64), logits[0])  # [n, V]

@@ -242,8 +242,9 @@ def nucleus(
     definition; only tokens above a safe threshold are sorted (performance.md).
     ``total=None``: found here, first as a cheap float32 sum with an error bound, which
     settles the common case of a few candidates; the float64 sum only when it does not.
-    ``outside = (ids, bound)``: the caller knows that every id not in ``ids`` has
-    ``e <= bound``, so those above it are found without a pass over the row.
+    ``outside = (ids, bound)`` (used with ``total=None``): the caller knows that every id
+    not in ``ids`` has ``e <= bound``, so those above it are found without a pass over
+    the row.
 
     >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
     >>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]

@@ -166,7 +166,9 @@ def draw(
     _exps(e, e, top)  # the one full-row exp
     if top_p >= 1.0:
         return _pick_full(e, u)
-    outside = None if raw_top is None else _bound_outside(raw_top, t, top, edits)
+    # one top id bounds nothing useful (the bound would be the max itself)
+    outside = None if raw_top is None or len(raw_top[0]) < 2 else _bound_outside(
+        raw_top, t, top, edits)
     few = few_candidates_nucleus(e, top_p, outside)
     if few is not None:
         return _pick_small(few[0], [int(v * WEIGHT_SCALE) for v in few[1]], u)
@@ -181,7 +183,8 @@ def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32
     ids, values = raw_top
     last = np.float32(values[-1])
     z = last / t if t != 1.0 else last
-    bound = float(np.exp(np.float32(z - top))) * (1.0 + 2.0**-20)
+    with np.errstate(over="ignore"):  # an edit that lifted another id far above: inf, no use
+        bound = float(np.exp(np.float32(z - top))) * (1.0 + 2.0**-20)
     ids = np.asarray(ids) if edits is None else np.concatenate((ids, edits.ids))  # [k + m]
     return ids, bound
 

@@ -49,6 +49,7 @@ class RowParams:
             ids, values = self.logit_bias
             self.logit_bias = (np.asarray(ids, np.int64), np.asarray(values, np.float32))
         self._edits = _RowEdits(self.logit_bias)
+        self._edits_for = self._edits_key()
 
     def penalty(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Step 2 as ``(ids, amounts)`` to subtract (None when neutral or nothing seen)."""
@@ -56,8 +57,17 @@ class RowParams:
 
     def edits(self) -> Edits | None:
         """Steps 1–2 as one :class:`~sampler.select.Edits`, brought up to date with the
-        tokens added to ``counts`` since the last call (O(1) per new token)."""
+        tokens added to ``counts`` since the last call (O(1) per new token). Rebuilt from
+        scratch if ``logit_bias``, the penalties or the ``counts`` object were replaced."""
+        counts, bias, presence, frequency = self._edits_for
+        if not (counts is self.counts and bias is self.logit_bias
+                and presence == self.presence_penalty and frequency == self.frequency_penalty):
+            self.__post_init__()
         return self._edits.update(self.counts, self.presence_penalty, self.frequency_penalty)
+
+    def _edits_key(self) -> tuple:
+        """What the edits were built from (the objects themselves, compared by identity)."""
+        return (self.counts, self.logit_bias, self.presence_penalty, self.frequency_penalty)
 
 
 class _RowEdits:
@@ -80,8 +90,9 @@ class _RowEdits:
     def update(self, counts: processors.TokenCounts, presence: float,
                frequency: float) -> Edits | None:  # fmt: skip
         if presence != 0.0 or frequency != 0.0:
+            f, p = float(frequency), float(presence)  # float64, as TokenCounts.amounts
             for token in counts.added[self.seen :]:
-                self._set(token, np.float32(counts.count(token) * frequency + presence))
+                self._set(token, np.float32(counts.count(token) * f + p))
             self.seen = len(counts.added)
         if not self.n:
             return None

@@ -81,3 +81,11 @@ def test_refuses_a_prompt_holding_the_pad_id(folders):
     _, out = folders
     with pytest.raises(ValueError, match="pad id 100256"):
         genai.generate(str(out), [[1, 100256]], max_tokens=1)
+
+
+def test_refuses_a_groupqueryattention_graph(tiny_gqa_model_dir, tmp_path):
+    """genai feeds attention_mask, not the in-place cache's seqlens_k: say so up front
+    instead of failing inside genai at the first step."""
+    with pytest.raises(ValueError, match="GroupQueryAttention graph.*--attention exact"):
+        genai.prepare(tiny_gqa_model_dir, tmp_path / "g")
+    assert not (tmp_path / "g").exists()

@@ -248,15 +248,19 @@ def test_batched_rows_equal_rows_alone(dec, lengths, chunk, n_steps, seed):
         prompts, chunk_size=chunk,
         on_logits=lambda p, pos, lg: per_position.setdefault(p, {}).update(zip(pos, lg)))
     batch_steps, _ = decode(dec, cache, steps)
+    # the rows alone are prefilled in one chunk: under GQA a last chunk of one token runs
+    # the one-query kernel, which rounds differently (chunk size, not batch, dependence;
+    # test_gqa_rows_are_bit_exact_whatever_the_batch checks the batch part bit for bit)
+    tol = incremental_tolerance(dec)
     for p, prompt in enumerate(prompts):
         alone_full = full_logits(dec, prompt)
         alone_last, alone_cache = dec.prefill([prompt])
         alone_steps, _ = decode(dec, alone_cache, [[s[p]] for s in steps])
-        assert np.abs(batch_last[p] - alone_last[0]).max() < EXACT
+        assert np.abs(batch_last[p] - alone_last[0]).max() < tol
         got = np.stack([per_position[p][i] for i in range(len(prompt))])
-        assert np.abs(got - alone_full).max() < EXACT
+        assert np.abs(got - alone_full).max() < tol
         for b, a in zip(batch_steps, alone_steps):
-            assert np.abs(b[p] - a[0]).max() < EXACT
+            assert np.abs(b[p] - a[0]).max() < tol
 
 
 def test_take_repeats_and_drops_rows(dec):
@@ -312,7 +316,7 @@ def test_exact_attention_makes_padding_bit_exact(tmp_path):
     dec = Decoder.load(write_model(tmp_path, build_llama(w, cfg), context_length=1024))
     rng = np.random.default_rng(13)
     prompt, longer = rng.integers(0, 300, 700).tolist(), rng.integers(0, 300, 830).tolist()
-    alone, alone_cache = dec.prefill([prompt])
+    alone, alone_cache = dec.prefill([prompt], chunk_size=100)
     batched, batched_cache = dec.prefill([prompt, longer], chunk_size=100)
     np.testing.assert_array_equal(batched[0], alone[0])
     np.testing.assert_array_equal(dec.step(batched_cache, [7, 8])[0][0],
@@ -334,7 +338,7 @@ def test_gqa_rows_are_bit_exact_whatever_the_batch(tmp_path):
     dec = long_context_decoders(tmp_path)["gqa"]
     rng = np.random.default_rng(13)
     prompt, longer = rng.integers(0, 300, 700).tolist(), rng.integers(0, 300, 830).tolist()
-    alone, alone_cache = dec.prefill([prompt])
+    alone, alone_cache = dec.prefill([prompt], chunk_size=100)
     batched, batched_cache = dec.prefill([prompt, longer], chunk_size=100)
     np.testing.assert_array_equal(batched[0], alone[0])
     for t in (7, 8, 9):

@@ -220,6 +220,26 @@ def test_processed_logprobs_are_reported_when_best_of_ranks_by_raw_ones():
     assert both.top[0][0].tolist() == alone.top[0][0].tolist() == [0, 1]
 
 
+def test_row_params_changed_after_construction_are_followed():
+    """The incremental edits are rebuilt when a row's counts, bias or penalties are
+    replaced: the draw always sees the row's current parameters."""
+    z = f32([2.0, 1.9, 0.0])[0]
+    row = RowParams(temperature=0.0, presence_penalty=1.0)
+    row.counts.add(0)
+    assert sample_step(z[None], [row], [0.5]).tokens[0] == 1  # 0 penalised below 1
+    row.presence_penalty = 0.0
+    assert sample_step(z[None], [row], [0.5]).tokens[0] == 0
+    row.presence_penalty, row.counts = 1.0, P.TokenCounts()  # a fresh sequence
+    assert sample_step(z[None], [row], [0.5]).tokens[0] == 0
+    row.logit_bias = (np.array([2]), np.array([5.0]))  # float64 values, made float32
+    out = sample_step(z[None], [row], [0.5])
+    assert out.tokens[0] == 2 and row.logit_bias[1].dtype == np.float32
+    row.counts.add(2)
+    row.frequency_penalty = np.float32(0.3)  # a NumPy scalar: the amount is still float64
+    assert row.edits().sub[-1] == np.float32(1 * 0.30000001192092896 + 1.0)
+    assert row.edits().sub[-1] == row.penalty()[1][-1]
+
+
 def test_reported_maps_minus_inf():
     assert reported(-np.inf) == -9999.0
     assert reported(-1.5) == -1.5

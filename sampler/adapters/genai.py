@@ -57,6 +57,11 @@ def genai_config(model_dir: str | os.PathLike, *, pad_token_id: int | None = Non
     if not past:
         raise ValueError(f"{cfg.onnx_path}: no past_key_values.N.key inputs; not a decoder "
                          "with the HF/Optimum KV-cache names")
+    if any(i.name == "seqlens_k" for i in graph.input):
+        raise ValueError(f"{cfg.onnx_path}: a GroupQueryAttention graph (in-place KV cache, "
+                         "seqlens_k input), which onnxruntime-genai cannot feed from this "
+                         "config; convert the GGUF with `sampler convert ... --attention "
+                         "exact` for genai")
     dims = past[0].type.tensor_type.shape.dim
     kv_heads, head_size = int(dims[1].dim_value), int(dims[3].dim_value)
     logits = next(o for o in graph.output if o.name == "logits")
@@ -96,6 +101,7 @@ def prepare(model_dir: str | os.PathLike, out_dir: str | os.PathLike, **kw: Any)
     from ..model import load_config
 
     src = load_config(model_dir)
+    config = genai_config(model_dir, **kw)  # refuses a graph genai cannot run, before any file
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in Path(model_dir).iterdir():
@@ -106,7 +112,7 @@ def prepare(model_dir: str | os.PathLike, out_dir: str | os.PathLike, **kw: Any)
                     os.link(f, link)
                 except OSError:
                     link.symlink_to(f.resolve())
-    (out / GENAI_CONFIG).write_text(json.dumps(genai_config(model_dir, **kw), indent=2) + "\n")
+    (out / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 
