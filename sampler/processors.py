@@ -43,6 +43,7 @@ __all__ = [
     "temperature",
     "top_p",
     "nucleus",
+    "sorted_nucleus",
     "few_candidates_nucleus",
 ]
 
@@ -240,21 +241,28 @@ def nucleus(
     ``>= p * total`` (``total`` = float64 sum of ``e``), ties ordered by lower id first,
     never empty. The float64 running sum over values in decreasing order is the
     definition; only tokens above a safe threshold are sorted (performance.md).
-    ``total=None``: found here, first as a cheap float32 sum with an error bound, which
-    settles the common case of a few candidates; the float64 sum only when it does not.
-    ``outside = (ids, bound)`` (used with ``total=None``): the caller knows that every id
-    not in ``ids`` has ``e <= bound``, so those above it are found without a pass over
-    the row.
+    ``total=None``: found here (see :func:`few_candidates_nucleus`). ``outside = (ids,
+    bound)``: the caller knows that every id not in ``ids`` has ``e <= bound``, so the
+    candidates above it are found without a pass over the row.
 
     >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
     >>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]
     array([1, 2])
     """
-    if total is None:
-        quick = few_candidates_nucleus(e, p, outside)
-        if quick is not None:
-            return np.array(quick[0], dtype=np.int64), np.array(quick[1], dtype=np.float32)
-        total = float(e.sum(dtype=np.float64))
+    quick = few_candidates_nucleus(e, p, outside, total)
+    if quick is not None:
+        return np.array(quick[0], dtype=np.int64), np.array(quick[1], dtype=np.float32)
+    return sorted_nucleus(e, float(e.sum(dtype=np.float64)) if total is None else total, p)
+
+
+def sorted_nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nucleus` by thresholds and a sort of the candidates, for any row: the path
+    for rows whose nucleus is not among a few candidates (``total`` is required).
+
+    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
+    >>> sorted_nucleus(e, float(e.sum(dtype=np.float64)), 0.9)[0]
+    array([0, 1, 2])
+    """
     target = p * total
     for t in _thresholds(p, total, e.size):
         cand = np.flatnonzero(e >= t)  # [k] ids above the threshold, increasing
@@ -280,27 +288,26 @@ def nucleus(
 
 
 def few_candidates_nucleus(
-    e: np.ndarray, p: float, outside: tuple[np.ndarray, float] | None = None
+    e: np.ndarray,
+    p: float,
+    outside: tuple[np.ndarray, float] | None = None,
+    total: float | None = None,
 ) -> tuple[list[int], list[float]] | None:
-    """:func:`nucleus` with ``total=None`` when a few candidates settle it, as Python lists
-    ``(ids, values)``, ids increasing; None when they do not.
+    """:func:`nucleus` when a few candidates hold it, as Python lists ``(ids, values)``,
+    ids increasing; None when they do not (too many candidates, or too little mass).
 
-    The nucleus from a few candidates that form a top set, with only bounds on the total.
-
-    The candidates are every id with ``e >= 1e-4`` or, given ``outside = (ids, bound)``,
-    those of ``ids`` above ``bound`` (all ids above it are among them). A float32 sum of
-    ``n`` non-negative values, in any order, is within ``(n-1) * 2**-24`` of the true sum,
-    relatively (and the float64 sum far closer still). The kept set only grows with the
-    target, so when the targets at both ends of that interval keep the same set, it is
-    the set the float64 total keeps. None when that does not settle it.
+    The candidates form a top set: every id with ``e >= 1e-4`` (at most 64 of them) or,
+    given ``outside = (ids, bound)``, those of ``ids`` above ``bound`` (all ids above it
+    are among them). With ``total`` unknown, a float32 sum stands in for it first: a
+    float32 sum of ``n`` non-negative values, in any order, is within ``(n-1) * 2**-24``
+    of the true sum, relatively (the float64 sum far closer still), and the kept set only
+    grows with the target, so when the targets at both ends of that interval keep the same
+    set, it is the set the float64 total keeps. Only when they differ is the float64 sum
+    taken.
 
     >>> few_candidates_nucleus(np.array([0.1, 1.0, 0.5, 1e-6], dtype=np.float32), 0.7)
     ([1, 2], [1.0, 0.5])
     """
-    s32 = float(e.sum())  # float32 pairwise sum
-    slack = 2.0 * e.size * 2.0**-24  # twice the bound: room for the float64 total too
-    if slack >= 0.5:
-        return None
     if outside is None:
         cand = np.flatnonzero(e >= _FIRST_THRESHOLD)  # [k] ids above the threshold
         if cand.size > _SMALL:
@@ -313,11 +320,24 @@ def few_candidates_nucleus(
         pairs = dict(zip(known[above].tolist(), at[above].tolist()))  # dedupes the ids
         ids = sorted(pairs)
         vals = [pairs[i] for i in ids]
-    low = _small_nucleus(ids, vals, p * s32 * (1.0 - slack))
-    if low is None or low != _small_nucleus(ids, vals, p * s32 * (1.0 + slack)):
-        return None
+    kept = None
+    if total is None:
+        s32 = float(e.sum())  # float32 pairwise sum
+        slack = 2.0 * e.size * 2.0**-24  # twice the bound: room for the float64 total too
+        if slack < 0.5:
+            kept = _small_nucleus(ids, vals, p * s32 * (1.0 - slack))
+            if kept is None:  # short of mass even for the lowest possible target
+                return None
+            if kept != _small_nucleus(ids, vals, p * s32 * (1.0 + slack)):
+                kept = None  # the interval straddles a boundary: the float64 total decides
+        if kept is None:
+            total = float(e.sum(dtype=np.float64))
+    if kept is None:
+        kept = _small_nucleus(ids, vals, p * total)
+        if kept is None:
+            return None
     value = dict(zip(ids, vals))
-    return low, [value[i] for i in low]
+    return kept, [value[i] for i in kept]
 
 
 _FIRST_THRESHOLD = 1e-4  # relative to the largest value (1): few tokens on peaked rows

@@ -27,7 +27,7 @@ from typing import Container, NamedTuple, Sequence
 
 import numpy as np
 
-from .processors import few_candidates_nucleus, nucleus
+from .processors import few_candidates_nucleus, sorted_nucleus
 
 __all__ = ["WEIGHT_SCALE", "Edits", "Workspace", "greedy", "sample", "draw", "pick"]
 
@@ -169,10 +169,7 @@ def draw(
     # one top id bounds nothing useful (the bound would be the max itself)
     outside = None if raw_top is None or len(raw_top[0]) < 2 else _bound_outside(
         raw_top, t, top, edits)
-    few = few_candidates_nucleus(e, top_p, outside)
-    if few is not None:
-        return _pick_small(few[0], [int(v * WEIGHT_SCALE) for v in few[1]], u)
-    return _pick_kept(*nucleus(e, float(e.sum(dtype=np.float64)), top_p), u)
+    return pick(e, top_p, u, outside=outside)
 
 
 def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32, top: np.float32,
@@ -189,15 +186,22 @@ def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32
     return ids, bound
 
 
-def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None) -> int:
+def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
+         outside: tuple[np.ndarray, float] | None = None) -> int:
     """Step 5 on a row's exps ``e`` (float32 [V], largest value 1), which it uses up.
 
-    ``total``: ``e``'s float64 sum, when known (the nucleus needs it).
+    ``total``: ``e``'s float64 sum, when known; ``outside``: as for
+    :func:`~sampler.processors.nucleus`. A nucleus of a few candidates is drawn in plain
+    Python; a larger one is found by :func:`~sampler.processors.sorted_nucleus`.
     """
     if top_p >= 1.0:
         return _pick_full(e, u)
-    ids, vals = nucleus(e, total, top_p)
-    return _pick_kept(ids, vals, u)
+    few = few_candidates_nucleus(e, top_p, outside, total)
+    if few is not None:
+        return _pick_small(few[0], [int(v * WEIGHT_SCALE) for v in few[1]], u)
+    if total is None:
+        total = float(e.sum(dtype=np.float64))
+    return _pick_kept(*sorted_nucleus(e, total, top_p), u)
 
 
 class Edits(NamedTuple):
