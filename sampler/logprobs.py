@@ -118,8 +118,8 @@ def _block_starts(size: int, block: int) -> np.ndarray:
 
 
 def _top_k_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = top_k_ids(row, k)  # [k]
-    return ids, row[ids].astype(np.float64)
+    ids, vals = top_k(row, k)  # [k] each
+    return np.array(ids, dtype=np.int64), np.array(vals, dtype=np.float64)
 
 
 def reported(logprob: float) -> float:

@@ -262,14 +262,7 @@ class KVCache:
         >>> KVCache.merge([a, a.take([0, 0])]).batch
         3
         """
-        if not caches:
-            raise ValueError("KVCache.merge needs at least one cache")
-        first = caches[0]
-        for c in caches[1:]:
-            if (len(c.keys) != len(first.keys) or c.keys[0].shape[1::2] != first.keys[0].shape[1::2]
-                    or c.keys[0].dtype != first.keys[0].dtype):
-                raise ValueError("KVCache.merge: caches come from different models "
-                                 "(layers, KV heads, head size or dtype differ)")
+        first = _check_mergeable(caches, "KVCache")
         length = max(c.length for c in caches)
         merged = KVCache(
             tuple(_left_pad_cat([c.keys[i] for c in caches], length, axis=2)
@@ -279,6 +272,19 @@ class KVCache:
             _left_pad_cat([c.mask for c in caches], length, axis=1),
             np.concatenate([c.lengths for c in caches]))
         return merged.take(np.arange(merged.batch)) if merged.batch else merged
+
+
+def _check_mergeable(caches: Sequence[Any], kind: str) -> Any:
+    """The first of ``caches`` after checking they all come from one model's layout."""
+    if not caches:
+        raise ValueError(f"{kind}.merge needs at least one cache")
+    first = caches[0]
+    for c in caches[1:]:
+        if (len(c.keys) != len(first.keys) or c.keys[0].shape[1::2] != first.keys[0].shape[1::2]
+                or c.keys[0].dtype != first.keys[0].dtype):
+            raise ValueError(f"{kind}.merge: caches come from different models "
+                             "(layers, KV heads, head size or dtype differ)")
+    return first
 
 
 def _left_pad_cat(arrays: list[np.ndarray], length: int, axis: int) -> np.ndarray:
@@ -358,15 +364,8 @@ class SharedKVCache:
     @staticmethod
     def merge(caches: Sequence[SharedKVCache], *, capacity: int = 0) -> SharedKVCache:
         """One cache holding the rows of ``caches`` in order (copied into new buffers)."""
-        if not caches:
-            raise ValueError("SharedKVCache.merge needs at least one cache")
-        first = caches[0]
+        first = _check_mergeable(caches, "SharedKVCache")
         shape = first.keys[0].shape
-        for c in caches[1:]:
-            if (len(c.keys) != len(first.keys) or c.keys[0].shape[1::2] != shape[1::2]
-                    or c.keys[0].dtype != first.keys[0].dtype):
-                raise ValueError("SharedKVCache.merge: caches come from different models "
-                                 "(layers, KV heads, head size or dtype differ)")
         cap = max([capacity] + [_capacity(c.length, c.capacity) for c in caches])
         out = SharedKVCache.empty(sum(c.batch for c in caches), num_layers=len(first.keys),
                                   num_kv_heads=shape[1], head_dim=shape[3], capacity=cap,

@@ -485,11 +485,7 @@ def _attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaC
     """
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
     G = H // Hkv
-    qkv = _linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
-    # [B, S, (H+2Hkv)*hd]
-    qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
-    qk, v = g.op("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
-    qk = _rope(g, qk, cos, sin, c)  # [B, S, H+Hkv, hd]
+    qk, v = _qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
     q, k = g.op("Split", qk, g.ints("qk_split", [H, Hkv]), axis=2, n_out=2)
 
     q = g.op("Mul", q, g.scalar("attn_scale", 1.0 / np.sqrt(hd)))
@@ -511,15 +507,24 @@ def _attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaC
     return _linear(g, out, f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
 
 
+def _qkv_roped(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig,
+               cos: str, sin: str) -> tuple[str, str]:
+    """One MatMul for q, k and v; RoPE on q and k together: ([B, S, H+Hkv, hd], v [B, S,
+    Hkv, hd])."""
+    H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+    qkv = _linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
+    # [B, S, (H+2Hkv)*hd]
+    qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
+    qk, v = g.op("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
+    return _rope(g, qk, cos, sin, c), v
+
+
 def _gqa_attention(g: _Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig,
                    cos: str, sin: str) -> str:
     """Grouped-query attention by ONNX Runtime's GroupQueryAttention on the in-place cache;
     returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`_attention`."""
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
-    qkv = _linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
-    qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
-    qk, v = g.op("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
-    qk = _rope(g, qk, cos, sin, c)  # [B, S, H+Hkv, hd]
+    qk, v = _qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
     flat = g.ints("bsh_shape", [0, 0, -1])
     qk = g.op("Reshape", qk, flat)  # [B, S, (H+Hkv)*hd]
     q, k = g.op("Split", qk, g.ints("qk_flat_split", [H * hd, Hkv * hd]), axis=2, n_out=2)
