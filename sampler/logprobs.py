@@ -102,8 +102,12 @@ def top_k(row: np.ndarray, k: int, *, block: int = _BLOCK) -> tuple[list[int], l
         at = np.flatnonzero(row >= kth)  # [n] ids
         vals, ids = row[at].tolist(), at.tolist()
     else:  # the blocks side by side; only the last block of the row can be short
-        w = np.concatenate([row[b * block : (b + 1) * block] for b in blocks])  # [~k*block]
-        at = np.flatnonzero(w >= kth)  # [n] positions in w
+        full = size // block
+        if blocks[-1] < full:  # whole blocks only: one gather
+            w = row[: full * block].reshape(full, block)[blocks].ravel()  # [k'*block]
+        else:
+            w = np.concatenate([row[b * block : (b + 1) * block] for b in blocks])  # [~k*block]
+        at = (w >= kth).nonzero()[0]  # [n] positions in w
         vals = w[at].tolist()
         ids = [blocks[i // block] * block + i % block for i in at.tolist()]
     best = sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))[:k]

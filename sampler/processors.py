@@ -45,6 +45,7 @@ __all__ = [
     "nucleus",
     "sorted_nucleus",
     "few_candidates_nucleus",
+    "bracketed_nucleus",
 ]
 
 STEP_ORDER = ("logit_bias", "penalties", "temperature", "top_p")
@@ -340,6 +341,31 @@ def few_candidates_nucleus(
     return kept, [value[i] for i in kept]
 
 
+def bracketed_nucleus(
+    ids: list[int], vals: list[float], p: float, lo: float, hi: float
+) -> list[int] | None:
+    """The nucleus among candidates when the row's float64 total is known only to lie in
+    ``[lo, hi]``: the kept ids (increasing) if every total in that interval keeps the same
+    set, else None (also when the candidates' mass is short of ``p * lo``).
+
+    ``ids`` (increasing) must hold every id of the row whose value is above all the
+    others'. The kept set only grows with the target ``p * total``, so the two ends of
+    the interval decide for every total between them.
+
+    >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.6, 1.7)  # targets 1.12 .. 1.19
+    [1, 2]
+    >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.4, 1.5) is None  # 0.98 .. 1.05
+    True
+    """
+    order = _by_value(ids, vals)
+    lo, hi, acc = p * lo, p * hi, 0.0
+    for n, i in enumerate(order, start=1):
+        acc += vals[i]
+        if acc >= lo:  # the set for the lowest target; the highest keeps it if reached too
+            return sorted(ids[j] for j in order[:n]) if acc >= hi else None
+    return None
+
+
 _FIRST_THRESHOLD = 1e-4  # relative to the largest value (1): few tokens on peaked rows
 
 
@@ -362,13 +388,18 @@ def _small_nucleus(
     Same definition as the array path: float64 running sum in decreasing order of value,
     ties by lower id, until it reaches ``target``.
     """
-    order = sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))
+    order = _by_value(ids, vals)
     acc = 0.0
     for n, i in enumerate(order, start=1):
         acc += vals[i]
         if acc >= target:
             return sorted(ids[j] for j in order[:n])
     return list(ids) if last else None
+
+
+def _by_value(ids: list[int], vals: list[float]) -> list[int]:
+    """Positions in decreasing order of value, ties by lower id."""
+    return sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))
 
 
 def top_p(

@@ -23,11 +23,12 @@ running sum finds the token (no float64 running sum over the whole vocabulary).
 
 from __future__ import annotations
 
+import math
 from typing import Container, NamedTuple, Sequence
 
 import numpy as np
 
-from .processors import few_candidates_nucleus, sorted_nucleus
+from .processors import bracketed_nucleus, few_candidates_nucleus, sorted_nucleus
 
 __all__ = ["WEIGHT_SCALE", "Edits", "Workspace", "greedy", "sample", "draw", "pick"]
 
@@ -92,6 +93,11 @@ def _pick_full(e: np.ndarray, u: float) -> int:
     return start + int(np.searchsorted(run, r - before, side="right"))
 
 
+def _pick_few(kept: tuple[list[int], list[float]], u: float) -> int:
+    """The draw over a few kept ``(ids, exps)`` as Python lists, ids increasing."""
+    return _pick_small(kept[0], [int(v * WEIGHT_SCALE) for v in kept[1]], u)
+
+
 def _pick_kept(ids: np.ndarray, vals: np.ndarray, u: float) -> int:
     """The draw over a kept set: ids increasing, ``vals`` their float32 exps."""
     if ids.size <= _SMALL:
@@ -133,6 +139,7 @@ def draw(
     edits: "Edits | None" = None,
     workspace: Workspace | None = None,
     raw_top: tuple[Sequence[int], Sequence[float]] | None = None,
+    raw_total: float | None = None,
 ) -> int:
     """The engine's fused steps 1–5 for one row of masked logits ``[V]`` (not modified).
 
@@ -144,7 +151,10 @@ def draw(
     candidates only. A caller that keeps both as one :class:`Edits` passes ``edits``
     instead; ``raw_top = (ids, values)``, the top ids of ``row`` (largest first, ties to
     the lower id) and their values, when the caller has them, saves the passes that would
-    find the max and the nucleus candidates.
+    find the max and the nucleus candidates. ``raw_total``: given with ``raw_top`` when the
+    workspace holds the raw row's exps ``exp(row - max row)`` and this is their float64
+    sum; a nucleus that the candidates decide alone (:func:`_nucleus_from_raw`) is then
+    drawn without any pass over the processed row.
 
     >>> z = np.log(np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32))
     >>> draw(z, 1.0, 0.7, 0.6), draw(z, 1.0, 0.7, 0.7), draw(z, 0.0, 1.0, 0.9)
@@ -160,6 +170,10 @@ def draw(
             return int(np.argmax(row)) if row_max is None else int(row_max[0])
         _processed(row, np.float32(1.0), edits, e)
         return int(np.argmax(e))
+    if raw_total is not None and raw_top is not None and top_p < 1.0:
+        few = _nucleus_from_raw(row, temperature, top_p, edits, raw_top, e, raw_total)
+        if few is not None:
+            return _pick_few(few, u)
     t = np.float32(temperature)
     edited_max = _processed(row, t, edits, e)
     top = _processed_max(e, t, edits, row_max, edited_max)
@@ -175,15 +189,114 @@ def draw(
 def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32, top: np.float32,
                    edits: "Edits | None") -> tuple[np.ndarray, float]:  # fmt: skip
     """``(ids, bound)``: every id outside the raw top ids and the edited ones has
-    ``e <= bound``. Its raw value is at most the last top value, and division, subtraction
-    and exp are monotonic (a relative 2**-20 of slack covers an exp that is not exactly)."""
-    ids, values = raw_top
-    last = np.float32(values[-1])
-    z = last / t if t != 1.0 else last
-    with np.errstate(over="ignore"):  # an edit that lifted another id far above: inf, no use
-        bound = float(np.exp(np.float32(z - top))) * (1.0 + 2.0**-20)
+    ``e <= bound`` (see :func:`_exp_bound`)."""
+    ids = raw_top[0]
     ids = np.asarray(ids) if edits is None else np.concatenate((ids, edits.ids))  # [k + m]
-    return ids, bound
+    return ids, _exp_bound(raw_top[1][-1], t, top)
+
+
+def _exp_bound(last: float, t: np.float32, top: np.float32) -> float:
+    """A bound on the processed exp of every unedited id whose raw value is at most
+    ``last``: division, subtraction and exp are monotonic (a relative 2**-20 of slack
+    covers an exp that is not exactly rounded)."""
+    z = np.float32(last) / t if t != 1.0 else np.float32(last)
+    with np.errstate(over="ignore"):  # an edit that lifted another id far above: inf, no use
+        return float(np.exp(np.float32(z - top))) * (1.0 + _EXP_SLACK)
+
+
+_EXP_SLACK = 2.0**-20  # a float32 exp's relative error, with room (NumPy's: < 3 ulp)
+_NORMAL = 2.0**-125  # above every float32 exp of an argument below the normal range's end
+
+
+def _nucleus_from_raw(
+    row: np.ndarray,
+    temperature: float,
+    top_p: float,
+    edits: "Edits | None",
+    raw_top: tuple[Sequence[int], Sequence[float]],
+    raw_e: np.ndarray,
+    raw_total: float,
+) -> tuple[list[int], list[float]] | None:
+    """Steps 1–4 decided from the raw side alone: the kept ids (increasing) and their
+    processed exps, with no pass over the processed row; None when that cannot decide.
+
+    ``raw_e`` holds ``exp(row - m)`` (``m`` the raw max) and ``raw_total`` its float64 sum.
+    The candidates are the raw top ids and the edited ids: their processed values and exps
+    are computed with the full pass's float32 operations. Every other id ``j`` is unedited
+    and ``row[j] <= last`` (the last top value), so for ``0 < t <= 1`` (``s = 1/t >= 1``),
+    with ``x = row[j] - m <= last - m``, its processed exp ``exp(s*x + m/t - top)`` is at
+    most ``exp(x) * exp((s-1)*(last - m) + m/t - top)``: the processed tail is at most that
+    factor times the raw tail ``raw_total - raw_e[candidates].sum()`` (plus rounding
+    slack, :func:`_tail_bound`). The processed total lies in ``[candidates' sum, that +
+    tail bound]``; :func:`~sampler.processors.bracketed_nucleus` decides if both ends keep
+    the same set.
+    """
+    ids, values = raw_top
+    if len(ids) < 2 or not 0.0 < temperature <= 1.0 or not math.isfinite(values[0]):
+        return None
+    where = edits.where if edits is not None else ()
+    plain = [i for i in ids if i not in where]  # raw top ids that no edit touched
+    if not plain:
+        return None
+    cand = np.array(plain) if edits is None else np.concatenate((plain, edits.ids))  # [c]
+    z = row[cand]  # [c] raw values
+    if edits is not None:
+        edited = z[len(plain) :]  # [k] a view: the full pass's ((z + add) - sub), in place
+        edited += edits.add
+        edited -= edits.sub
+    t = np.float32(temperature)
+    z /= t  # [c] processed values; every other id's is at most plain[0]'s
+    top = z.max()  # the processed row's max
+    z -= top
+    pe = np.exp(z, out=z)  # [c] their exps, as the full pass computes them
+    inside = float(pe.sum(dtype=np.float64))
+    m, last, tf, top = float(values[0]), float(values[-1]), float(t), float(top)
+    if last == -math.inf:  # every other id is -inf: exp 0
+        bound, tail = 0.0, 0.0
+    else:
+        raw_tail = raw_total - float(raw_e[cand].sum(dtype=np.float64))
+        bound = _exp_bound64(last / tf - top, abs(last) / tf + abs(top))
+        tail = _tail_bound(m, last, tf, top, raw_tail, raw_total, row.size)
+        if bound is None or tail is None:
+            return None
+    sel = (pe > bound).nonzero()[0]  # [n] the candidates above every other id
+    if sel.size > _SMALL:
+        return None
+    pairs = sorted(zip(cand[sel].tolist(), pe[sel].tolist()))
+    # The definition's float64 total is within 2**-30 of the exact sum, relatively.
+    kept = bracketed_nucleus([i for i, _ in pairs], [v for _, v in pairs], top_p,
+                             inside * (1 - 2.0**-30), (inside + tail) * (1 + 2.0**-30))  # fmt: skip
+    if kept is None:
+        return None
+    value = dict(pairs)
+    return kept, [value[i] for i in kept]
+
+
+def _exp_bound64(y: float, scale: float) -> float | None:
+    """An upper bound on a float32 exp of ``y``, computed in float32 from values whose
+    magnitudes sum to ``scale``, where ``y`` is exact (float64): the float32 roundings
+    move the argument by at most ``2**-22 * scale``. None when it overflows."""
+    y += 2.0**-22 * scale
+    return math.exp(y) * (1.0 + _EXP_SLACK) if y < 700.0 else None
+
+
+def _tail_bound(m: float, last: float, t: float, top: float, raw_tail: float,
+                raw_total: float, vocab: int) -> float | None:  # fmt: skip
+    """The bound of :func:`_nucleus_from_raw` on the sum of the processed exps of the ids
+    outside the candidates, or None when it overflows.
+
+    Slack: the processed exponent ``(row/t) - top`` is rounded twice in float32, by at most
+    ``2**-23 * (|top| + 200)`` for any id whose exp is normal; a raw exp is within 2**-16
+    of ``exp(x)`` (rounded ``row - m``, then exp); exps of arguments below float32's
+    normal range are bounded absolutely, per id; the float64 sums are within 2**-30.
+    """
+    g = last / t - top + (m - last)
+    g += 2.0**-23 * (abs(top) + 200.0) + 2.0**-40 * (abs(last) / t + abs(top) + abs(m) + abs(last))
+    if g > 700.0:
+        return None
+    factor = math.exp(g) * (1.0 + _EXP_SLACK)
+    raw_tail = max(raw_tail + raw_total * 2.0**-30, 0.0)
+    return factor * ((1.0 + 2.0**-16) * raw_tail + vocab * _NORMAL) + vocab * _NORMAL
 
 
 def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
@@ -198,7 +311,7 @@ def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
         return _pick_full(e, u)
     few = few_candidates_nucleus(e, top_p, outside, total)
     if few is not None:
-        return _pick_small(few[0], [int(v * WEIGHT_SCALE) for v in few[1]], u)
+        return _pick_few(few, u)
     if total is None:
         total = float(e.sum(dtype=np.float64))
     return _pick_kept(*sorted_nucleus(e, total, top_p), u)

@@ -3,9 +3,11 @@
 This composes the processors in their contract order (see :mod:`sampler.processors`)
 with the draw and the logprobs. Rows come from any mix of requests; each row's choice
 depends only on its own logits, parameters, counts and uniform. Per row, the work is one
-exp pass for the draw, plus one for the raw normaliser when logprobs (or best_of ranking)
-need it and the row was processed (at temperature 1 with no bias or penalty, the draw
-reuses the raw exps); nothing V-sized is allocated (one reused workspace).
+exp pass: over the processed row for the draw, or over the raw row when logprobs (or
+best_of ranking) need its normaliser. The draw then reuses the raw exps at temperature 1
+with no bias or penalty, and otherwise needs no pass of its own when the raw side bounds
+the processed nucleus (temperature at most 1 and a nucleus of a few tokens, the usual
+case); else a second pass. Nothing V-sized is allocated (one reused workspace).
 
 >>> import numpy as np
 >>> z = np.log(np.array([[0.7, 0.2, 0.1]], dtype=np.float32))
@@ -120,6 +122,10 @@ class StepOutput:
     top: list[tuple[np.ndarray, np.ndarray] | None]  # per row: (ids [k], logprobs [k])
 
 
+_RAW_TOP = 5  # raw top ids found for a processed draw, however few are reported: the
+# last one's value bounds every other id (select.draw's nucleus without a processed pass)
+
+
 def _raw_side(raw: np.ndarray, k: int, ws: Workspace) -> tuple[list[int], list[float], float, float]:
     """The top-``k`` ids of one row (ties to the lowest id) and their values, its raw
     log-normaliser and the float64 sum of its exps, which are left in the workspace.
@@ -158,12 +164,14 @@ def sample_step(
         u = float(uniforms[b])
         raw_mode = r.logprobs is not None and r.logprobs_mode == "raw"
         if raw_mode or r.raw_logprob:  # the raw side first: its max serves the draw
-            top_ids, top_vals, lognorm, total = _raw_side(raw, r.logprobs or 1, ws)
-            if r.temperature == 1.0 and edits is None:
-                token = pick(ws.e, r.top_p, u, total)  # the row sampled from is the raw row
+            direct = r.temperature == 1.0 and edits is None  # the raw row is sampled from
+            k = r.logprobs or 1 if direct else max(r.logprobs or 0, _RAW_TOP)
+            top_ids, top_vals, lognorm, total = _raw_side(raw, k, ws)
+            if direct:
+                token = pick(ws.e, r.top_p, u, total)
             else:
                 token = draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws,
-                             raw_top=(top_ids, top_vals))  # fmt: skip
+                             raw_top=(top_ids, top_vals), raw_total=total)  # fmt: skip
             raw_lp[b] = float(raw[token]) - lognorm
             if raw_mode:
                 rep_lp[b] = raw_lp[b]

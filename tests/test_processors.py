@@ -1,10 +1,14 @@
 """Tier 1: hand-computed values for each processor, on tiny arrays."""
 
+import math
+
 import numpy as np
 import pytest
 
+import reference as ref
 from sampler import processors as P
-from sampler.logprobs import log_normalizer, log_softmax, reported, top_k_ids, top_logprobs
+from sampler.logprobs import (log_normalizer, log_softmax, reported, top_k, top_k_ids,
+                              top_logprobs)
 from sampler.select import draw, greedy, sample
 from sampler.step import RowParams, sample_step
 
@@ -140,6 +144,72 @@ def test_nucleus_on_flat_rows_and_long_tails():
     e = np.concatenate([[1.0], np.full(5000, 1e-5)]).astype(np.float32)
     ids, _ = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.9855)
     assert ids.tolist() == list(range(3479))
+
+
+def test_bracketed_nucleus_decides_only_when_both_ends_agree():
+    ids, vals = [3, 7], [0.5, 1.0]  # decreasing order: 7 (1.0), then 3 (0.5)
+    assert P.bracketed_nucleus(ids, vals, 0.5, 1.4, 1.6) == [7]  # targets 0.7 .. 0.8
+    assert P.bracketed_nucleus(ids, vals, 0.8, 1.4, 1.6) == [3, 7]  # 1.12 .. 1.28
+    assert P.bracketed_nucleus(ids, vals, 0.7, 1.4, 1.6) is None  # 0.98 .. 1.12: 1.0 between
+    assert P.bracketed_nucleus(ids, vals, 0.8, 1.4, 2.0) is None  # 1.12 .. 1.6: mass 1.5 short
+    assert P.bracketed_nucleus(ids, vals, 0.0, 1.4, 1.6) == [7]  # never empty
+
+
+def _raw_side_of(z, k):
+    """What sample_step's raw side leaves: top ids/values, exps in a workspace, total."""
+    from sampler.select import Workspace
+
+    ids, vals = top_k(z, k)
+    ws = Workspace(z.size)
+    np.subtract(z, vals[0], out=ws.e)
+    np.exp(ws.e, out=ws.e)
+    return (ids, vals), ws.e, float(ws.e.sum(dtype=np.float64))
+
+
+def test_nucleus_from_raw_side_hand_computed():
+    from sampler.select import _nucleus_from_raw
+
+    # probabilities 1 : 0.5 : 1e-6 : 1e-6 (total 1.500002); the top 3 ids known, so every
+    # other id (id 3) is at most the last top value (id 2's), which bounds the rest
+    z = np.log(f32([1.0, 0.5, 1e-6, 1e-6]))[0]
+    raw_top, e, total = _raw_side_of(z, 3)
+    assert raw_top[0] == [0, 1, 2]
+    # T = 0.5 squares them: 1 : 0.25 : 1e-12 : 1e-12, total ~1.25
+    kept, vals = _nucleus_from_raw(z, 0.5, 0.7, None, raw_top, e, total)  # target 0.875
+    assert kept == [0] and vals == [1.0]
+    kept, vals = _nucleus_from_raw(z, 0.5, 0.85, None, raw_top, e, total)  # 1.0625
+    assert kept == [0, 1] and vals == pytest.approx([1.0, 0.25], rel=1e-6)
+    # T = 1, target 1.5000019 > 1.5: the ids above the bound (0, 1) fall short, no decision;
+    # the draw then takes the full pass and keeps all four
+    p = 1 - 1e-7
+    assert _nucleus_from_raw(z, 1.0, p, None, raw_top, e, total) is None
+    u = 1 - 1e-7
+    assert draw(z, 1.0, p, u, raw_top=raw_top, raw_total=total) == 3 == ref.draw_row(z, 1.0, p, u)
+    # the last top id is not itself a usable candidate: it ties the bound
+    two, e2, t2 = _raw_side_of(z, 2)
+    assert _nucleus_from_raw(z, 0.5, 0.85, None, two, e2, t2) is None
+    # temperatures above 1 are not bounded this way; nor is a row with one top id
+    assert _nucleus_from_raw(z, 1.5, 0.5, None, raw_top, e, total) is None
+    one, e1, t1 = _raw_side_of(z, 1)
+    assert _nucleus_from_raw(z, 0.5, 0.5, None, one, e1, t1) is None
+
+
+def test_nucleus_from_raw_side_with_edits():
+    from sampler.select import Edits, _nucleus_from_raw
+
+    z = np.log(f32([1.0, 0.5, 1e-6, 1e-6, 1e-6]))[0]
+    raw_top, e, total = _raw_side_of(z, 3)  # ids 0, 1, 2
+    # a bias lifts id 4 (x 4e6); a penalty halves id 0 (ln 2): processed probabilities
+    # 0.5 : 0.5 : 1e-6 : 1e-6 : 4, i.e. 0.125 : 0.125 : 2.5e-7 : 2.5e-7 : 1 of the max
+    edits = Edits.of((np.array([4]), f32([math.log(4e6)])[0]),
+                     (np.array([0]), f32([math.log(2.0)])[0]))  # fmt: skip
+    kept, vals = _nucleus_from_raw(z, 1.0, 0.6, edits, raw_top, e, total)  # target 0.75
+    assert kept == [4] and vals == [1.0]
+    kept, _ = _nucleus_from_raw(z, 1.0, 0.85, edits, raw_top, e, total)  # 1.0625: id 4 and
+    assert kept == [0, 4]  # one of the tied ids 0 and 1: the lower
+    # every top id edited: nothing bounds the rest, so no decision
+    every = Edits.of((np.array([0, 1, 2]), f32([0.0, 0.0, 0.0])[0]), None)
+    assert _nucleus_from_raw(z, 1.0, 0.5, every, raw_top, e, total) is None
 
 
 # --- select -------------------------------------------------------------------------------

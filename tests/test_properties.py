@@ -254,6 +254,68 @@ def test_draw_given_the_raw_top_equals_reference(case, k):
     assert got == ref.draw_row(proc, params["temperature"], params["top_p"], u)
 
 
+@st.composite
+def lifted_rows(draw_):
+    """Rows where a few ids stand far above the rest (the raw side then often decides the
+    nucleus), some with a tail of values all equal to the last top value, where the tail
+    bound is tight."""
+    z = draw_(rows(min_size=3, max_size=40))
+    if draw_(st.booleans()):  # a flat tail: every other id at one value
+        z = np.full(z.size, draw_(st.floats(-20, 20, width=32)), dtype=np.float32)
+    lifted = draw_(st.lists(st.integers(0, z.size - 1), min_size=1, max_size=3, unique=True))
+    for i in lifted:
+        z[i] = np.float32(z[i] if np.isfinite(z[i]) else 0.0) + np.float32(draw_(
+            st.floats(0, 40, width=32)))  # fmt: skip
+    return z
+
+
+@settings(max_examples=400)
+@given(lifted_rows(), st.data())
+def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
+    """Whenever the raw side alone settles steps 1-4, its kept set and exps are the ones a
+    full processed pass gives; and the draw taking that path equals the reference."""
+    from sampler.select import Edits, Workspace, _nucleus_from_raw
+
+    v = z.size
+    bias = data.draw(st.dictionaries(st.integers(0, v - 1), st.floats(-5, 5, width=32),
+                                     max_size=3))  # fmt: skip
+    generated = data.draw(st.lists(st.integers(0, v - 1), max_size=6))
+    presence, frequency = data.draw(st.floats(-2, 2)), data.draw(st.floats(-2, 2))
+    t = data.draw(st.one_of(st.sampled_from([1.0, 0.5, 0.8]), st.floats(0.05, 1.0)))
+    p, u, k = data.draw(probs.filter(lambda x: x < 1.0)), data.draw(uniforms), data.draw(
+        st.integers(2, 6))  # fmt: skip
+    counts = P.TokenCounts()
+    for g in generated:
+        counts.add(g)
+    b = (np.array(list(bias), np.int64), np.array(list(bias.values()), np.float32))
+    edits = Edits.of(b if bias else None, counts.amounts(presence, frequency))
+    top = top_k_ids(z, k)
+    ws = Workspace(v)
+    np.exp(z - z[top[0]], out=ws.e)  # the raw side's exps, as sample_step leaves them
+    total = float(ws.e.sum(dtype=np.float64))
+    raw_top = (top.tolist(), z[top].tolist())
+    proc = ref.penalties_row(ref.bias_row(z, bias), generated, presence, frequency)
+    zt = ref.temperature_row(proc, t)
+    got = _nucleus_from_raw(z, t, p, edits, raw_top, ws.e, total)
+    if got is not None:
+        kept = ref.nucleus_ids(zt, p)
+        assert got[0] == kept
+        assert got[1] == ref.unnormalised(zt)[kept].tolist()
+    token = draw(z, t, p, u, edits=edits, workspace=ws, raw_top=raw_top, raw_total=total)
+    assert token == ref.draw_row(proc, t, p, u)
+
+
+@given(st.integers(1, 200_000), st.integers(0, 2**32 - 1))
+def test_exp_of_gathered_values_equals_the_full_pass(size, seed):
+    """The raw-side nucleus computes a few candidates' exps on their own; NumPy must give
+    each value the same float32 exp as in a full-row pass (the same kernel for any length
+    and position, so no last-bit differences)."""
+    rng = np.random.default_rng(seed)
+    x = -np.abs(rng.standard_normal(size) * 30).astype(np.float32)  # [V] <= 0, to underflow
+    idx = rng.integers(0, size, size=min(size, 300))  # [k]
+    np.testing.assert_array_equal(np.exp(x[idx]), np.exp(x)[idx])
+
+
 @settings(max_examples=300)
 @given(st.lists(step_rows(), min_size=1, max_size=4).filter(
     lambda rs: len({r[0].size for r in rs}) == 1))
