@@ -28,7 +28,7 @@ from typing import Container, NamedTuple, Sequence
 
 import numpy as np
 
-from .processors import bracketed_nucleus, few_candidates_nucleus, sorted_nucleus
+from .processors import bracketed_nucleus, few_candidates_nucleus, nucleus_cut, nucleus_mask
 
 __all__ = ["WEIGHT_SCALE", "Edits", "Workspace", "greedy", "sample", "draw", "pick"]
 
@@ -45,6 +45,13 @@ class Workspace:
     def __init__(self, vocab: int) -> None:
         self.vocab = vocab
         self.e = np.empty(vocab, dtype=np.float32)  # [V]
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+
+    def scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(float32 [V], float64 [V])`` buffers for a large nucleus's sort, made once."""
+        if self._scratch is None:
+            self._scratch = (np.empty(self.vocab, np.float32), np.empty(self.vocab, np.float64))
+        return self._scratch
 
     @classmethod
     def for_row(cls, row: np.ndarray, ws: "Workspace | None") -> "Workspace":
@@ -96,16 +103,6 @@ def _pick_full(e: np.ndarray, u: float) -> int:
 def _pick_few(kept: tuple[list[int], list[float]], u: float) -> int:
     """The draw over a few kept ``(ids, exps)`` as Python lists, ids increasing."""
     return _pick_small(kept[0], [int(v * WEIGHT_SCALE) for v in kept[1]], u)
-
-
-def _pick_kept(ids: np.ndarray, vals: np.ndarray, u: float) -> int:
-    """The draw over a kept set: ids increasing, ``vals`` their float32 exps."""
-    if ids.size <= _SMALL:
-        weights = [int(v * WEIGHT_SCALE) for v in vals.tolist()]
-        return _pick_small(ids.tolist(), weights, u)
-    w = (vals * _SCALE32).astype(np.int64)  # [k]
-    run = np.cumsum(w)  # [k] exact
-    return int(ids[int(np.searchsorted(run, _target(u, int(run[-1])), side="right"))])
 
 
 def _exps(row: np.ndarray, out: np.ndarray, top: np.float32 | None = None) -> np.ndarray:
@@ -183,7 +180,7 @@ def draw(
     # one top id bounds nothing useful (the bound would be the max itself)
     outside = None if raw_top is None or len(raw_top[0]) < 2 else _bound_outside(
         raw_top, t, top, edits)
-    return pick(e, top_p, u, outside=outside)
+    return pick(e, top_p, u, outside=outside, workspace=ws)
 
 
 def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32, top: np.float32,
@@ -300,12 +297,15 @@ def _tail_bound(m: float, last: float, t: float, top: float, raw_tail: float,
 
 
 def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
-         outside: tuple[np.ndarray, float] | None = None) -> int:
+         outside: tuple[np.ndarray, float] | None = None,
+         workspace: Workspace | None = None) -> int:  # fmt: skip
     """Step 5 on a row's exps ``e`` (float32 [V], largest value 1), which it uses up.
 
     ``total``: ``e``'s float64 sum, when known; ``outside``: as for
-    :func:`~sampler.processors.nucleus`. A nucleus of a few candidates is drawn in plain
-    Python; a larger one is found by :func:`~sampler.processors.sorted_nucleus`.
+    :func:`~sampler.processors.nucleus`; ``workspace``: its scratch buffers serve a large
+    nucleus's sort. A nucleus of a few candidates is drawn in plain Python; a larger one
+    is found by :func:`~sampler.processors.nucleus_cut`, the other ids' exps set to 0 in
+    place, and the row drawn whole (weight 0 is never drawn).
     """
     if top_p >= 1.0:
         return _pick_full(e, u)
@@ -314,7 +314,10 @@ def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
         return _pick_few(few, u)
     if total is None:
         total = float(e.sum(dtype=np.float64))
-    return _pick_kept(*sorted_nucleus(e, total, top_p), u)
+    scratch = workspace.scratch() if workspace is not None else None
+    cut, ties, _ = nucleus_cut(e, total, top_p, scratch=scratch)
+    np.multiply(e, nucleus_mask(e, cut, ties), out=e)  # [V] exps outside the nucleus -> 0
+    return _pick_full(e, u)
 
 
 class Edits(NamedTuple):

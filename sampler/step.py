@@ -168,7 +168,7 @@ def sample_step(
             k = r.logprobs or 1 if direct else max(r.logprobs or 0, _RAW_TOP)
             top_ids, top_vals, lognorm, total = _raw_side(raw, k, ws)
             if direct:
-                token = pick(ws.e, r.top_p, u, total)
+                token = pick(ws.e, r.top_p, u, total, workspace=ws)
             else:
                 token = draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws,
                              raw_top=(top_ids, top_vals), raw_total=total)  # fmt: skip

@@ -305,6 +305,23 @@ def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
     assert token == ref.draw_row(proc, t, p, u)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(65, 3000), st.integers(0, 2**32 - 1), st.sampled_from([0.02, 0.3, 2.0]),
+       temps.filter(lambda t: t > 0), probs, uniforms)  # fmt: skip
+def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
+    """Rows with more than 64 candidates: the nucleus by sort into the workspace's scratch
+    buffers, the rest of the row zeroed in place and drawn whole; ties from a coarse grid."""
+    from sampler.select import Workspace
+
+    rng = np.random.default_rng(seed)
+    z = (np.round(rng.standard_normal(size) * scale * 8) / 8).astype(np.float32)  # [V] ties
+    if seed % 2:  # masked ids: not every id is a candidate
+        z[rng.integers(0, size, size=size // 10)] = -np.inf
+    ws = Workspace(size)
+    assert draw(z, t, p, u, workspace=ws) == ref.draw_row(z, t, p, u)
+    assert draw(z, t, p, u, workspace=ws) == draw(z, t, p, u)  # scratch reused: same answer
+
+
 @given(st.integers(1, 200_000), st.integers(0, 2**32 - 1))
 def test_exp_of_gathered_values_equals_the_full_pass(size, seed):
     """The raw-side nucleus computes a few candidates' exps on their own; NumPy must give
