@@ -6,6 +6,7 @@ Run from the repository root, in ONE process (only ratios measured together mean
     python bench/sampler_step.py --quick    # B = 1, 8 only, shorter timing (<= ~30 s)
     python bench/sampler_step.py --json out.json
     python bench/sampler_step.py --no-hf    # ours and the floor only, caches warm
+    python bench/sampler_step.py --cold     # every method after a 16 MB cache sweep
 
 The HF column needs ``torch`` and ``transformers``, which are not dependencies of the
 library; use a separate venv (e.g. ``/tmp/benchvenv`` with ``torch``, ``transformers``,
@@ -46,8 +47,11 @@ flat
     ``0.1 * N(0, 1)`` logits: nearly uniform, the worst case for top_p.
 
 The nucleus size at top_p 0.9 of each kind (after bias, penalties and T = 0.8, exactly as
-the full step sees it) is printed with the table. Repeats of the methods are interleaved
-round-robin so that a noisy neighbour hits them alike; the share of the machine used by
+the full step sees it) is printed with the table. Repeats of the methods are interleaved,
+in a fresh seeded shuffle each round, so that a noisy neighbour hits them alike and each
+follows each other method equally often (with a fixed order, ours-full always came right
+after the HF pipeline, whose sweeps leave the caches cold, and the floor always after
+ours-neutral, warm: ~1.3x on ours-full at B = 1); the share of the machine used by
 other processes during the run is printed. "full pf/row" is the minor page faults per
 row-step of ours-full: V-sized temporaries that the heap returns to the OS and takes back
 fault ~100 pages per row each, which on a VM can cost more than the exp; whether it happens
@@ -240,12 +244,14 @@ def minor_faults() -> int:
 
 
 def time_cell(methods: dict[str, Timed], logits: np.ndarray, budget: float, min_reps: int,
-              seed):  # fmt: skip
-    """Median µs per row-step of each method, repeats interleaved round-robin.
+              seed, sweep: np.ndarray | None = None):  # fmt: skip
+    """Median µs per row-step of each method, repeats interleaved in shuffled rounds.
 
     Before each timed call the rows are read once (untimed), as an engine's freshly
     computed logits would be: otherwise whichever method follows the HF pipeline (which
     sweeps megabytes) starts with a cold cache, which skews B = 1 where a row fits in L2.
+    ``sweep``: a buffer read before that, every call, so that every method starts with
+    the rest of its working set cold, as after a model's forward pass.
     """
     batch = logits.shape[0]
     rng = np.random.default_rng(seed)
@@ -261,8 +267,11 @@ def time_cell(methods: dict[str, Timed], logits: np.ndarray, budget: float, min_
     gc.disable()
     try:
         for _ in range(reps):
-            for name, fn in methods.items():
+            for i in rng.permutation(len(methods)):  # a new order every round
+                name, fn = list(methods.items())[i]
                 u = rng.random(batch)  # [B] float64 uniforms, outside the timed region
+                if sweep is not None:
+                    sweep.sum()
                 logits.sum()  # the rows in cache, as fresh model output would be
                 f0, t0 = minor_faults(), time.perf_counter()
                 fn(u)
@@ -275,12 +284,13 @@ def time_cell(methods: dict[str, Timed], logits: np.ndarray, budget: float, min_
     return {**us, **pf}, reps
 
 
-def run(batches, budget: float, min_reps: int, with_hf: bool = True) -> dict:
+def run(batches, budget: float, min_reps: int, with_hf: bool = True, cold: bool = False) -> dict:
     hf, hf_reason = import_hf() if with_hf else (None, "--no-hf")
     seeds = np.random.SeedSequence(SEED).spawn(len(KINDS) + 2)
     bias, generated = make_request_state(seeds[-1])
     workspace = Workspace(VOCAB)  # reused row buffers, as the engine does
     buf = np.empty(VOCAB, dtype=np.float32)  # [V]
+    sweep = np.ones(4 << 20, dtype=np.float32) if cold else None  # 16 MB: 32x L2
     full_rows, neutral_rows = full_params(bias, generated), [RowParams() for _ in range(MAX_BATCH)]
     results, nuclei = [], {}
     for k, kind in enumerate(KINDS):
@@ -296,7 +306,7 @@ def run(batches, budget: float, min_reps: int, with_hf: bool = True) -> dict:
             }
             if hf is not None:
                 methods["hf"] = hf_pipeline(hf, logits, bias, generated[:batch])
-            us, reps = time_cell(methods, logits, budget, min_reps, seeds[-2])
+            us, reps = time_cell(methods, logits, budget, min_reps, seeds[-2], sweep)
             results.append({"kind": kind, "batch": batch, "reps": reps, **us})
             print(f"  timed {kind:6s} B={batch:<2d} ({reps} repeats)", file=sys.stderr)
     return {
@@ -309,6 +319,7 @@ def run(batches, budget: float, min_reps: int, with_hf: bool = True) -> dict:
             "seed": SEED, "budget_s_per_cell": budget,
         },
         "hf_skipped": hf_reason,
+        "cold": cold,
         "nucleus_at_top_p": nuclei,
         "results": results,
     }
@@ -367,7 +378,8 @@ def verdict(report: dict) -> list[str]:
 
 def print_report(report: dict) -> None:
     m = report["machine"]
-    print(f"sampler step benchmark: V={VOCAB}, float32 rows, median µs per row-step, 1 thread")
+    print(f"sampler step benchmark: V={VOCAB}, float32 rows, median µs per row-step, 1 thread"
+          + (", every call after a 16 MB cache sweep (--cold)" if report.get("cold") else ""))
     print(f"python {m['python']}, numpy {m['numpy']}"
           + (f", torch {m['torch']} ({m['torch_threads']} thread), transformers {m['transformers']}"
              if "torch" in m else "")
@@ -408,13 +420,18 @@ def main(argv: list[str] | None = None) -> None:
                     help="leave the HF pipeline out: its multi-megabyte sweeps between "
                          "repeats make every timed call start with cold caches, which costs "
                          "a step of ~50 small NumPy calls more than the 4-call floor")
+    ap.add_argument("--cold", action="store_true",
+                    help="read a 16 MB buffer before every timed call of every method, so "
+                         "that each starts cold, as a sampler does after a forward pass")
     args = ap.parse_args(argv)
     start = (cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter())
     load_start = [round(x, 2) for x in os.getloadavg()]
     if args.quick:
-        report = run(batches=(1, 8), budget=0.8, min_reps=5, with_hf=not args.no_hf)
+        report = run(batches=(1, 8), budget=0.8, min_reps=5, with_hf=not args.no_hf,
+                     cold=args.cold)
     else:
-        report = run(batches=(1, 8, 64), budget=6.0, min_reps=7, with_hf=not args.no_hf)
+        report = run(batches=(1, 8, 64), budget=6.0, min_reps=7, with_hf=not args.no_hf,
+                     cold=args.cold)
     report["machine"]["loadavg_start"] = load_start
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     load = other_load(start)

@@ -189,16 +189,19 @@ def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32
     ``e <= bound`` (see :func:`_exp_bound`)."""
     ids = raw_top[0]
     ids = np.asarray(ids) if edits is None else np.concatenate((ids, edits.ids))  # [k + m]
-    return ids, _exp_bound(raw_top[1][-1], t, top)
+    return ids, _exp_bound(float(raw_top[1][-1]), float(t), float(top))
 
 
-def _exp_bound(last: float, t: np.float32, top: np.float32) -> float:
-    """A bound on the processed exp of every unedited id whose raw value is at most
-    ``last``: division, subtraction and exp are monotonic (a relative 2**-20 of slack
-    covers an exp that is not exactly rounded)."""
-    z = np.float32(last) / t if t != 1.0 else np.float32(last)
-    with np.errstate(over="ignore"):  # an edit that lifted another id far above: inf, no use
-        return float(np.exp(np.float32(z - top))) * (1.0 + _EXP_SLACK)
+def _exp_bound(last: float, t: float, top: float) -> float:
+    """A bound on the processed exp ``exp(float32(float32(z / t) - top))`` of every
+    unedited id whose raw value ``z`` is at most ``last`` (division, subtraction and exp
+    are monotonic), computed in float64: the two float32 roundings move the argument by at
+    most ``2**-22 * (|last| / t + |top|)``, and a relative 2**-20 covers an exp that is not
+    exactly rounded. 0 when ``last`` is -inf; inf when it overflows."""
+    if last == -math.inf:
+        return 0.0
+    y = last / t - top + 2.0**-22 * (abs(last) / t + abs(top))
+    return math.exp(y) * (1.0 + _EXP_SLACK) if y < 700.0 else math.inf
 
 
 _EXP_SLACK = 2.0**-20  # a float32 exp's relative error, with room (NumPy's: < 3 ulp)
@@ -249,14 +252,13 @@ def _nucleus_from_raw(
     inside = float(pe.sum(dtype=np.float64))
     m, last, tf, top = float(values[0]), float(values[-1]), float(t), float(top)
     if last == -math.inf:  # every other id is -inf: exp 0
-        bound, tail = 0.0, 0.0
+        tail = 0.0
     else:
         raw_tail = raw_total - float(raw_e[cand].sum(dtype=np.float64))
-        bound = _exp_bound64(last / tf - top, abs(last) / tf + abs(top))
         tail = _tail_bound(m, last, tf, top, raw_tail, raw_total, row.size)
-        if bound is None or tail is None:
+        if tail is None:
             return None
-    sel = (pe > bound).nonzero()[0]  # [n] the candidates above every other id
+    sel = (pe > _exp_bound(last, tf, top)).nonzero()[0]  # [n] above every other id
     if sel.size > _SMALL:
         return None
     pairs = sorted(zip(cand[sel].tolist(), pe[sel].tolist()))
@@ -267,14 +269,6 @@ def _nucleus_from_raw(
         return None
     value = dict(pairs)
     return kept, [value[i] for i in kept]
-
-
-def _exp_bound64(y: float, scale: float) -> float | None:
-    """An upper bound on a float32 exp of ``y``, computed in float32 from values whose
-    magnitudes sum to ``scale``, where ``y`` is exact (float64): the float32 roundings
-    move the argument by at most ``2**-22 * scale``. None when it overflows."""
-    y += 2.0**-22 * scale
-    return math.exp(y) * (1.0 + _EXP_SLACK) if y < 700.0 else None
 
 
 def _tail_bound(m: float, last: float, t: float, top: float, raw_tail: float,
