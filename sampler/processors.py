@@ -277,8 +277,9 @@ def nucleus_cut(
     """The nucleus of a row as ``(cut, ties, size)``: every id with ``e > cut`` and the
     ``ties`` lowest ids with ``e == cut`` (``size`` ids in all), by thresholds and a sort.
 
-    ``scratch = (float32 [V], float64 [V])`` buffers to work in: with them nothing V-sized
-    is allocated (a fresh 400 KB temporary can cost ~100 page faults, more than the sort).
+    ``scratch = (float32 [V], float64 [V])`` buffers to work in: with them no V-sized float
+    array is allocated, only boolean masks (a fresh 400 KB temporary can cost ~100 page
+    faults, more than the sort).
 
     >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
     >>> nucleus_cut(e, float(e.sum(dtype=np.float64)), 0.3)  # one of the tied 0.4s
@@ -386,9 +387,9 @@ def bracketed_nucleus(
     ``[lo, hi]``: the kept ids (increasing) if every total in that interval keeps the same
     set, else None (also when the candidates' mass is short of ``p * lo``).
 
-    ``ids`` (increasing) must hold every id of the row whose value is above all the
-    others'. The kept set only grows with the target ``p * total``, so the two ends of
-    the interval decide for every total between them.
+    ``ids`` (increasing) and ``vals`` must be the row's largest values: every id left out
+    has a value below all of theirs. The kept set only grows with the target
+    ``p * total``, so the two ends of the interval decide for every total between them.
 
     >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.6, 1.7)  # targets 1.12 .. 1.19
     [1, 2]

@@ -7,7 +7,8 @@ exp pass: over the processed row for the draw, or over the raw row when logprobs
 best_of ranking) need its normaliser. The draw then reuses the raw exps at temperature 1
 with no bias or penalty, and otherwise needs no pass of its own when the raw side bounds
 the processed nucleus (temperature at most 1 and a nucleus of a few tokens, the usual
-case); else a second pass. Nothing V-sized is allocated (one reused workspace).
+case); else a second pass. No V-sized float temporaries are allocated (one reused
+workspace; only boolean masks).
 
 >>> import numpy as np
 >>> z = np.log(np.array([[0.7, 0.2, 0.1]], dtype=np.float32))
@@ -122,8 +123,9 @@ class StepOutput:
     top: list[tuple[np.ndarray, np.ndarray] | None]  # per row: (ids [k], logprobs [k])
 
 
-_RAW_TOP = 5  # raw top ids found for a processed draw, however few are reported: the
-# last one's value bounds every other id (select.draw's nucleus without a processed pass)
+# Raw top ids found for a processed draw, however few are reported: the last one's value
+# bounds every other id (select.draw's nucleus without a processed pass).
+_RAW_TOP = 5
 
 
 def _raw_side(raw: np.ndarray, k: int, ws: Workspace) -> tuple[list[int], list[float], float, float]:
@@ -165,7 +167,7 @@ def sample_step(
         raw_mode = r.logprobs is not None and r.logprobs_mode == "raw"
         if raw_mode or r.raw_logprob:  # the raw side first: its max serves the draw
             direct = r.temperature == 1.0 and edits is None  # the raw row is sampled from
-            k = r.logprobs or 1 if direct else max(r.logprobs or 0, _RAW_TOP)
+            k = (r.logprobs or 1) if direct else max(r.logprobs or 0, _RAW_TOP)
             top_ids, top_vals, lognorm, total = _raw_side(raw, k, ws)
             if direct:
                 token = pick(ws.e, r.top_p, u, total, workspace=ws)
