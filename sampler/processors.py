@@ -45,6 +45,7 @@ __all__ = [
     "nucleus",
     "sorted_nucleus",
     "nucleus_cut",
+    "nucleus_kept",
     "nucleus_mask",
     "few_candidates_nucleus",
     "bracketed_nucleus",
@@ -266,23 +267,24 @@ def sorted_nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, n
     >>> sorted_nucleus(e, float(e.sum(dtype=np.float64)), 0.9)[0]
     array([0, 1, 2])
     """
-    cut, ties, _ = nucleus_cut(e, total, p)
-    ids = np.flatnonzero(nucleus_mask(e, cut, ties))  # [k]
-    return ids, e[ids]
+    cut, ties, _, cand = nucleus_cut(e, total, p)
+    return nucleus_kept(e, cut, ties, cand)
 
 
 def nucleus_cut(
     e: np.ndarray, total: float, p: float, *, scratch: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.float32, int, int]:
-    """The nucleus of a row as ``(cut, ties, size)``: every id with ``e > cut`` and the
-    ``ties`` lowest ids with ``e == cut`` (``size`` ids in all), by thresholds and a sort.
+) -> tuple[np.float32, int, int, np.ndarray | None]:
+    """The nucleus of a row as ``(cut, ties, size, cand)``: every id with ``e > cut`` and
+    the ``ties`` lowest ids with ``e == cut`` (``size`` ids in all), by thresholds and a
+    sort. ``cand``: the sorted candidates' ids (increasing, every kept id among them) when
+    there were few enough to list (up to 16,384), else None.
 
     ``scratch = (float32 [V], float64 [V])`` buffers to work in: with them no V-sized float
     array is allocated, only boolean masks (a fresh 400 KB temporary can cost ~100 page
     faults, more than the sort).
 
     >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> nucleus_cut(e, float(e.sum(dtype=np.float64)), 0.3)  # one of the tied 0.4s
+    >>> nucleus_cut(e, float(e.sum(dtype=np.float64)), 0.3)[:3]  # one of the tied 0.4s
     (np.float32(0.4), 1, 1)
     """
     target = p * total
@@ -297,15 +299,18 @@ def nucleus_cut(
             if kept is not None:
                 vals = e[kept]  # [k]
                 cut = vals.min()
-                return cut, int(np.count_nonzero(vals == cut)), len(kept)
+                return cut, int(np.count_nonzero(vals == cut)), len(kept), cand
             continue
+        cand = np.flatnonzero(above_t) if n <= _LISTED else None  # [n]
         vals = f32[:n]  # [n] the candidates' values
-        if n == e.size:  # every id a candidate (flat rows)
+        if cand is not None:
+            np.take(e, cand, out=vals)
+        elif n == e.size:  # every id a candidate (flat rows)
             np.copyto(vals, e)
         else:
             np.compress(above_t, e, out=vals)
-            if vals.sum(dtype=np.float64) < target * (1 - 1e-12) and t > 0:
-                continue  # clearly not enough mass: try a lower threshold
+        if n < e.size and vals.sum(dtype=np.float64) < target * (1 - 1e-12) and t > 0:
+            continue  # clearly not enough mass: try a lower threshold
         vals.sort()  # increasing
         csum = f64[:n]  # [n] the float64 running sum, largest first
         np.copyto(csum, vals[::-1])
@@ -315,7 +320,25 @@ def nucleus_cut(
     k = min(int(np.searchsorted(csum, target, side="left")), n - 1)
     cut = vals[n - 1 - k]  # the smallest kept value
     n_above = n - int(np.searchsorted(vals, cut, side="right"))  # values > cut
-    return cut, k + 1 - n_above, k + 1
+    return cut, k + 1 - n_above, k + 1, cand
+
+
+_LISTED = 16384  # candidate sets up to this size are listed by id (<= 128 KB of int64)
+
+
+def nucleus_kept(
+    e: np.ndarray, cut: np.float32, ties: int, cand: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept ids of :func:`nucleus_cut`, increasing, and their values, found among
+    ``cand`` when given (else by one compare over the row)."""
+    ids = np.flatnonzero(e >= cut) if cand is None else cand[e[cand] >= cut]  # [n]
+    vals = e[ids]  # [n]
+    tied = np.flatnonzero(vals == cut)  # [t] positions of the ties, lowest ids first
+    if tied.size > ties:  # drop the ties beyond the first ``ties``
+        keep = vals > cut  # [n]
+        keep[tied[:ties]] = True
+        ids, vals = ids[keep], vals[keep]
+    return ids, vals
 
 
 def nucleus_mask(e: np.ndarray, cut: np.float32, ties: int) -> np.ndarray:

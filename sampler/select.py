@@ -28,7 +28,8 @@ from typing import Container, NamedTuple, Sequence
 
 import numpy as np
 
-from .processors import bracketed_nucleus, few_candidates_nucleus, nucleus_cut, nucleus_mask
+from .processors import (bracketed_nucleus, few_candidates_nucleus, nucleus_cut, nucleus_kept,
+                         nucleus_mask)
 
 __all__ = ["WEIGHT_SCALE", "Edits", "Workspace", "greedy", "sample", "draw", "pick"]
 
@@ -36,6 +37,8 @@ WEIGHT_SCALE = 2**43  # w = floor(e * 2**43); V * 2**43 < 2**63 for V up to a mi
 _SCALE32 = np.float32(WEIGHT_SCALE)
 _BLOCK = 1024
 _SMALL = 64  # kept sets up to this size are drawn in plain Python integers
+_KEPT_IDS = 16384  # kept sets up to this size are drawn from their ids (<= 128 KB of them);
+# larger ones by zeroing the rest of the row in place (no V-sized id or weight arrays)
 
 
 class Workspace:
@@ -99,6 +102,15 @@ def _pick_full(e: np.ndarray, u: float) -> int:
     run = np.cumsum(e[start : start + _BLOCK].astype(np.int64))  # [<= 1024]
     before = int(ends[b - 1]) if b else 0
     return start + int(np.searchsorted(run, r - before, side="right"))
+
+
+def _pick_kept(ids: np.ndarray, vals: np.ndarray, u: float) -> int:
+    """The draw over a kept set: ids increasing, ``vals`` their float32 exps."""
+    if ids.size <= _SMALL:
+        return _pick_few((ids.tolist(), vals.tolist()), u)
+    w = (vals * _SCALE32).astype(np.int64)  # [k]
+    run = np.cumsum(w)  # [k] exact
+    return int(ids[int(np.searchsorted(run, _target(u, int(run[-1])), side="right"))])
 
 
 def _pick_few(kept: tuple[list[int], list[float]], u: float) -> int:
@@ -299,8 +311,9 @@ def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
     ``total``: ``e``'s float64 sum, when known; ``outside``: as for
     :func:`~sampler.processors.nucleus`; ``workspace``: its scratch buffers serve a large
     nucleus's sort. A nucleus of a few candidates is drawn in plain Python; a larger one
-    is found by :func:`~sampler.processors.nucleus_cut`, the other ids' exps set to 0 in
-    place, and the row drawn whole (weight 0 is never drawn).
+    is found by :func:`~sampler.processors.nucleus_cut` and drawn from its ids; a very
+    large one (flat rows) by setting the other ids' exps to 0 in place and drawing the
+    row whole (weight 0 is never drawn).
     """
     if top_p >= 1.0:
         return _pick_full(e, u)
@@ -310,7 +323,9 @@ def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
     if total is None:
         total = float(e.sum(dtype=np.float64))
     scratch = workspace.scratch() if workspace is not None else None
-    cut, ties, _ = nucleus_cut(e, total, top_p, scratch=scratch)
+    cut, ties, size, cand = nucleus_cut(e, total, top_p, scratch=scratch)
+    if size <= _KEPT_IDS:
+        return _pick_kept(*nucleus_kept(e, cut, ties, cand), u)
     np.multiply(e, nucleus_mask(e, cut, ties), out=e)  # [V] exps outside the nucleus -> 0
     return _pick_full(e, u)
 

@@ -310,7 +310,8 @@ def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
        temps.filter(lambda t: t > 0), probs, uniforms)  # fmt: skip
 def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
     """Rows with more than 64 candidates: the nucleus by sort into the workspace's scratch
-    buffers, the rest of the row zeroed in place and drawn whole; ties from a coarse grid."""
+    buffers, drawn from its ids or (as on flat rows, forced here) with the rest of the row
+    zeroed in place and the row drawn whole; ties from a coarse grid."""
     from sampler.select import Workspace
 
     rng = np.random.default_rng(seed)
@@ -320,6 +321,14 @@ def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
     ws = Workspace(size)
     assert draw(z, t, p, u, workspace=ws) == ref.draw_row(z, t, p, u)
     assert draw(z, t, p, u, workspace=ws) == draw(z, t, p, u)  # scratch reused: same answer
+    import sampler.select as S
+
+    listed = S._KEPT_IDS
+    S._KEPT_IDS = 0  # every nucleus drawn as on flat rows: the rest zeroed, the row whole
+    try:
+        assert draw(z, t, p, u, workspace=ws) == ref.draw_row(z, t, p, u)
+    finally:
+        S._KEPT_IDS = listed
 
 
 @given(st.integers(1, 200_000), st.integers(0, 2**32 - 1))
