@@ -34,6 +34,8 @@ def _logit_bias_item(text: str) -> tuple[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .onnx_llama import ATTENTIONS  # NumPy only (onnx loads when a graph is built)
+
     parser = argparse.ArgumentParser(
         prog="sampler", description="OpenAI Completions semantics, run locally on the CPU."
     )
@@ -76,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                         "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
                         "MatMulNBits)")
     v.add_argument("--name", help="the model id in responses (default: the folder's name)")
-    v.add_argument("--attention", choices=("gqa", "exact", "fast"),
+    v.add_argument("--attention", choices=ATTENTIONS,
                    help="gqa (the default when the head size is a multiple of 8, else "
                         "exact): ONNX Runtime's GroupQueryAttention with the KV cache updated "
                         "in place; exact/fast: the Hugging Face/Optimum cache I/O (past and "

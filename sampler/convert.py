@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .model import sha256_file
-from .onnx_llama import Int4Matrix, LlamaConfig, weight_shapes
+from .onnx_llama import ATTENTIONS, Int4Matrix, LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     import gguf
@@ -469,7 +469,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
     if weight_dtype not in ("float32", "float16", "int4"):
         raise ValueError(f"weights must be 'float32', 'float16' or 'int4', got {weight_dtype!r}")
-    if attention not in (None, "gqa", "exact", "fast"):
+    if attention is not None and attention not in ATTENTIONS:
         raise ValueError(f"attention must be 'gqa', 'exact' or 'fast', got {attention!r}")
     t0 = time.perf_counter()
     model = read_gguf(gguf_path)

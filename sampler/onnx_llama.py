@@ -23,7 +23,7 @@ with ``inv_freq = theta ** (-2j / hd)``; cos/sin tables are computed in float64 
 float32. Masked scores are replaced by -1e30 (finite), so a fully masked query row (a padding
 position) yields finite garbage instead of NaN, which would otherwise reach real rows through
 the padding's keys and values in the next layer. By default the attention sums run in float64
-(``exact_attention``) and the scores are computed with the keys as rows, which makes a row's
+(``attention="exact"``) and the scores are computed with the keys as rows, which makes a row's
 logits bit-identical whatever its batch, padding or prefill chunking (measured; it relies
 on ORT's CPU GEMM computing each row the same way however many rows there are).
 
@@ -232,7 +232,6 @@ class _Graph:
         self.initializers: dict = {}
         self.weight_dtype = weight_dtype
         self.int4_accuracy_level = int4_accuracy_level
-        self.uses_ms_domain = False
         self._fp32: dict[str, str] = {}  # initializer name -> name of its fp32 value
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str | None = None,
@@ -269,13 +268,11 @@ class _Graph:
 
 def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaConfig, *,
                 weight_dtype: WeightDtype = "float32",
-                exact_attention: bool = True,
                 int4_accuracy_level: int = 0,
-                attention: Attention | None = None) -> "onnx.ModelProto":
+                attention: Attention = "exact") -> "onnx.ModelProto":
     """The decoder graph for ``weights`` (HF names and shapes, see :func:`weight_shapes`).
 
-    ``attention`` picks the attention and its KV-cache I/O (default: ``"exact"``, or
-    ``"fast"`` when ``exact_attention`` is False):
+    ``attention`` picks the attention and its KV-cache I/O (default ``"exact"``):
 
     - ``"exact"`` and ``"fast"``: the HF/Optimum convention (``attention_mask``, left
       padding, ``present`` = past and new keys concatenated), with the sums in float64
@@ -293,11 +290,11 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     ``weight_dtype="float16"`` stores the matrices as fp16 and casts them to fp32 inside the
     graph (ORT folds the Cast at load); norm vectors stay fp32. Compute and KV cache are fp32.
 
-    ``exact_attention`` (default) sums softmax and the weighted values in float64 so that a
+    ``"exact"`` (the default) sums softmax and the weighted values in float64 so that a
     row's logits are bit-identical whatever its padding, batch or chunking (see ``_attend``);
     it costs a float64 copy of V and a float64 P @ V per layer per step. Measured on
     SmolLM2-135M shapes, 1 thread: +0-10% per decode step at batch 1 (context 30-1000),
-    +40-55% at batch 8 (context 300-1000). ``False``: plain float32 Softmax + MatMul, whose
+    +40-55% at batch 8 (context 300-1000). ``"fast"``: plain float32 Softmax + MatMul, whose
     results shift with padding by ~1e-6 relative (up to ~1e-5 absolute on logits).
 
     A layer matrix may be an :class:`Int4Matrix` (GGUF Q4_0/Q4_1 blocks). With
@@ -317,8 +314,6 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     if weight_dtype not in ("float32", "float16", "int4"):
         raise ValueError("weight_dtype must be 'float32', 'float16' or 'int4', got "
                          f"{weight_dtype!r}")
-    if attention is None:
-        attention = "exact" if exact_attention else "fast"
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if attention == "gqa" and not gqa_supported(config):
@@ -354,7 +349,7 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     inputs, outputs = _io_specs(c, shared)
     graph = helper.make_graph(g.nodes, "llama", inputs, outputs, list(g.initializers.values()))
     opsets = [helper.make_opsetid("", OPSET)]
-    if g.uses_ms_domain or shared:
+    if any(n.domain == _MS_DOMAIN for n in g.nodes):  # contrib ops: MatMulNBits, GQA
         opsets.append(helper.make_opsetid(_MS_DOMAIN, 1))
     return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler",
                              ir_version=8)
@@ -600,7 +595,6 @@ def _int4_matmul(g: _Graph, x: str, name: str, w: Int4Matrix) -> str:
     ``blocksum(x) [.., K/32] @ offset^T [K/32, N]`` added to the result (Q4_0 needs none).
     """
     N, K = w.shape
-    g.uses_ms_domain = True
     b = g.const(f"{name}.q4", w.packed())  # uint8 [N, K/32, 16]
     s = g.const(f"{name}.scales", np.ascontiguousarray(w.scale, dtype=np.float32).reshape(-1))
     y = g.op("MatMulNBits", x, b, s, domain=_MS_DOMAIN, K=K, N=N, bits=4,

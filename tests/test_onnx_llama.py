@@ -56,7 +56,7 @@ def test_matches_reference(tied, exact):
     cfg = small_config(tie_word_embeddings=tied)
     w = random_weights(cfg, np.random.default_rng(1))
     tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, 23)
-    logits, presents = run(session(build_llama(w, cfg, exact_attention=exact)), cfg, tokens)
+    logits, presents = run(session(build_llama(w, cfg, attention="exact" if exact else "fast")), cfg, tokens)
     assert logits.shape == (1, 23, cfg.vocab_size) and logits.dtype == np.float32
     assert presents[0].shape == (1, cfg.num_kv_heads, 23, cfg.head_dim)
     assert np.abs(logits[0] - ref.forward(w, cfg, tokens)).max() < 1e-4
