@@ -388,12 +388,10 @@ def few_candidates_nucleus(
         s32 = float(e.sum())  # float32 pairwise sum
         slack = 2.0 * e.size * 2.0**-24  # twice the bound: room for the float64 total too
         if slack < 0.5:
-            kept = _small_nucleus(ids, vals, p * s32 * (1.0 - slack))
-            if kept is None:  # short of mass even for the lowest possible target
+            if sum(vals) < p * s32 * (1.0 - slack):  # short even for the lowest target
                 return None
-            if kept != _small_nucleus(ids, vals, p * s32 * (1.0 + slack)):
-                kept = None  # the interval straddles a boundary: the float64 total decides
-        if kept is None:
+            kept = bracketed_nucleus(ids, vals, p, s32 * (1.0 - slack), s32 * (1.0 + slack))
+        if kept is None:  # the interval straddles a boundary: the float64 total decides
             total = float(e.sum(dtype=np.float64))
     if kept is None:
         kept = _small_nucleus(ids, vals, p * total)
