@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 N_VOCAB = 100_277
-EOT = 100257
+EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = 100257, 100258, 100259, 100260
 SOURCES = ("stdlib", "pydocs", "shakespeare", "milton", "kjv", "devil", "wordnet")
 SEED = 5
 
@@ -102,16 +102,21 @@ def model_nll(session, ids: np.ndarray) -> np.ndarray:
     return lse - z[np.arange(len(z)), ids[1:]]
 
 
-def held_out(model_dir: Path, corpus: Path, n_windows: int, ctx: int, *,
-             test: bool = True) -> dict:
-    """Per-source and overall NLL of the model and the baselines on ``test`` (or train)
-    documents. On the train split the baselines are scored in-sample (optimistic)."""
+def _session(model_dir: Path):
+    """An ONNX Runtime session on the model, one thread."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), opts,
+    return ort.InferenceSession(str(model_dir / "model.onnx"), opts,
                                 providers=["CPUExecutionProvider"])
+
+
+def held_out(model_dir: Path, corpus: Path, n_windows: int, ctx: int, *,
+             test: bool = True) -> dict:
+    """Per-source and overall NLL of the model and the baselines on ``test`` (or train)
+    documents. On the train split the baselines are scored in-sample (optimistic)."""
+    sess = _session(model_dir)
     tokens, offsets, source, test_flags = load_corpus(corpus)
     results = {}
     totals = np.zeros(3)
@@ -227,17 +232,11 @@ def fim_eval(engine, cases: list[dict]) -> dict:
 def fim_teacher_forced(model_dir: Path, cases: list[dict], tok) -> dict:
     """Mean over cases: the true middle's log-likelihood per token with and without the
     suffix, and log p(<|endoftext|>) after it (full-sequence passes, no decoding)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), opts,
-                                providers=["CPUExecutionProvider"])
-    fim_prefix, fim_middle, fim_suffix = 100258, 100259, 100260
+    sess = _session(model_dir)
     with_s, without, end = [], [], []
     for c in cases:
         pre, suf, mid = (tok.encode(c[k]) for k in ("prefix", "suffix", "middle"))
-        head = [fim_prefix, *pre, fim_suffix, *suf, fim_middle]
+        head = [FIM_PREFIX, *pre, FIM_SUFFIX, *suf, FIM_MIDDLE]
         nll = model_nll(sess, np.asarray(head + mid + [EOT], np.int64))  # [S-1]
         with_s.append(-nll[len(head) - 1:len(head) - 1 + len(mid)].mean())
         end.append(-nll[-1])
@@ -336,11 +335,10 @@ def main() -> None:
     res = {"held_out": held_out(args.model, args.corpus, args.windows, ctx)}
     print("train split, same procedure (the model's final training loss over full rows):")
     res["train"] = held_out(args.model, args.corpus, args.train_windows, ctx, test=False)
-    cases = infill_cases(args.corpus, get_tokenizer("cl100k_base"), args.infills,
-                         np.random.default_rng(SEED))
+    tok = get_tokenizer("cl100k_base")
+    cases = infill_cases(args.corpus, tok, args.infills, np.random.default_rng(SEED))
     res["fim"] = fim_eval(engine, cases)
-    res["fim"]["teacher_forced"] = fim_teacher_forced(args.model, cases,
-                                                      get_tokenizer("cl100k_base"))
+    res["fim"]["teacher_forced"] = fim_teacher_forced(args.model, cases, tok)
     res["samples"] = samples(engine)
     res["seconds"] = round(time.time() - t0, 1)
     md = markdown(res)

@@ -268,9 +268,12 @@ class Sampler:
     def row(self) -> list[int]:
         """``context_length + 1`` tokens packed from samples, the last one cut to fit.
 
-        With ``fim_whole`` (false when absent) a FIM sample is never cut (its middle and
+        With ``fim_whole`` (false when absent) a FIM sample is not cut (its middle and
         ``<|endoftext|>`` come last, so a cut one teaches nothing about ending a middle): one
         that does not fit in the room left is replaced by plain text, which fills the row.
+        (The fit check leaves out the end-of-text token that separates documents, so a FIM
+        sample starting its document can still lose its final token; kept so, as phase 3
+        ran it.)
         This lowers the share of FIM tokens well below ``fim_rate``: at 0.9, about 62% of
         tokens are FIM samples (88% without ``fim_whole``).
         """
@@ -278,8 +281,7 @@ class Sampler:
         fim_rate = self.cfg["fim_rate"]
         while len(buf) < self.ctx + 1:
             toks, first = self.sample(fim_rate)
-            # (the check leaves out the separating EOT added below, as when phase 3 ran: a
-            # FIM sample at the start of its document can lose its final token to it)
+            # (the check leaves out the separating EOT added below: see the docstring)
             if (self.cfg.get("fim_whole") and toks[0] == FIM_PREFIX
                     and len(buf) + len(toks) > self.ctx + 1):
                 fim_rate = 0.0  # the rest of this row is plain text
@@ -432,9 +434,10 @@ def main() -> None:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg["lr"], betas=(0.9, 0.95))
     if init is not None:  # the moments carry over; the hyper-parameters are this config's
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict(init["opt"])
-        for group, decay_value in zip(opt.param_groups, (cfg["weight_decay"], 0.0)):
-            group["weight_decay"], group["betas"] = decay_value, (0.9, 0.95)
+        for group, settings in zip(opt.param_groups, fresh):
+            group.update(settings)
     log = open(out / "log.jsonl", "a")
 
     def emit(rec: dict) -> None:
