@@ -266,9 +266,10 @@ def time_cell(methods: dict[str, Timed], logits: np.ndarray, budget: float, min_
     faults = dict.fromkeys(methods, 0)
     gc.disable()
     try:
+        items = list(methods.items())
         for _ in range(reps):
-            for i in rng.permutation(len(methods)):  # a new order every round
-                name, fn = list(methods.items())[i]
+            for i in rng.permutation(len(items)):  # a new order every round
+                name, fn = items[i]
                 u = rng.random(batch)  # [B] float64 uniforms, outside the timed region
                 if sweep is not None:
                     sweep.sum()
@@ -426,12 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     start = (cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter())
     load_start = [round(x, 2) for x in os.getloadavg()]
-    if args.quick:
-        report = run(batches=(1, 8), budget=0.8, min_reps=5, with_hf=not args.no_hf,
-                     cold=args.cold)
-    else:
-        report = run(batches=(1, 8, 64), budget=6.0, min_reps=7, with_hf=not args.no_hf,
-                     cold=args.cold)
+    batches, budget, min_reps = ((1, 8), 0.8, 5) if args.quick else ((1, 8, 64), 6.0, 7)
+    report = run(batches=batches, budget=budget, min_reps=min_reps, with_hf=not args.no_hf,
+                 cold=args.cold)
     report["machine"]["loadavg_start"] = load_start
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     load = other_load(start)
