@@ -33,9 +33,10 @@ def log_normalizer(logits: np.ndarray) -> np.ndarray:
     One max, one exp and one float64 sum per row; rows may hold ``-inf``.
     """
     out = np.empty(logits.shape[0], dtype=np.float64)  # [B]
-    for b, row in enumerate(logits):
-        m = row.max()
-        out[b] = float(m) + math.log(float(np.exp(row - m).sum(dtype=np.float64)))
+    with np.errstate(over="ignore"):  # a value far below the max: exp(-inf) = 0
+        for b, row in enumerate(logits):
+            m = row.max()
+            out[b] = float(m) + math.log(float(np.exp(row - m).sum(dtype=np.float64)))
     return out
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "logit_bias",
     "penalties",
     "temperature",
+    "scaled_max_overflows",
+    "limit_row",
     "top_p",
     "nucleus",
     "sorted_nucleus",
@@ -217,16 +219,61 @@ def temperature(
     """Divide each row by its temperature: ``z[b] /= float32(t[b])``.
 
     Range 0 … 2. ``t = 1`` is neutral; ``t = 0`` means greedy and leaves the row as it
-    is (the argmax does not depend on scale; see :func:`sampler.select.greedy`).
+    is (the argmax does not depend on scale; see :func:`sampler.select.greedy`). A
+    positive ``t`` so small that the row's maximum divided by it overflows float32 (or
+    that rounds to 0 in float32) gives the limit ``t -> 0+`` of the sampled distribution:
+    the row becomes 0 at its maxima and ``-inf`` elsewhere (:func:`scaled_max_overflows`).
 
     >>> temperature(np.array([[1.0, -2.0], [1.0, -2.0]], dtype=np.float32), [2.0, 0.0])
     array([[ 0.5, -1. ],
            [ 1. , -2. ]], dtype=float32)
+    >>> temperature(np.array([[3.0, 1.0, 3.0]], dtype=np.float32), 1e-300)
+    array([[  0., -inf,   0.]], dtype=float32)
     """
     res = _out(logits, out)
     ts = _per_row(t, res.shape[0])  # [B]
     for b in np.flatnonzero((ts != 1.0) & (ts != 0.0)):
-        res[b] /= np.float32(ts[b])
+        t32 = np.float32(ts[b])
+        row = res[b]  # [V]
+        if t32 < 1 and scaled_max_overflows(row.max(), t32):
+            limit_row(row, row.max(), out=row)
+        else:
+            with np.errstate(over="ignore"):  # a very negative value may become -inf
+                row /= t32
+    return res
+
+
+def scaled_max_overflows(row_max: float, t: np.float32) -> bool:
+    """Whether ``float32(row_max / t)`` is not finite (``t`` itself 0 included): then the
+    step-3 row is the limit :func:`limit_row` instead of ``z / t``. Division rounds
+    monotonically, so ``float32(max z / t)`` is the largest value of ``z / t``: when it is
+    finite nothing in the row can become NaN, and a value that overflows to ``-inf``
+    just has probability 0, as the definition gives it.
+
+    >>> scaled_max_overflows(100.0, np.float32(1e-37))  # 1e39 > 3.4e38
+    True
+    >>> scaled_max_overflows(100.0, np.float32(1e-30))
+    False
+    """
+    if t == 0:
+        return True
+    with np.errstate(over="ignore"):
+        return not np.isfinite(np.float32(row_max) / t)
+
+
+def limit_row(row: np.ndarray, row_max: float, *, out: np.ndarray | None = None) -> np.ndarray:
+    """The step-3 row in the limit ``T -> 0+``: 0 where ``row == row_max``, ``-inf``
+    elsewhere (float32 ``[V]``). As T shrinks, ``softmax(z / T)`` puts all its mass on the
+    maxima, equally: a single maximum is drawn surely, tied maxima uniformly (top_p
+    still keeps the lowest ids among them first).
+
+    >>> limit_row(np.array([1.0, 2.0, 2.0], dtype=np.float32), 2.0)
+    array([-inf,   0.,   0.], dtype=float32)
+    """
+    hit = row == np.float32(row_max)  # [V]
+    res = np.empty(row.shape, dtype=np.float32) if out is None else out
+    res.fill(-np.inf)
+    res[hit] = 0.0
     return res
 
 
@@ -482,7 +529,8 @@ def top_p(
     ps = _per_row(p, res.shape[0])  # [B]
     for b in np.flatnonzero(ps < 1.0):
         row = res[b]  # [V]
-        e = np.exp(row - row.max())  # [V] float32, largest = 1
+        with np.errstate(over="ignore"):  # a value far below the max: exp(-inf) = 0
+            e = np.exp(row - row.max())  # [V] float32, largest = 1
         ids, _ = nucleus(e, float(e.sum(dtype=np.float64)), float(ps[b]))
         keep = row[ids]  # [k]
         row.fill(-np.inf)

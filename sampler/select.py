@@ -29,7 +29,7 @@ from typing import Container, NamedTuple, Sequence
 import numpy as np
 
 from .processors import (bracketed_nucleus, few_candidates_nucleus, nucleus_cut, nucleus_kept,
-                         nucleus_mask)
+                         nucleus_mask, scaled_max_overflows)
 
 __all__ = ["WEIGHT_SCALE", "Edits", "Workspace", "greedy", "sample", "draw", "pick"]
 
@@ -132,9 +132,10 @@ def sample(logits: np.ndarray, u: Sequence[float] | np.ndarray) -> np.ndarray:
     """
     out = np.empty(logits.shape[0], dtype=np.int64)  # [B]
     ws = Workspace(logits.shape[1])
-    for b, row in enumerate(logits):
-        _exps(row, ws.e)
-        out[b] = _pick_full(ws.e, float(u[b]))
+    with np.errstate(over="ignore"):  # a value far below the max: exp(-inf) = 0
+        for b, row in enumerate(logits):
+            _exps(row, ws.e)
+            out[b] = _pick_full(ws.e, float(u[b]))
     return out
 
 
@@ -166,10 +167,33 @@ def draw(
     sum; a nucleus that the candidates decide alone (:func:`_nucleus_from_raw`) is then
     drawn without any pass over the processed row.
 
+    A positive ``temperature`` whose division overflows the row's maximum is the limit
+    T -> 0+ (:func:`~sampler.processors.limit_row`).
+
     >>> z = np.log(np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32))
     >>> draw(z, 1.0, 0.7, 0.6), draw(z, 1.0, 0.7, 0.7), draw(z, 0.0, 1.0, 0.9)
     (1, 3, 1)
     """
+    with np.errstate(over="ignore"):  # float32 values far below the max may become -inf
+        return _draw(row, temperature, top_p, u, bias=bias, penalty=penalty, edits=edits,
+                     workspace=workspace, raw_top=raw_top, raw_total=raw_total)  # fmt: skip
+
+
+def _draw(
+    row: np.ndarray,
+    temperature: float,
+    top_p: float,
+    u: float,
+    *,
+    bias: tuple[np.ndarray, np.ndarray] | None = None,
+    penalty: tuple[np.ndarray, np.ndarray] | None = None,
+    edits: "Edits | None" = None,
+    workspace: Workspace | None = None,
+    raw_top: tuple[Sequence[int], Sequence[float]] | None = None,
+    raw_total: float | None = None,
+) -> int:
+    """:func:`draw` without its error-state context (callers that loop over rows enter
+    it once)."""
     ws = Workspace.for_row(row, workspace)
     e = ws.e  # [V]
     if edits is None:
@@ -180,13 +204,19 @@ def draw(
             return int(np.argmax(row)) if row_max is None else int(row_max[0])
         _processed(row, np.float32(1.0), edits, e)
         return int(np.argmax(e))
+    t = np.float32(temperature)
+    if t < 1:  # only a division by t < 1 can overflow: the limit T -> 0+ decided first
+        m = _edited_max(row, edits, raw_top)
+        if t == 0 or (m is not None and scaled_max_overflows(m, t)):
+            return _pick_limit(row, edits, top_p, u, ws)
     if raw_total is not None and raw_top is not None and top_p < 1.0:
         few = _nucleus_from_raw(row, temperature, top_p, edits, raw_top, e, raw_total)
         if few is not None:
             return _pick_few(few, u)
-    t = np.float32(temperature)
     edited_max = _processed(row, t, edits, e)
     top = _processed_max(e, t, edits, row_max, edited_max)
+    if not np.isfinite(top):  # the row's maximum over t overflowed (found by the pass)
+        return _pick_limit(row, edits, top_p, u, ws)
     _exps(e, e, top)  # the one full-row exp
     if top_p >= 1.0:
         return _pick_full(e, u)
@@ -194,6 +224,33 @@ def draw(
     outside = None if raw_top is None or len(raw_top[0]) < 2 else _bound_outside(
         raw_top, t, top, edits)
     return pick(e, top_p, u, outside=outside, workspace=ws)
+
+
+def _edited_max(row: np.ndarray, edits: "Edits | None",
+                raw_top: tuple[Sequence[int], Sequence[float]] | None) -> float | None:  # fmt: skip
+    """The largest value of the row after steps 1–2, when the raw top ids settle it
+    without a pass (None otherwise): every unedited id is at most the first unedited top
+    id, and the edited ids are computed as :func:`_processed` does."""
+    if raw_top is None:
+        return None
+    ids, values = raw_top
+    if edits is None:
+        return float(values[0])
+    plain = next((v for i, v in zip(ids, values) if i not in edits.where), None)
+    if plain is None:
+        return None
+    return max(float(plain), float(((row[edits.ids] + edits.add) - edits.sub).max()))
+
+
+def _pick_limit(row: np.ndarray, edits: "Edits | None", top_p: float, u: float,
+                ws: Workspace) -> int:  # fmt: skip
+    """Steps 3–5 in the limit T -> 0+ (:func:`~sampler.processors.limit_row`): every
+    maximum of the step-2 row has exp 1, every other id 0; then the nucleus and the draw
+    as usual (a single maximum is drawn surely, tied ones uniformly)."""
+    e = ws.e  # [V]
+    _processed(row, np.float32(1.0), edits, e)  # steps 1-2
+    np.copyto(e, e == e.max())  # [V] 1.0 at the maxima, 0.0 elsewhere
+    return pick(e, top_p, u, workspace=ws)
 
 
 def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32, top: np.float32,

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import processors
 from .logprobs import log_normalizer, top_k, top_logprobs
-from .select import Edits, Workspace, draw, pick
+from .select import Edits, Workspace, _draw, pick
 
 __all__ = ["RowParams", "StepOutput", "sample_step"]
 
@@ -154,6 +154,13 @@ def sample_step(
     ``uniforms`` holds one float64 in [0, 1) per row, drawn from that sequence's
     generator. Pass a :class:`~sampler.select.Workspace` to reuse its buffer.
     """
+    with np.errstate(over="ignore"):  # float32 values far below a max may become -inf
+        return _sample_step(logits, rows, uniforms, workspace)
+
+
+def _sample_step(logits: np.ndarray, rows: Sequence[RowParams],
+                 uniforms: Sequence[float] | np.ndarray,
+                 workspace: Workspace | None) -> StepOutput:  # fmt: skip
     batch, vocab = logits.shape
     ws = workspace if workspace is not None and workspace.vocab == vocab else Workspace(vocab)
     tokens = np.empty(batch, dtype=np.int64)  # [B]
@@ -172,7 +179,7 @@ def sample_step(
             if direct:
                 token = pick(ws.e, r.top_p, u, total, workspace=ws)
             else:
-                token = draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws,
+                token = _draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws,
                              raw_top=(top_ids, top_vals), raw_total=total)  # fmt: skip
             raw_lp[b] = float(raw[token]) - lognorm
             if raw_mode:
@@ -181,7 +188,7 @@ def sample_step(
                 top[b] = (np.array(top_ids[:k], dtype=np.int64),
                           np.array(top_vals[:k], dtype=np.float64) - lognorm)  # fmt: skip
         else:
-            token = draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws)
+            token = _draw(raw, r.temperature, r.top_p, u, edits=edits, workspace=ws)
         tokens[b] = token
         if r.logprobs is not None and not raw_mode:  # "processed": the distribution sampled
             q = _processed_row(raw, r.penalty(), r)  # [1, V]

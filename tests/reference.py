@@ -30,15 +30,25 @@ def penalties_row(z: np.ndarray, generated: list[int], presence: float, frequenc
 
 
 def temperature_row(z: np.ndarray, t: float) -> np.ndarray:
+    """``z / float32(t)`` in float32; when that overflows at the row's maximum (or
+    ``float32(t)`` is 0), the limit T -> 0+: 0 at the maxima, -inf elsewhere."""
+    z = z.astype(np.float32)
     if t in (0.0, 1.0):
-        return z.astype(np.float32).copy()
-    return (z.astype(np.float32) / np.float32(t)).astype(np.float32)
+        return z.copy()
+    t32 = np.float32(t)
+    m = max(float(v) for v in z)
+    with np.errstate(all="ignore"):
+        scaled_max = np.float32(m) / t32 if t32 != 0 else np.float32(np.nan)
+        if not math.isfinite(float(scaled_max)):
+            return np.array([0.0 if float(v) == m else -math.inf for v in z], dtype=np.float32)
+        return (z / t32).astype(np.float32)
 
 
 def unnormalised(z: np.ndarray) -> np.ndarray:
     """``exp(z - max z)`` in float32, the spec's unnormalised probabilities."""
     z = np.asarray(z, dtype=np.float32)
-    return np.exp(z - z.max()).astype(np.float32)
+    with np.errstate(over="ignore"):  # a huge range: z - max z overflows to -inf, exp 0
+        return np.exp(z - z.max()).astype(np.float32)
 
 
 def nucleus_ids(z: np.ndarray, p: float) -> list[int]:

@@ -97,6 +97,47 @@ def test_temperature_divides_and_zero_and_one_are_identity():
     np.testing.assert_array_equal(z, f32([2, -4], [2, -4], [2, -4]))
 
 
+
+def test_tiny_temperature_is_the_limit_at_the_maxima():
+    """A positive T whose division overflows the row max (or rounds to 0 in float32) is
+    the limit T -> 0+: 0 at the maxima, -inf elsewhere. 30 / 1e-38 = 3e39 overflows
+    float32 (max 3.4e38); 30 / 1e-37 = 3e38 does not, and the row is divided as usual."""
+    z = f32([30, 1, 30, -np.inf])  # [1, 4]
+    for t in (1e-300, 5e-324, 1e-40, 1e-38):
+        np.testing.assert_array_equal(P.temperature(z, t), f32([0, -np.inf, 0, -np.inf]))
+    np.testing.assert_array_equal(P.temperature(z, 1e-37), z / np.float32(1e-37))
+    assert P.scaled_max_overflows(-5.0, np.float32(1e-40))  # overflows towards -inf too
+    assert not P.scaled_max_overflows(0.0, np.float32(1e-45))
+
+
+def test_tiny_temperature_draw_by_hand():
+    """Two tied maxima (ids 0 and 2) of weight 2**43 each: W = 2**44, u < 1/2 draws id 0,
+    u >= 1/2 id 2; top_p = 0.5 keeps id 0 alone (lower id first); a single maximum is
+    drawn whatever u. Bias and penalties move the maxima first."""
+    z = f32(3, 1, 3, -np.inf)  # [4]
+    for t in (1e-300, 1e-40):
+        assert [draw(z, t, 1.0, u) for u in (0.0, 0.49, 0.5, 0.99)] == [0, 0, 2, 2]
+        assert [draw(z, t, 0.5, u) for u in (0.0, 0.99)] == [0, 0]
+        assert draw(f32(1, 5, 3), t, 1.0, 0.999) == 1
+        bias = (np.array([1]), np.array([2.5], np.float32))  # 1 + 2.5 > 3
+        assert draw(z, t, 1.0, 0.9, bias=bias) == 1
+        penalty = (np.array([2]), np.array([0.5], np.float32))  # id 2 drops to 2.5
+        assert draw(z, t, 1.0, 0.9, penalty=penalty) == 0
+        raw_top = ([0, 2, 1], [3.0, 3.0, 1.0])  # the engine's path with the raw side known
+        assert draw(z, t, 1.0, 0.7, raw_top=raw_top, raw_total=2.0) == 2
+
+
+def test_tiny_temperature_step_reports_the_limit_distribution():
+    """Processed logprobs at T -> 0+ are the limit's: log 1/2 on each tied maximum, the
+    rest -inf; raw logprobs are untouched by temperature."""
+    z = f32([3, 1, 3, -np.inf])
+    out = sample_step(z, [RowParams(temperature=1e-300, logprobs=2, logprobs_mode="processed")],
+                      [0.6])  # fmt: skip
+    assert out.tokens[0] == 2 and out.reported[0] == pytest.approx(-math.log(2))
+    assert out.top[0][0].tolist() == [0, 2]
+    raw = sample_step(z, [RowParams(temperature=1e-300, top_p=0.5, logprobs=1)], [0.6])
+    assert raw.tokens[0] == 0 and raw.reported[0] == pytest.approx(ref.log_softmax_row(z[0])[0])
+
 # --- top_p --------------------------------------------------------------------------------
 def test_top_p_keeps_minimal_nucleus():
     z = np.log(f32([0.1, 0.5, 0.15, 0.25]))
