@@ -70,12 +70,17 @@ class Candidate:
         self.generated = 0  # tokens generated, the end token included
         self.logprob_sum = 0.0  # raw, over every generated token (best_of ranking)
         self.finish_reason: str | None = None
+        self.error: Exception | None = None  # what failed while stepping this sequence
         self._shown_text = 0
         self._shown_entries = 0
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None
+        return self.finish_reason is not None or self.error is not None
+
+    def fail(self, exc: Exception) -> None:
+        """Stop this sequence because stepping it raised: its request fails, no other."""
+        self.error = exc
 
     @property
     def mean_logprob(self) -> float:
@@ -134,6 +139,10 @@ def _lp(value: float) -> float:
     return -9999.0 if value == -np.inf else float(value)
 
 
+def _picked(out: Any, b: int) -> tuple[int, float, float, Any]:
+    return int(out.tokens[b]), float(out.logprob[b]), float(out.reported[b]), out.top[b]
+
+
 class Batch:
     """Sequences that advance together: their KV cache and their pending logits.
 
@@ -171,17 +180,23 @@ class Batch:
         self.seqs.extend(new)
 
     def advance(self) -> list[Candidate]:
-        """One step for every sequence; returns the sequences that took a token."""
+        """One step for every sequence; returns the sequences that took a token (or
+        failed: a sequence whose step raises gets :meth:`Candidate.fail` and leaves the
+        batch, and every other sequence's step is exactly what it is without it)."""
         if not self.seqs:
             return []
         assert self.logits is not None
         eng = self.engine
-        rows = [s.row for s in self.seqs]
         uniforms = [s.rng.random() for s in self.seqs]
-        out = sample_step(self.logits, rows, uniforms, workspace=self._workspace)
+        outs = self._choose(uniforms)
         for b, s in enumerate(self.seqs):
-            s.accept(int(out.tokens[b]), float(out.logprob[b]), float(out.reported[b]),
-                     out.top[b], eng.tokenizer, eng.end_ids)  # fmt: skip
+            if outs[b] is None:
+                continue
+            token, raw_lp, rep_lp, top = outs[b]
+            try:
+                s.accept(token, raw_lp, rep_lp, top, eng.tokenizer, eng.end_ids)
+            except Exception as exc:  # a bug, met by this sequence alone
+                s.fail(exc)
         stepped = self.seqs
         keep = [b for b, s in enumerate(self.seqs) if not s.done]
         if not keep:
@@ -190,9 +205,34 @@ class Batch:
         if len(keep) < len(self.seqs):
             self.cache = self.cache.take(keep)
             self.seqs = [self.seqs[b] for b in keep]
-        logits, self.cache = eng.decoder.step(self.cache, out.tokens[keep])
+        tokens = np.array([outs[b][0] for b in keep], dtype=np.int64)  # type: ignore[index]
+        logits, self.cache = eng.decoder.step(self.cache, tokens)
         self.logits = eng.mask(logits)
         return stepped
+
+    def _choose(self, uniforms: list[float]) -> list[tuple[int, float, float, Any] | None]:
+        """Each sequence's token, raw and reported logprob and top entries (None for a
+        sequence that failed). One batched step; if it raises, each row is stepped alone
+        with the same uniform (a row's choice depends on that row only, so the others'
+        choices are the ones the batched step would have made) and the rows that still
+        raise are failed."""
+        rows = [s.row for s in self.seqs]
+        try:
+            out = sample_step(self.logits, rows, uniforms, workspace=self._workspace)
+            return [_picked(out, b) for b in range(len(rows))]
+        except Exception:
+            pass
+        assert self.logits is not None
+        picked: list[tuple[int, float, float, Any] | None] = []
+        for b, s in enumerate(self.seqs):
+            try:
+                one = sample_step(self.logits[b : b + 1], [rows[b]], [uniforms[b]],
+                                  workspace=self._workspace)  # fmt: skip
+                picked.append(_picked(one, 0))
+            except Exception as exc:
+                s.fail(exc)
+                picked.append(None)
+        return picked
 
     def drop(self, seqs: Sequence[Candidate]) -> None:
         """Remove sequences (a client went away); the rest are untouched."""
@@ -240,11 +280,18 @@ class Completion:
         self._entries: dict[int, list[TokenEntry]] = {id(c): [] for c in self.candidates}
         self._unsent = {id(c) for c in self.candidates}  # the echo rides on the first delta
         self._chunks: list[dict[str, Any]] = []
+        self._logprobs_sent: set[int] = set()  # candidates whose chunks carried logprobs
         self._usage_sent = False
 
     @property
     def done(self) -> bool:
         return all(c.done for c in self.candidates)
+
+    @property
+    def error(self) -> Exception | None:
+        """The first failure met while stepping one of this request's sequences (the
+        request then fails as a whole; other requests in the batch are not touched)."""
+        return next((c.error for c in self.candidates if c.error is not None), None)
 
     # -- running
     def start(self, batch: Batch) -> None:
@@ -267,7 +314,8 @@ class Completion:
 
     def record(self, stepped: Iterable[Candidate]) -> None:
         """Take what the last step added to this request's candidates among ``stepped``."""
-        mine = sorted((c for c in stepped if c.owner is self), key=self._index)
+        mine = sorted((c for c in stepped if c.owner is self and c.error is None),
+                      key=self._index)  # fmt: skip
         for c in mine:
             text, entries = c.delta()
             if id(c) in self._unsent:
@@ -278,6 +326,10 @@ class Completion:
             if self.req.stream:
                 if text or entries or c.done:
                     logprobs = entries if entries and self.req.logprobs is not None else None
+                    if logprobs:
+                        self._logprobs_sent.add(id(c))
+                    elif c.done and self.req.logprobs is not None and id(c) not in self._logprobs_sent:
+                        logprobs = []  # no token kept: empty arrays, as the response has
                     choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
                     self._chunks.append(self._object([choice], None, self.req.include_usage))
             else:
@@ -409,6 +461,7 @@ class Engine:
         run.start(batch)
         while not run.done:
             run.record(batch.advance())
+            _raise_failure(run)
         return run.response()
 
     def _stream(self, run: Completion) -> Iterator[dict[str, Any]]:
@@ -417,4 +470,10 @@ class Engine:
         yield from run.take_chunks()
         while not run.done:
             run.record(batch.advance())
+            _raise_failure(run)
             yield from run.take_chunks()
+
+
+def _raise_failure(run: Completion) -> None:
+    if run.error is not None:
+        raise run.error

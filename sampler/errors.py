@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RequestError"]
+__all__ = ["RequestError", "encodable"]
+
+
+def encodable(text: str) -> str:
+    """``text`` with every lone surrogate written as its ``\\udXXX`` escape: a string that
+    always encodes as UTF-8 (JSON can carry ``"\\ud800"``, which UTF-8 cannot), so an
+    error that quotes a request's text can always be sent.
+
+    >>> encodable("mo\\ud800del")
+    'mo\\\\ud800del'
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class RequestError(Exception):
@@ -30,9 +41,10 @@ class RequestError(Exception):
         status: int = 400,
         type: str = "invalid_request_error",
     ) -> None:
+        message = encodable(message)
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = None if param is None else encodable(param)
         self.code = code
         self.status = status
         self.type = type

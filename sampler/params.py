@@ -135,30 +135,50 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _type_error(param: str, expected: str, value: Any) -> RequestError:
+def _type_error(name: str, expected: str, value: Any, *, param: str | None = None) -> RequestError:
     return RequestError(
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
-        param=param,
+        f"Invalid type for '{name}': expected {expected}, but got {_json_type(value)} instead.",
+        param=name if param is None else param,
         code="invalid_type",
     )
 
 
 def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (int, float)) else str(value)
+    """A value as an error message quotes it: numbers as JSON writes them (an integer
+    too long to be worth printing by its size), anything else clipped."""
+    if _is_int(value):
+        v = int(value)
+        if abs(v) < 10**21:
+            return str(v)
+        digits = math.floor((v.bit_length() - 1) * math.log10(2)) + 1  # (str() may refuse)
+        return f"an integer of {digits} or more digits"
+    if isinstance(value, (float, np.floating)):
+        return json.dumps(float(value))
+    return _clip(value)
 
 
-def _range(param: str, value: float, lo: float | None, hi: float | None, kind: str) -> None:
-    """Raise OpenAI's range error when ``value`` is outside ``[lo, hi]``."""
+def _clip(value: Any, limit: int = 80) -> str:
+    """User text quoted in a message: at most ``limit`` characters (a non-string key is
+    named by its type: its repr could be huge or recurse without end)."""
+    text = value if isinstance(value, str) else f"<{_json_type(value)}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _range(name: str, value: float, lo: float | None, hi: float | None, kind: str, *,
+           param: str | None = None) -> None:  # fmt: skip
+    """Raise OpenAI's range error when ``value`` is outside ``[lo, hi]`` (``name`` in the
+    message; ``param``, default ``name``, in the body)."""
+    param = name if param is None else param
     if lo is not None and value < lo:
         raise RequestError(
-            f"Invalid '{param}': {kind} below minimum value. Expected a value >= {_show(lo)}, "
+            f"Invalid '{name}': {kind} below minimum value. Expected a value >= {_show(lo)}, "
             f"but got {_show(value)} instead.",
             param=param,
             code=f"{kind}_below_min_value",
         )
     if hi is not None and value > hi:
         raise RequestError(
-            f"Invalid '{param}': {kind} above maximum value. Expected a value <= {_show(hi)}, "
+            f"Invalid '{name}': {kind} above maximum value. Expected a value <= {_show(hi)}, "
             f"but got {_show(value)} instead.",
             param=param,
             code=f"{kind}_above_max_value",
@@ -183,15 +203,23 @@ def _number(body: Mapping, param: str, default: float, lo: float, hi: float) -> 
     value = body.get(param)
     if value is None:
         return default
+    return _decimal(value, param, lo, hi)
+
+
+def _decimal(value: Any, name: str, lo: float, hi: float, *, param: str | None = None) -> float:
+    """A JSON number in ``[lo, hi]`` as a float; errors say ``name`` and carry ``param``
+    (default ``name``). An integer is compared exactly, never converted first: a
+    401-digit one is out of range, not an overflow."""
+    param = name if param is None else param
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise _type_error(param, "a number", value)
-    if not math.isfinite(value):
+        raise _type_error(name, "a number", value, param=param)
+    if not _is_int(value) and not math.isfinite(value):
         raise RequestError(
-            f"Invalid '{param}': expected a finite number, but got {value} instead.",
+            f"Invalid '{name}': expected a finite number, but got {_show(value)} instead.",
             param=param,
             code="invalid_value",
         )
-    _range(param, value, lo, hi, "decimal")
+    _range(name, value, lo, hi, "decimal", param=param)
     return float(value)
 
 
@@ -237,7 +265,8 @@ def _check_fields(body: Any) -> Mapping:
         )
     for name in body:
         if name not in _KNOWN_FIELDS:
-            raise RequestError(f"Unrecognized request argument supplied: {name}", param=name)
+            raise RequestError(f"Unrecognized request argument supplied: {_clip(name)}",
+                               param=name if isinstance(name, str) else None)  # fmt: skip
     return body
 
 
@@ -251,7 +280,7 @@ def _model(body: Mapping, info: ModelInfo) -> str:
         raise _type_error("model", "a string", value)
     if value != info.name:
         raise RequestError(
-            f"The model `{value}` does not exist or you do not have access to it.",
+            f"The model `{_clip(value)}` does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
             status=404,
@@ -311,20 +340,8 @@ def logit_bias_field(
                 param="logit_bias",
                 code="invalid_value",
             )
-        param = f"logit_bias[{key}]"
-        if isinstance(bias, bool) or not isinstance(bias, (int, float, np.integer, np.floating)):
-            raise _type_error(param, "a number", bias)
-        if not math.isfinite(bias):
-            raise RequestError(
-                f"Invalid '{param}': expected a finite number.", param="logit_bias",
-                code="invalid_value",
-            )  # fmt: skip
-        try:
-            _range(param, bias, -100, 100, "decimal")
-        except RequestError as err:
-            err.param = "logit_bias"
-            raise
-        biases[token] = float(bias)
+        biases[token] = _decimal(bias, f"logit_bias[{_clip(key)}]", -100, 100,
+                                 param="logit_bias")  # fmt: skip
     if not biases:
         return None
     ids = np.fromiter(biases.keys(), dtype=np.int64, count=len(biases))  # [k]
@@ -365,15 +382,13 @@ def sampling_fields(
 
 
 def _bias_key(key: Any, top: int) -> int:
-    text = str(key)
-    if not (_is_int(key) or (isinstance(key, str) and text.isascii() and text.isdigit())):
-        raise RequestError(
-            f"Invalid key in 'logit_bias': {text}. You should only be submitting "
-            "non-negative integers.",
-            param="logit_bias",
-            code="invalid_value",
-        )
-    token = int(text)
+    digits = isinstance(key, str) and key.isascii() and key.isdigit()
+    if _is_int(key):
+        token, text = int(key), _show(key)
+    elif digits:  # (int() refuses over 4,300 digits; any key that long is above the top)
+        token, text = (int(key) if len(key.lstrip("0")) <= 20 else top + 1), _clip(key)
+    else:
+        token, text = -1, _clip(key)
     if token < 0:
         raise RequestError(
             f"Invalid key in 'logit_bias': {text}. You should only be submitting "
@@ -408,7 +423,7 @@ def _stream_options(body: Mapping, stream: bool) -> bool:
     for key in value:
         if key != "include_usage":
             raise RequestError(
-                f"Invalid 'stream_options': unknown key '{key}'. The only key is "
+                f"Invalid 'stream_options': unknown key '{_clip(key)}'. The only key is "
                 "'include_usage'.",
                 param="stream_options",
             )
@@ -426,9 +441,11 @@ def _logprobs_mode(body: Mapping) -> str:
     value = body.get("logprobs_mode")
     if value is None:
         return "raw"
+    if not isinstance(value, str):
+        raise _type_error("logprobs_mode", "'raw' or 'processed'", value)
     if value not in ("raw", "processed"):
         raise RequestError(
-            f"Invalid 'logprobs_mode': expected 'raw' or 'processed', but got {value!r}.",
+            f"Invalid 'logprobs_mode': expected 'raw' or 'processed', but got '{_clip(value)}'.",
             param="logprobs_mode",
             code="invalid_value",
         )
@@ -538,7 +555,7 @@ def _prompt(raw: str | list[int], info: ModelInfo, suffix: str | None) -> Prompt
         for t in raw:
             if not tok.is_token(int(t)):
                 raise RequestError(
-                    f"Invalid 'prompt': {int(t)} is not a token id of the model's tokenizer "
+                    f"Invalid 'prompt': {_show(t)} is not a token id of the model's tokenizer "
                     f"({tok.name}, ids 0 to {tok.max_id}, some of which are not tokens).",
                     param="prompt",
                     code="invalid_value",
@@ -567,7 +584,8 @@ def _check_context(prompts: tuple[Prompt, ...], max_tokens: int, info: ModelInfo
 
 
 # --- the whole request ------------------------------------------------------------------------
-def _check_limits(n_prompts: int, best_of: int, limits: Limits) -> None:
+def _check_limits(n_prompts: int, n: int, best_of: int, sent_best_of: bool,
+                  limits: Limits) -> None:  # fmt: skip
     if limits.max_prompts is not None and n_prompts > limits.max_prompts:
         raise RequestError(
             f"Invalid 'prompt': this server accepts at most {limits.max_prompts} prompts "
@@ -577,11 +595,15 @@ def _check_limits(n_prompts: int, best_of: int, limits: Limits) -> None:
         )
     sequences = n_prompts * best_of
     if limits.max_sequences is not None and sequences > limits.max_sequences:
+        # name what the request sent: best_of if given, else n (best_of defaults to it)
+        param = "best_of" if sent_best_of else "n" if n > 1 else "prompt"
+        per = f"best_of {best_of}" if sent_best_of else f"n {n}"
         raise RequestError(
-            f"Invalid 'best_of': this request needs {sequences} sequences ({n_prompts} "
-            f"prompts x best_of {best_of}), but this server runs at most "
-            f"{limits.max_sequences} at once. Lower n/best_of or send fewer prompts.",
-            param="best_of" if best_of > 1 else "prompt",
+            f"Invalid '{param}': this request needs {sequences} sequences ({n_prompts} "
+            f"prompt{'s' if n_prompts > 1 else ''} x {per}), but this server's batch holds "
+            f"at most {limits.max_sequences} sequences (its batch capacity, `sampler serve "
+            "--max-batch`). Lower n or best_of, or send fewer prompts per request.",
+            param=param,
             code="invalid_value",
         )
 
@@ -604,7 +626,7 @@ def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> R
     sampling = sampling_fields(body, max_bias_id=info.max_bias_id, masked=info._masked_set,
                                tokenizer=info.tokenizer.name)  # fmt: skip
     if limits is not None:
-        _check_limits(len(raw_prompts), best_of, limits)
+        _check_limits(len(raw_prompts), n, best_of, body.get("best_of") is not None, limits)
     suffix = _suffix(body, info, echo)
     prompts = tuple(_prompt(raw, info, suffix) for raw in raw_prompts)
     _check_context(prompts, max_tokens, info)

@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from .params import Request
 __all__ = ["Scheduler", "Job", "Busy"]
 
 Sink = Callable[[tuple[str, Any]], None]
+log = logging.getLogger("sampler.scheduler")
 
 
 class Busy(Exception):
@@ -123,11 +125,15 @@ class Scheduler:
                     return
                 cancelled, self._cancel = self._cancel, []
                 admitted = self._admissible()
-            self._drop(cancelled)
-            for job in admitted:
-                self._start(job)
-            if len(self._batch):
-                self._step()
+            try:
+                self._drop(cancelled)
+                for job in admitted:
+                    self._start(job)
+                if len(self._batch):
+                    self._step()
+            except Exception as exc:  # a bug in the scheduler itself: never a dead worker
+                log.exception("the batch worker failed; its running requests fail")
+                self._reset(exc)
 
     def _admissible(self) -> list[Job]:
         """Waiting jobs that fit now, in order (a job alone always fits an empty batch)."""
@@ -155,7 +161,8 @@ class Scheduler:
         try:
             job.completion.start(self._batch)
         except Exception as exc:  # a bug: report it to this request only
-            self._fail(job, exc)
+            self._batch.drop(job.completion.candidates)  # (if they had joined already)
+            self._tell_failure(job, exc)
             return
         self._active.append(job)
         self._emit(job)
@@ -163,10 +170,8 @@ class Scheduler:
     def _step(self) -> None:
         try:
             stepped = self._batch.advance()
-        except Exception as exc:  # a bug in the shared step: every running request fails
-            for job in list(self._active):
-                self._fail(job, exc)
-            self._batch = Batch(self.engine)
+        except Exception as exc:  # the model's step, shared by every row: all of them fail
+            self._reset(exc)
             return
         self.steps += 1
         by_owner: dict[int, list[Any]] = collections.defaultdict(list)
@@ -174,9 +179,25 @@ class Scheduler:
             by_owner[id(c.owner)].append(c)
         for job in list(self._active):
             mine = by_owner.get(id(job.completion))
-            if mine:
+            if not mine:
+                continue
+            failed = job.completion.error  # a row of this request raised: it alone fails
+            if failed is not None:
+                self._fail(job, failed)
+                continue
+            try:
                 job.completion.record(mine)
                 self._emit(job)
+            except Exception as exc:  # shaping this request's output: this request only
+                self._fail(job, exc)
+
+    def _reset(self, exc: Exception) -> None:
+        """Fail every running request and start from an empty batch (the old one is
+        dropped whole: nothing in it is trusted)."""
+        jobs, self._active = self._active, []
+        self._batch = Batch(self.engine)
+        for job in jobs:
+            self._tell_failure(job, exc)
 
     def _emit(self, job: Job) -> None:
         comp = job.completion
@@ -194,10 +215,18 @@ class Scheduler:
             self._finish(job)
 
     def _fail(self, job: Job, exc: Exception) -> None:
+        """This request fails: its sequences leave the batch, the others go on."""
         if job in self._active:
             self._batch.drop(job.completion.candidates)
-        job.sink(("error", exc))
-        self._finish(job)
+            self._active.remove(job)
+        self._tell_failure(job, exc)
+
+    def _tell_failure(self, job: Job, exc: Exception) -> None:
+        try:
+            job.sink(("error", exc))
+        except Exception:  # the receiver is gone (a closed event loop): nobody to tell
+            log.exception("could not deliver a request's failure")
+        job.finished.set()
 
     def _finish(self, job: Job) -> None:
         if job in self._active:

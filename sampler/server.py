@@ -11,10 +11,14 @@ and relays. Needs the ``server`` extra (starlette, uvicorn).
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import json
+import logging
 import os
+import secrets
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,6 +33,8 @@ from .scheduler import Busy, Job, Scheduler
 
 __all__ = ["ServerConfig", "create_app", "serve"]
 
+log = logging.getLogger("sampler.server")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -39,14 +45,60 @@ class ServerConfig:
     max_waiting: int = 256  # requests queued for a place; beyond: 429
 
 
-def _error(status: int, message: str, *, type: str = "invalid_request_error",
-           param: str | None = None, code: str | None = None) -> JSONResponse:  # fmt: skip
-    err = RequestError(message, param=param, code=code, status=status, type=type)
-    return JSONResponse(err.to_dict(), status_code=status)
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON; a lone surrogate anywhere (UTF-8 cannot carry it) is written as its
+    ``\\uXXXX`` escape instead of failing the response."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+class _JSON(JSONResponse):
+    """Starlette's JSON response, rendered by :func:`_dumps` (never fails to encode)."""
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content).encode("utf-8")
+
+
+def _error(status: int, message: str, *, type: str = "invalid_request_error",
+           param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    err = RequestError(message, param=param, code=code, status=status, type=type)
+    return _JSON(err.to_dict(), status_code=status, headers=headers)
+
+
+def _request_id() -> str:
+    return "req_" + secrets.token_hex(16)
+
+
+Handler = Callable[[HTTPRequest], Awaitable[Response]]
+
+
+def _route(handler: Handler) -> Handler:
+    """Give every request an id (the ``x-request-id`` response header, as OpenAI's), and
+    turn anything the handler raises into a logged 500 carrying that id."""
+
+    @functools.wraps(handler)
+    async def run(request: HTTPRequest) -> Response:
+        request.state.request_id = rid = _request_id()
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            _log_failure(rid, request, exc)
+            response = _server_error(exc, rid)
+        response.headers["x-request-id"] = rid
+        return response
+
+    return run
+
+
+def _log_failure(rid: str, request: HTTPRequest, exc: BaseException) -> None:
+    """A 500, in the server log with its traceback (raised on the worker thread or here)."""
+    log.error("request %s (%s %s) failed with a server error", rid, request.method,
+              request.url.path, exc_info=(type(exc), exc, exc.__traceback__))  # fmt: skip
 
 
 class _Model:
@@ -95,6 +147,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
 
+    @_route
     async def completions(request: HTTPRequest) -> Response:
         refused = unauthorized(request)
         if refused is not None:
@@ -108,14 +161,16 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
         try:  # tokenising a large prompt takes a while: not on the event loop
             req = await asyncio.to_thread(parse_request, body, info, limits)
         except RequestError as err:
-            return JSONResponse(err.to_dict(), status_code=err.status)
+            return _JSON(err.to_dict(), status_code=err.status)
         assert model is not None  # parse_request refused any other model with a 404
         return await _run(request, model.scheduler, req)
 
+    @_route
     async def list_models(request: HTTPRequest) -> Response:
         refused = unauthorized(request)
-        return refused or JSONResponse({"object": "list", "data": [m.card() for m in models.values()]})
+        return refused or _JSON({"object": "list", "data": [m.card() for m in models.values()]})
 
+    @_route
     async def get_model(request: HTTPRequest) -> Response:
         refused = unauthorized(request)
         if refused is not None:
@@ -124,23 +179,28 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
         if name not in models:
             return _error(404, f"The model `{name}` does not exist or you do not have access to it.",
                           param="model", code="model_not_found")  # fmt: skip
-        return JSONResponse(models[name].card())
+        return _JSON(models[name].card())
 
+    @_route
     async def health(request: HTTPRequest) -> Response:
         load = {name: m.scheduler.load for name, m in models.items()}
-        return JSONResponse({"status": "ok", "models": load})
+        return _JSON({"status": "ok", "models": load})
 
     async def http_error(request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         where = f"({request.method} {request.url.path})"
+        headers = {"x-request-id": _request_id()}
         if exc.status_code == 404:
-            return _error(404, f"Invalid URL {where}")
+            return _error(404, f"Invalid URL {where}", headers=headers)
         if exc.status_code == 405:
-            return _error(405, f"Invalid method for URL {where}")
-        return _error(exc.status_code, str(exc.detail))
+            return _error(405, f"Invalid method for URL {where}", headers=headers)
+        return _error(exc.status_code, str(exc.detail), headers=headers)
 
     async def server_error(request: HTTPRequest, exc: Exception) -> Response:
-        return _server_error(exc)
+        # (a route's own errors are caught by _route; this is the last resort)
+        rid = getattr(request.state, "request_id", None) or _request_id()
+        _log_failure(rid, request, exc)
+        return _server_error(exc, rid)
 
     def shutdown() -> None:
         for m in models.values():
@@ -160,15 +220,18 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
     return app
 
 
-def _server_error(exc: BaseException) -> JSONResponse:
-    return JSONResponse(_error_body(exc), status_code=500)
+def _server_error(exc: BaseException, rid: str) -> JSONResponse:
+    return _JSON(_error_body(exc, rid), status_code=500, headers={"x-request-id": rid})
 
 
-def _error_body(exc: BaseException) -> dict[str, Any]:
+def _error_body(exc: BaseException, rid: str) -> dict[str, Any]:
     """The 500 body for an unexpected error (also sent in-band once a stream has begun)."""
+    detail = str(exc)
+    detail = detail if len(detail) <= 300 else detail[:300] + "…"
     return RequestError("The server had an error while processing your request. Sorry about "
-                        f"that! ({type(exc).__name__}: {exc})", status=500,
-                        type="server_error").to_dict()
+                        f"that! ({type(exc).__name__}: {detail}) The server log has the "
+                        f"details under request id {rid}.", status=500,
+                        type="server_error").to_dict()  # fmt: skip
 
 
 async def _read_json(request: HTTPRequest, limit: int) -> Any:
@@ -192,15 +255,24 @@ async def _read_json(request: HTTPRequest, limit: int) -> Any:
                       "bytes). Send fewer or shorter prompts.")  # fmt: skip
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        return _error(400, "We could not parse the JSON body of your request. (HINT: This "
-                      "likely means you aren't using your HTTP library correctly. The OpenAI "
-                      f"API expects a JSON payload, but what was sent was not valid JSON: {err})")  # fmt: skip
+    except (ValueError, UnicodeDecodeError) as err:  # (JSONDecodeError is a ValueError)
+        why = f"what was sent was not valid JSON: {str(err)[:200]}"
+    except RecursionError:
+        why = "what was sent nests arrays or objects too deeply to read"
+    return _error(400, "We could not parse the JSON body of your request. (HINT: This likely "
+                  "means you aren't using your HTTP library correctly. The OpenAI API "
+                  f"expects a JSON payload, but {why}.)")  # fmt: skip
+
+
+#: Seconds a client told "busy" (429) should wait: about one admission round of a full
+#: batch on a small model (the queue moves every decode step).
+RETRY_AFTER = 1
 
 
 async def _run(request: HTTPRequest, scheduler: Scheduler, req: Any) -> Response:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    rid = request.state.request_id
 
     def sink(event: tuple[str, Any]) -> None:  # on the worker thread
         loop.call_soon_threadsafe(queue.put_nowait, event)
@@ -208,9 +280,11 @@ async def _run(request: HTTPRequest, scheduler: Scheduler, req: Any) -> Response
     try:
         job = scheduler.submit(req, sink)
     except Busy as err:
-        return _error(429, str(err), type="rate_limit_exceeded", code="rate_limit_exceeded")
+        return _error(429, str(err), type="rate_limit_exceeded", code="rate_limit_exceeded",
+                      headers={"Retry-After": str(RETRY_AFTER)})  # fmt: skip
     if req.stream:
-        return StreamingResponse(_events(scheduler, job, queue), media_type="text/event-stream",
+        return StreamingResponse(_events(request, scheduler, job, queue),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
     while True:  # wait for the response, noticing a client that goes away
         try:
@@ -221,11 +295,13 @@ async def _run(request: HTTPRequest, scheduler: Scheduler, req: Any) -> Response
                 return Response(status_code=499)
             continue
         if kind == "error":
-            return _server_error(value)
-        return JSONResponse(value)
+            _log_failure(rid, request, value)
+            return _server_error(value, rid)
+        return _JSON(value)
 
 
-async def _events(scheduler: Scheduler, job: Job, queue: asyncio.Queue) -> AsyncIterator[str]:
+async def _events(request: HTTPRequest, scheduler: Scheduler, job: Job,
+                  queue: asyncio.Queue) -> AsyncIterator[str]:  # fmt: skip
     """SSE frames of one stream. If the client leaves, the generator is closed here and
     the job is cancelled: its sequences leave the batch at the next step."""
     try:
@@ -238,7 +314,9 @@ async def _events(scheduler: Scheduler, job: Job, queue: asyncio.Queue) -> Async
                 yield "data: [DONE]\n\n"
                 return
             else:  # an error after the stream began: said in-band, then the stream ends
-                yield f"data: {_dumps(_error_body(value))}\n\n"
+                rid = request.state.request_id
+                _log_failure(rid, request, value)
+                yield f"data: {_dumps(_error_body(value, rid))}\n\n"
                 return
     finally:
         scheduler.cancel(job)
@@ -252,6 +330,16 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000,
     engines = [Engine.load(m, threads=threads) for m in models]
     app = create_app(engines, config)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config())
     finally:
         app.state.shutdown()
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, plus the ``sampler`` loggers on the same stderr handler:
+    server errors with their tracebacks and request ids go next to the access lines."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["loggers"]["sampler"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return cfg

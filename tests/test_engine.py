@@ -329,9 +329,10 @@ def test_suffix_returns_the_middle_only(engine):
 
 # --- streaming ----------------------------------------------------------------------------------
 def collect(chunks, n_choices):
+    """Each choice's text, logprobs and finish_reason from its chunks, as a client joins
+    them: logprobs stay null until a chunk carries some (spec §10)."""
     texts = [""] * n_choices
-    lps = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-           for _ in range(n_choices)]  # fmt: skip
+    lps = [None] * n_choices
     finish = [None] * n_choices
     for ch in chunks:
         (c,) = ch["choices"]
@@ -339,7 +340,11 @@ def collect(chunks, n_choices):
         assert finish[i] is None, "a chunk after the choice finished"
         texts[i] += c["text"]
         if c["logprobs"] is not None:
-            assert c["logprobs"]["tokens"], "logprobs must be null in a chunk without tokens"
+            last = c["finish_reason"] is not None and lps[i] is None
+            assert c["logprobs"]["tokens"] or last, (
+                "logprobs are null in a chunk without tokens (but a choice's last chunk, "
+                "when no chunk before it carried any)")  # fmt: skip
+            lps[i] = lps[i] or {k: [] for k in c["logprobs"]}
             for k in lps[i]:
                 lps[i][k] += c["logprobs"][k]
         finish[i] = c["finish_reason"]
@@ -353,11 +358,11 @@ def collect(chunks, n_choices):
     n=st.integers(1, 3),
     logprobs=st.sampled_from([None, 0, 2]),
     echo=st.booleans(),
-    stop=st.sampled_from([None, "e", ["a", "\n"], "th"]),
+    stop=st.sampled_from([None, "e", ["a", "\n"], "th", [" ", "a"]]),
     max_tokens=st.integers(0, 10),
     presence=st.sampled_from([0.0, 1.0]),
     seed=st.integers(0, 2**32),
-    prompt=st.sampled_from(["Streaming", "", "😊 and ", "a" * 5]),
+    prompt=st.sampled_from(["Streaming", "", "😊 and ", "a" * 5, "a b c d e f"]),
 )
 def test_stream_equals_non_stream(engine, temperature, top_p, n, logprobs, echo, stop,
                                   max_tokens, presence, seed, prompt):  # fmt: skip
@@ -373,6 +378,21 @@ def test_stream_equals_non_stream(engine, temperature, top_p, n, logprobs, echo,
             assert choice["logprobs"] is None
         else:
             assert lps[i] == choice["logprobs"]
+
+
+def test_stream_and_non_stream_agree_on_an_empty_logprobs_object(engine):
+    """Issue 13 D: a stop string at the very start keeps no token. The response has empty
+    logprobs arrays; the stream's last chunk of each choice carries the same empty object
+    (no earlier chunk carried logprobs), so joining the chunks gives the response."""
+    body = {"prompt": "a b c d e f", "max_tokens": 15, "seed": -130700380326, "n": 3,
+            "logprobs": 0, "stop": [" ", "a"], "temperature": 0}  # fmt: skip
+    full = engine.complete(body)
+    empty = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    assert [c["logprobs"] for c in full["choices"]] == [empty] * 3
+    chunks = list(engine.complete({**body, "stream": True}))
+    texts, lps, finish = collect(chunks, 3)
+    assert lps == [empty] * 3 and texts == [c["text"] for c in full["choices"]]
+    assert all(c["choices"][0]["logprobs"] == empty for c in chunks)
 
 
 def test_stream_chunk_shape_and_usage(engine):

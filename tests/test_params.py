@@ -297,7 +297,9 @@ def test_logit_bias_keys():
 
 def test_logit_bias_wrong_type_and_null():
     check(body(logit_bias=[1]), "logit_bias", "invalid_type")
-    check(body(logit_bias={"5": "x"}), "logit_bias[5]", "invalid_type")
+    # param is the field the body has; the message says which key
+    check(body(logit_bias={"5": "x"}), "logit_bias", "invalid_type",
+          "Invalid type for 'logit_bias[5]': expected a number, but got a string instead.")
     assert parse_request(body(logit_bias=None), INFO).logit_bias is None
     assert parse_request(body(logit_bias={}), INFO).logit_bias is None
 
@@ -339,4 +341,76 @@ def test_logprobs_mode_extension():
     assert parse_request(body(logprobs_mode="processed"), INFO).logprobs_mode == "processed"
     assert parse_request(body(logprobs_mode=None), INFO).logprobs_mode == "raw"
     check(body(logprobs_mode="both"), "logprobs_mode", "invalid_value")
-    check(body(logprobs_mode=1), "logprobs_mode", "invalid_value")
+    check(body(logprobs_mode=1), "logprobs_mode", "invalid_type")
+
+
+# --- hostile values (issue 13): always a 400 naming the field, never another exception --------
+HUGE = 10**400  # a 401-digit integer: float(HUGE) overflows
+
+
+@pytest.mark.parametrize("param,lo,hi,kind,default", NUMERIC)
+def test_huge_integers_are_range_errors(param, lo, hi, kind, default):
+    e = check(body(**{param: HUGE}), param, f"{kind}_above_max_value")
+    assert e.message.endswith("but got an integer of 400 or more digits instead.")
+    check(body(**{param: -HUGE}), param, f"{kind}_below_min_value")
+
+
+def test_huge_logit_bias_values_and_keys():
+    e = check(body(logit_bias={"5": HUGE}), "logit_bias", "decimal_above_max_value")
+    assert e.message.startswith("Invalid 'logit_bias[5]': decimal above maximum value.")
+    key = "1" * 5000  # int() refuses strings of more than 4,300 digits
+    e = check(body(logit_bias={key: 1}), "logit_bias", "invalid_value")
+    assert e.message == f"Invalid key in 'logit_bias': {key[:80]}…. Maximum value is 100257."
+    e = check(body(logit_bias={HUGE: 1}), "logit_bias", "invalid_value")  # (the library form)
+    assert "Maximum value is 100257" in e.message
+    assert parse_request(body(logit_bias={"0" * 30 + "5": 1}), INFO).logit_bias[0].tolist() == [5]
+
+
+def test_huge_token_id_in_a_prompt():
+    e = check(body(prompt=[HUGE]), "prompt", "invalid_value")
+    assert e.message.startswith("Invalid 'prompt': an integer of 400 or more digits is not")
+
+
+def test_lone_surrogates_in_any_quoted_text_are_escaped():
+    """A message or param quoting request text with a lone surrogate (which UTF-8 cannot
+    carry) writes it as the escape ``\\ud800``: the error can always be sent."""
+    e = check({"model": "m", "prompt": "x", "mo\ud800": 1}, "mo\\ud800", None)
+    assert e.message == "Unrecognized request argument supplied: mo\\ud800"
+    e = check({"model": "\ud800", "prompt": "x"}, "model", "model_not_found", status=404)
+    assert "`\\ud800`" in e.message
+    check(body(logit_bias={"\ud800": 1}), "logit_bias", "invalid_value")
+    check(body(stream=True, stream_options={"\ud800": 1}), "stream_options", None)
+    check(body(logprobs_mode="\ud800"), "logprobs_mode", "invalid_value")
+    for e in (err({"model": "m", "prompt": "x", "mo\ud800": 1}), err(body(logprobs_mode="\udfff"))):
+        (e.message + (e.param or "")).encode("utf-8")  # never raises
+
+
+def test_long_and_nested_values_are_quoted_short():
+    e = check({"model": "m", "prompt": "x", "z" * 10_000: 1}, "z" * 10_000, None)
+    assert len(e.message) < 200
+    e = check({"model": "m" * 10_000, "prompt": "x"}, "model", "model_not_found", status=404)
+    assert len(e.message) < 200
+    deep: list = []
+    for _ in range(5000):  # deeper than the recursion limit: nothing may recurse into it
+        deep = [deep]
+    for field in ("logprobs_mode", "stop", "suffix", "user", "n", "temperature", "prompt"):
+        check(body(**{field: deep}), field, "invalid_type")
+    check(body(logit_bias={"5": deep}), "logit_bias", "invalid_type")
+
+
+def test_server_limit_names_the_parameter_the_request_sent():
+    """Issue 13 F: the sequences a request needs are prompts x best_of; best_of defaults to
+    n, so a request that sent only n hears about n."""
+    from sampler.params import Limits
+
+    lim = Limits(max_sequences=64)
+    with pytest.raises(RequestError) as e:
+        parse_request(body(prompt=[563, 554], n=65), INFO, lim)
+    assert e.value.param == "n" and "65 sequences (1 prompt x n 65)" in e.value.message
+    assert "--max-batch" in e.value.message
+    with pytest.raises(RequestError) as e:
+        parse_request(body(prompt=["a", "b", "c", "d"], n=20, best_of=20), INFO, lim)
+    assert e.value.param == "best_of" and "(4 prompts x best_of 20)" in e.value.message
+    with pytest.raises(RequestError) as e:
+        parse_request(body(prompt=["a"] * 65), INFO, lim)
+    assert e.value.param == "prompt"

@@ -297,6 +297,135 @@ def test_internal_error_is_500_with_its_text(engine, monkeypatch):
         monkeypatch.undo()
 
 
+def test_every_500_is_logged_with_its_traceback_and_request_id(engine, monkeypatch, caplog):
+    """Issue 13 B: a failure on the scheduler thread reaches the log with its traceback (the
+    worker's frames) and the request id that the response carries."""
+    from sampler import engine as engine_module
+
+    def broken(self):
+        raise RuntimeError("boom on the worker")
+
+    app = create_app(engine)
+    with running(app) as url, caplog.at_level("ERROR", logger="sampler"):
+        monkeypatch.setattr(engine_module.Batch, "advance", broken)
+        for stream in (False, True):
+            req = urllib.request.Request(url + "/v1/completions", method="POST", data=json.dumps(
+                {"model": MODEL, "prompt": "x", "stream": stream}).encode())  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    rid, text = resp.headers["x-request-id"], resp.read().decode()
+            except urllib.error.HTTPError as e:
+                rid, text = e.headers["x-request-id"], e.read().decode()
+            assert rid.startswith("req_") and rid in text  # the message names the id
+            record = next(r for r in caplog.records if rid in r.getMessage())
+            assert record.exc_info and record.exc_info[1].args == ("boom on the worker",)
+            frames = "".join(__import__("traceback").format_exception(*record.exc_info))
+            assert "in broken" in frames  # the traceback reaches into the worker's call
+        monkeypatch.undo()
+
+
+def test_serve_logs_the_sampler_loggers_next_to_uvicorn():
+    from sampler.server import log_config
+
+    cfg = log_config()
+    assert cfg["loggers"]["sampler"]["handlers"] == cfg["loggers"]["uvicorn"]["handlers"]
+
+
+def test_a_failing_row_fails_only_its_own_request(engine, monkeypatch):
+    """Issue 13 C: a row that raises inside sample_step (injected: temperature 0.123) fails
+    its request alone -- a 500, or in-band in a stream -- and concurrent requests sharing
+    its steps finish with exactly their solo outputs (seeded)."""
+    from sampler import engine as engine_module
+
+    real = engine_module.sample_step
+
+    def poisoned(logits, rows, uniforms, **kw):
+        if any(r.temperature == 0.123 for r in rows):
+            raise IndexError("injected failure of one row")
+        return real(logits, rows, uniforms, **kw)
+
+    bodies = [dict(prompt=f"Innocent {i}", max_tokens=150, seed=i, n=1 + i % 2, logprobs=1,
+                   temperature=0.9, stream=bool(i % 2), logit_bias={"100257": -100})
+              for i in range(4)]  # fmt: skip
+    solo = [engine.complete(model=MODEL, **{**b, "stream": False}) for b in bodies]
+    monkeypatch.setattr(engine_module, "sample_step", poisoned)
+    app = create_app(engine)
+    results: list = [None] * 4
+    with running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+        def run(i):
+            b = bodies[i]
+            if not b["stream"]:
+                results[i] = client.completions.create(model=MODEL, **b).model_dump()["choices"]
+                return
+            texts = {}
+            for ch in client.completions.create(model=MODEL, **b):
+                c = ch.choices[0]
+                texts[c.index] = texts.get(c.index, "") + c.text
+            results[i] = texts
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        sched = app.state.models[MODEL].scheduler
+        while sched.load["running"] < 6:  # all innocent sequences are in the batch
+            time.sleep(0.01)
+        bad = {"model": MODEL, "prompt": "Hello", "max_tokens": 5, "temperature": 0.123}
+        status, body = http("POST", url + "/v1/completions", bad)
+        assert status == 500 and "injected failure of one row" in body["error"]["message"]
+        status, text = http("POST", url + "/v1/completions", {**bad, "stream": True}, raw=True)
+        assert status == 200 and '"error"' in text.split("\n\n")[-2] and "[DONE]" not in text
+        assert sched.load["running"] == 6  # the bad rows met the innocent ones, which go on
+        for t in threads:
+            t.join(60)
+        assert app.state.models[MODEL].scheduler.load == {"running": 0, "waiting": 0}
+    for i, b in enumerate(bodies):
+        if b["stream"]:
+            assert results[i] == {c["index"]: c["text"] for c in solo[i]["choices"]}
+        else:
+            assert results[i] == solo[i]["choices"]
+
+
+def test_hostile_bodies_get_clean_400s(base):
+    """Issue 13 E: deep nesting, lone surrogates, huge numbers; and 429 says when to retry."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    status, body = http("POST", base + "/v1/completions", deep)
+    assert status == 400 and "nests arrays or objects too deeply" in body["error"]["message"]
+    for raw, param in ((b'{"model":"tiny-random-cl100k","prompt":"x","mo\\ud800":1}', "mo\\ud800"),
+                       (b'{"model":"\\ud800","prompt":"x"}', "model"),
+                       (b'{"model":"tiny-random-cl100k","prompt":"x","logit_bias":{"\\ud800":1}}',
+                        "logit_bias"),
+                       (b'{"model":"tiny-random-cl100k","prompt":"x","presence_penalty":1' +
+                        b"0" * 400 + b"}", "presence_penalty")):  # fmt: skip
+        status, body = http("POST", base + "/v1/completions", raw)
+        assert status in (400, 404) and body["error"]["param"] == param, body
+
+
+def test_a_temperature_below_float32s_range_is_the_greedy_limit(client):
+    """Issue 13 A, through the server: T = 1e-300 no longer crashes; with one maximum it
+    picks what T = 0 picks, and processed logprobs are the limit's point mass."""
+    common = dict(model=MODEL, prompt="x", max_tokens=4, seed=1)
+    greedy = client.completions.create(temperature=0, **common).choices[0].text
+    for extra in ({}, {"top_p": 0.5, "logprobs": 2}):
+        r = client.completions.create(temperature=1e-300, **common, **extra)
+        assert r.choices[0].text == greedy
+    r = client.completions.create(temperature=1e-300, logprobs=1, **common,
+                                  extra_body={"logprobs_mode": "processed"})  # fmt: skip
+    assert r.choices[0].logprobs.token_logprobs == [0.0] * 4
+
+
+def test_busy_answers_429_with_retry_after(engine):
+    app = create_app(engine, ServerConfig(max_waiting=0))
+    with running(app) as url:
+        req = urllib.request.Request(url + "/v1/completions", method="POST", data=json.dumps(
+            {"model": MODEL, "prompt": "x", "max_tokens": 2}).encode())  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
+        assert e.value.headers["x-request-id"].startswith("req_")
+
+
 # --- the command -----------------------------------------------------------------------------------
 def test_sampler_serve_command(tiny_model_dir):
     sock = socket.socket()
