@@ -12,35 +12,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import openai
 import pytest
-import uvicorn
 
 from sampler import Engine
 from sampler.server import ServerConfig, create_app
+from serving import running
 
 KEY = "test-key"
 MODEL = "tiny-random-cl100k"
-
-
-@contextmanager
-def running(app):
-    """uvicorn serving ``app`` on a free loopback port, in a thread; yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        app.state.shutdown()
 
 
 @pytest.fixture(scope="module")
