@@ -44,7 +44,7 @@ class RequestError(Exception):
         message = encodable(message)
         super().__init__(message)
         self.message = message
-        self.param = None if param is None else encodable(param)
+        self.param = None if param is None else encodable(str(param))
         self.code = code
         self.status = status
         self.type = type
