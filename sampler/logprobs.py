@@ -55,7 +55,7 @@ def top_logprobs(
     """
     if lognorm is None:
         lognorm = log_normalizer(logits)
-    batch = logits.shape[0]
+    batch, k = logits.shape[0], min(k, logits.shape[1])  # (a row narrower than k: all of it)
     ids = np.empty((batch, k), dtype=np.int64)  # [B, k]
     vals = np.empty((batch, k), dtype=np.float64)  # [B, k]
     for b, row in enumerate(logits):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import reference as ref
+from sampler import reference as ref
 from sampler import Engine, RequestError
 from sampler.model import Decoder
 from sampler.tokenizer import get_tokenizer
@@ -64,9 +64,9 @@ def reference_tokens(full_logits, prompt, *, seed, max_tokens, temperature=1.0, 
     for u in uniforms(seed, p, c, max_tokens):
         z = masked(full_logits(seq)[-1])
         if bias:
-            z = ref.bias_row(z, bias)
-        z = ref.penalties_row(z, out, presence, frequency)
-        tok = ref.draw_row(z, temperature, top_p, u)
+            z = ref.logit_bias(z, bias)
+        z = ref.penalties(z, out, presence, frequency)
+        tok = ref.step(z, temperature=temperature, top_p=top_p, uniform=u)
         out.append(tok)
         if tok == EOT:
             break
@@ -111,7 +111,7 @@ def test_echo_scoring_equals_full_sequence_log_softmax(engine, full_logits):
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     logits = full_logits(prompt)  # [S, V]
     for i in range(1, len(prompt)):
-        expected = ref.log_softmax_row(masked(logits[i - 1]))[prompt[i]]
+        expected = ref.logprobs(masked(logits[i - 1]))[prompt[i]]
         assert abs(lp["token_logprobs"][i] - expected) < 1e-5
         assert len(lp["top_logprobs"][i]) <= 2
     assert choice["text"] == TOK.decode_bytes(prompt).decode()
@@ -153,10 +153,10 @@ def test_logprobs_shape_and_content(engine, full_logits):
         assert 3 <= len(top) <= 4 and lp["tokens"][i] in top
         values = list(top.values())
         assert values == sorted(values, reverse=True)
-        full = ref.log_softmax_row(masked(full_logits(prompt + tokens[:i])[-1]))
+        full = ref.logprobs(masked(full_logits(prompt + tokens[:i])[-1]))
         assert abs(lp["token_logprobs"][i] - full[t]) < 1e-5
         assert top[lp["tokens"][i]] == lp["token_logprobs"][i]
-        for j in ref.top_k_row(full, 3):
+        for j in ref.top_ids(full, 3):
             assert abs(top[TOK.token_text(j)] - full[j]) < 1e-5
     assert lp["text_offset"][0] == len("Hello there")
 
@@ -190,11 +190,11 @@ def test_processed_logprobs_mode(engine, full_logits):
     assert cut["tokens"] == [TOK.token_text(t) for t in tokens]
     for i, t in enumerate(tokens):
         z = masked(full_logits(prompt + tokens[:i])[-1])
-        full = ref.log_softmax_row(z)
-        nucleus = ref.nucleus_ids(z, 0.3)
+        full = ref.logprobs(z)
+        nucleus = ref.nucleus(z, 0.3)
         mass = np.log(np.exp(full[nucleus]).sum())
         assert abs(cut["token_logprobs"][i] - (full[t] - mass)) < 1e-5  # renormalised
-        outside = [j for j in ref.top_k_row(full, 2) if j not in nucleus]
+        outside = [j for j in ref.top_ids(full, 2) if j not in nucleus]
         for j in outside:
             assert cut["top_logprobs"][i][TOK.token_text(j)] == -9999.0
 
@@ -302,7 +302,7 @@ def test_echo_scoring_with_one_generated_token_keeps_the_end_token_last(engine, 
     lp = r["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(prompt) + 1 and lp["tokens"][-1] == "<|endoftext|>"
     logits = full_logits(prompt)
-    expected = ref.log_softmax_row(masked(logits[0]))[prompt[1]]
+    expected = ref.logprobs(masked(logits[0]))[prompt[1]]
     assert abs(lp["token_logprobs"][1] - expected) < 1e-5
     assert r["choices"][0]["text"] == "Scored text"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import reference as ref
+from sampler import reference as ref
 from sampler import Engine
 from sampler.registry import resolve
 from sampler.tokenizer import get_tokenizer
@@ -72,7 +72,7 @@ def reference_tokens(full_logits, prompt, *, seed, max_tokens, temperature, top_
     seq, out = list(prompt), []
     for _ in range(max_tokens):
         u = gen.random()
-        tok = ref.draw_row(masked(full_logits(seq)[-1]), temperature, top_p, u)
+        tok = ref.step(masked(full_logits(seq)[-1]), temperature=temperature, top_p=top_p, uniform=u)
         out.append(tok)
         if tok == EOT:
             break

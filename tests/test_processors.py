@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-import reference as ref
+from sampler import reference as ref
 from sampler import processors as P
 from sampler.logprobs import (log_normalizer, log_softmax, reported, top_k, top_k_ids,
                               top_logprobs)
@@ -136,7 +136,7 @@ def test_tiny_temperature_step_reports_the_limit_distribution():
     assert out.tokens[0] == 2 and out.reported[0] == pytest.approx(-math.log(2))
     assert out.top[0][0].tolist() == [0, 2]
     raw = sample_step(z, [RowParams(temperature=1e-300, top_p=0.5, logprobs=1)], [0.6])
-    assert raw.tokens[0] == 0 and raw.reported[0] == pytest.approx(ref.log_softmax_row(z[0])[0])
+    assert raw.tokens[0] == 0 and raw.reported[0] == pytest.approx(ref.logprobs(z[0])[0])
 
 # --- top_p --------------------------------------------------------------------------------
 def test_top_p_keeps_minimal_nucleus():
@@ -225,7 +225,7 @@ def test_nucleus_from_raw_side_hand_computed():
     p = 1 - 1e-7
     assert _nucleus_from_raw(z, 1.0, p, None, raw_top, e, total) is None
     u = 1 - 1e-7
-    assert draw(z, 1.0, p, u, raw_top=raw_top, raw_total=total) == 3 == ref.draw_row(z, 1.0, p, u)
+    assert draw(z, 1.0, p, u, raw_top=raw_top, raw_total=total) == 3 == ref.step(z, temperature=1.0, top_p=p, uniform=u)
     # the last top id is not itself a usable candidate: it ties the bound
     two, e2, t2 = _raw_side_of(z, 2)
     assert _nucleus_from_raw(z, 0.5, 0.85, None, two, e2, t2) is None

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import reference as ref
+from sampler import reference as ref
 from sampler import processors as P
 from sampler.logprobs import log_normalizer, log_softmax, top_k_ids, top_logprobs
 from sampler.select import draw, greedy, sample
@@ -47,7 +47,7 @@ uniforms = st.one_of(st.sampled_from([0.0, 0.5, 1 - 2**-53]), st.floats(0, 1, ex
 @given(rows(), probs)
 def test_top_p_kept_set_equals_reference(z, p):
     kept = np.flatnonzero(np.isfinite(P.top_p(z[None], p)[0])).tolist()
-    expected = ref.nucleus_ids(z, p)
+    expected = ref.nucleus(z, p)
     if p >= 1.0:  # neutral: the row is untouched (masked ids stay masked)
         expected = np.flatnonzero(np.isfinite(z)).tolist()
     assert kept == expected
@@ -55,7 +55,7 @@ def test_top_p_kept_set_equals_reference(z, p):
 
 @given(rows(wide=True), temps, probs, uniforms)
 def test_draw_equals_reference_for_the_same_uniform(z, t, p, u):
-    assert draw(z, t, p, u) == ref.draw_row(z, t, p, u)
+    assert draw(z, t, p, u) == ref.step(z, temperature=t, top_p=p, uniform=u)
 
 
 @given(rows(wide=True), temps, probs, uniforms)
@@ -71,7 +71,7 @@ def test_fused_draw_equals_composed_processors(z, t, p, u):
 def test_sampled_token_is_always_in_the_nucleus(z, data):
     p = data.draw(probs)
     u = data.draw(uniforms)
-    assert draw(z, 1.0, p, u) in ref.nucleus_ids(z, p)
+    assert draw(z, 1.0, p, u) in ref.nucleus(z, p)
 
 
 @given(rows(), st.lists(st.integers(0, 39), max_size=60), st.floats(-2, 2), st.floats(-2, 2))
@@ -79,19 +79,19 @@ def test_penalties_formula(z, generated, presence, frequency):
     generated = [g % z.size for g in generated]
     counts = P.count_tokens(generated) if generated else None
     out = P.penalties(z[None], [counts], presence, frequency)[0]
-    np.testing.assert_array_equal(out, ref.penalties_row(z, generated, presence, frequency))
+    np.testing.assert_array_equal(out, ref.penalties(z, generated, presence, frequency))
 
 
 @given(rows(), st.dictionaries(st.integers(0, 39), st.floats(-100, 100), max_size=8))
 def test_logit_bias_formula(z, bias):
     bias = {k % z.size: v for k, v in bias.items()}
     out = P.logit_bias(z[None], [bias])[0]
-    np.testing.assert_array_equal(out, ref.bias_row(z, bias))
+    np.testing.assert_array_equal(out, ref.logit_bias(z, bias))
 
 
 @given(rows())
 def test_greedy_is_first_maximum(z):
-    assert greedy(z[None])[0] == ref.draw_row(z, 0.0, 1.0, 0.5)
+    assert greedy(z[None])[0] == ref.step(z, temperature=0.0, top_p=1.0, uniform=0.5)
 
 
 @given(rows())
@@ -99,22 +99,22 @@ def test_log_softmax_is_normalised(z):
     lp = log_softmax(z[None])[0]
     finite = lp[np.isfinite(lp)]
     assert abs(math.log(np.exp(finite).sum())) < 1e-6  # float32 exps, float64 sum
-    np.testing.assert_allclose(lp[np.isfinite(z)], ref.log_softmax_row(z)[np.isfinite(z)],
+    np.testing.assert_allclose(lp[np.isfinite(z)], ref.logprobs(z)[np.isfinite(z)],
                                rtol=1e-6, atol=1e-6)  # fmt: skip
 
 
 @given(rows(min_size=5), st.integers(1, 5))
 def test_top_k_contents_equal_full_sort(z, k):
     ids, lps = top_logprobs(z[None], k)
-    assert ids[0].tolist() == ref.top_k_row(z, k)
-    full = ref.log_softmax_row(z)
+    assert ids[0].tolist() == ref.top_ids(z, k)
+    full = ref.logprobs(z)
     np.testing.assert_allclose(lps[0], full[ids[0]], rtol=1e-6, atol=1e-6)
 
 
 @given(rows(), st.integers(0, 6), st.integers(1, 8))
 def test_top_k_by_block_maxima_equals_full_sort(z, k, block):
     """Small blocks put ties, -inf and the short last block across block boundaries."""
-    assert top_k_ids(z, k, block=block).tolist() == ref.top_k_row(z, k)
+    assert top_k_ids(z, k, block=block).tolist() == ref.top_ids(z, k)
 
 
 @given(st.lists(rows(min_size=8, max_size=8, wide=True), min_size=1, max_size=6), st.data())
@@ -156,9 +156,12 @@ def test_stop_trimming(pieces, stops):
     untrimmed = "".join(pieces)
     assert not any(s in final for s in stops)
     assert untrimmed.startswith(final)
-    consumed, cut = ref.first_stop_cut(
-        ["".join(pieces[:i]) for i in range(1, len(pieces) + 1)], stops
-    )
+    consumed, cut = len(pieces), None  # the definition: the first text with a stop in it
+    for i in range(1, len(pieces) + 1):
+        cut = ref.stop_cut("".join(pieces[:i]), stops)
+        if cut is not None:
+            consumed = i
+            break
     assert len(texts) == consumed
     assert t.cut == cut
 
@@ -192,14 +195,6 @@ def test_utf8_hold_back_and_replacement(chunks):
     assert t.text == b"".join(chunks).decode("utf-8", "replace")
 
 
-def _reference_offset(data: bytes, b: int) -> int:
-    left = data[:b].decode("utf-8", "replace")
-    whole = data.decode("utf-8", "replace")
-    if left + data[b:].decode("utf-8", "replace") == whole:
-        return len(left)  # b is a character boundary
-    return len(left) - 1  # b is inside a character: that character's index
-
-
 @given(st.lists(st.binary(min_size=1, max_size=4), min_size=1, max_size=12))
 def test_token_offsets(chunks):
     """A token's offset is its start character (or the character it starts inside)."""
@@ -207,18 +202,14 @@ def test_token_offsets(chunks):
     data = b"".join(chunks)  # the reference needs what comes after each token
     pos = 0
     for c in chunks:
-        assert t.add(c) == _reference_offset(data, pos)
+        assert t.add(c) == ref.offset(data, pos)
         pos += len(c)
+        assert t.text == ref.final_text(data[:pos])  # the settled characters so far
 
 
 @given(st.text(max_size=12), st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=4))
 def test_held_prefix_definition(text, stops):
-    n = held_prefix(text, stops)
-    expected = max(
-        [k for s in stops for k in range(1, len(s)) if k <= len(text) and text.endswith(s[:k])],
-        default=0,
-    )
-    assert n == expected
+    assert held_prefix(text, stops) == ref.held_back(text, stops)
 
 
 @pytest.mark.parametrize("row", [np.array([0.0, 0.0], np.float32)])
@@ -259,9 +250,9 @@ def test_draw_given_the_raw_top_equals_reference(case, k):
     top = top_k_ids(z, k)
     got = draw(z, params["temperature"], params["top_p"], u, bias=b if bias else None,
                penalty=penalty, raw_top=(top, z[top]))  # fmt: skip
-    proc = ref.penalties_row(ref.bias_row(z, bias), generated,
+    proc = ref.penalties(ref.logit_bias(z, bias), generated,
                              params["presence_penalty"], params["frequency_penalty"])  # fmt: skip
-    assert got == ref.draw_row(proc, params["temperature"], params["top_p"], u)
+    assert got == ref.step(proc, temperature=params["temperature"], top_p=params["top_p"], uniform=u)
 
 
 @st.composite
@@ -304,17 +295,17 @@ def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
     np.exp(z - z[top[0]], out=ws.e)  # the raw side's exps, as sample_step leaves them
     total = float(ws.e.sum(dtype=np.float64))
     raw_top = (top.tolist(), z[top].tolist())
-    proc = ref.penalties_row(ref.bias_row(z, bias), generated, presence, frequency)
-    zt = ref.temperature_row(proc, t)
+    proc = ref.penalties(ref.logit_bias(z, bias), generated, presence, frequency)
+    zt = ref.temperature(proc, t)
     limit = P.scaled_max_overflows(float(proc.max()), np.float32(t))  # (draw decides it first)
     with np.errstate(over="ignore"):  # (as sample_step calls it)
         got = None if limit else _nucleus_from_raw(z, t, p, edits, raw_top, ws.e, total)
     if got is not None:
-        kept = ref.nucleus_ids(zt, p)
+        kept = ref.nucleus(zt, p)
         assert got[0] == kept
-        assert got[1] == ref.unnormalised(zt)[kept].tolist()
+        assert got[1] == ref.probabilities(zt)[kept].tolist()
     token = draw(z, t, p, u, edits=edits, workspace=ws, raw_top=raw_top, raw_total=total)
-    assert token == ref.draw_row(proc, t, p, u)
+    assert token == ref.step(proc, temperature=t, top_p=p, uniform=u)
 
 
 @settings(max_examples=40, deadline=None)
@@ -331,14 +322,14 @@ def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
     if seed % 2:  # masked ids: not every id is a candidate
         z[rng.integers(0, size, size=size // 10)] = -np.inf
     ws = Workspace(size)
-    assert draw(z, t, p, u, workspace=ws) == ref.draw_row(z, t, p, u)
+    assert draw(z, t, p, u, workspace=ws) == ref.step(z, temperature=t, top_p=p, uniform=u)
     assert draw(z, t, p, u, workspace=ws) == draw(z, t, p, u)  # scratch reused: same answer
     import sampler.select as S
 
     listed = S._KEPT_IDS
     S._KEPT_IDS = 0  # every nucleus drawn as on flat rows: the rest zeroed, the row whole
     try:
-        assert draw(z, t, p, u, workspace=ws) == ref.draw_row(z, t, p, u)
+        assert draw(z, t, p, u, workspace=ws) == ref.step(z, temperature=t, top_p=p, uniform=u)
     finally:
         S._KEPT_IDS = listed
 
@@ -373,23 +364,23 @@ def test_sample_step_equals_reference(batch):
         us.append(u)
     out = sample_step(z, rows_, us)
     for b, (row, bias, generated, params, u) in enumerate(batch):
-        proc = ref.penalties_row(ref.bias_row(row, bias), generated,
+        proc = ref.penalties(ref.logit_bias(row, bias), generated,
                                  params["presence_penalty"], params["frequency_penalty"])  # fmt: skip
-        token = ref.draw_row(proc, params["temperature"], params["top_p"], u)
+        token = ref.step(proc, temperature=params["temperature"], top_p=params["top_p"], uniform=u)
         assert out.tokens[b] == token
         k = params["logprobs"]
         if k is None:
             continue
         if params["logprobs_mode"] == "raw":
-            full = ref.log_softmax_row(row)
+            full = ref.logprobs(row)
             assert abs(out.logprob[b] - full[token]) < 1e-5
-            assert out.top[b][0].tolist() == ref.top_k_row(row, k)
+            assert out.top[b][0].tolist() == ref.top_ids(row, k)
         else:  # the distribution sampled from: greedy rows at temperature 1
             t = params["temperature"] or 1.0
-            zt = ref.temperature_row(proc, t)
-            kept = ref.nucleus_ids(zt, params["top_p"]) if params["top_p"] < 1 else None
+            zt = ref.temperature(proc, t)
+            kept = ref.nucleus(zt, params["top_p"]) if params["top_p"] < 1 else None
             if kept is not None:
                 zt = np.where(np.isin(np.arange(zt.size), kept), zt, -np.inf).astype(np.float32)
-            full = ref.log_softmax_row(zt)
+            full = ref.logprobs(zt)
             assert abs(out.reported[b] - full[token]) < 1e-5
-            assert out.top[b][0].tolist() == ref.top_k_row(zt, k)
+            assert out.top[b][0].tolist() == ref.top_ids(zt, k)
