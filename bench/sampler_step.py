@@ -94,8 +94,9 @@ if str(_ROOT) not in sys.path:  # benchmark the working tree, installed or not
     sys.path.insert(0, str(_ROOT))
 
 from sampler import processors  # noqa: E402
-from sampler.select import Workspace  # noqa: E402
-from sampler.step import RowParams, sample_step  # noqa: E402
+from sampler._fast.draw import Workspace  # noqa: E402
+from sampler.params import SamplingParams  # noqa: E402
+from sampler.step import Row, sample_step  # noqa: E402
 
 VOCAB = 100_277
 MAX_BATCH = 64
@@ -131,45 +132,29 @@ def make_request_state(seed: np.random.SeedSequence):
     return (bias_ids, bias_values), generated
 
 
-def full_params(bias, generated: np.ndarray) -> list[RowParams]:
-    """One ``RowParams`` per row with every parameter of the full step set."""
+def full_params(bias, generated: np.ndarray) -> list[Row]:
+    """One ``Row`` per row with every parameter of the full step set."""
     rows = []
     for ids in generated:
         counts = processors.TokenCounts()
         for token in ids.tolist():
             counts.add(token)
         rows.append(
-            RowParams(
-                temperature=TEMPERATURE,
-                top_p=TOP_P,
-                presence_penalty=PRESENCE,
-                frequency_penalty=FREQUENCY,
-                logit_bias=bias,
-                counts=counts,
-                logprobs=TOP_LOGPROBS,
-                logprobs_mode="raw",
-            )
+            Row(SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, presence_penalty=PRESENCE, frequency_penalty=FREQUENCY, logit_bias=bias, logprobs=TOP_LOGPROBS, logprobs_mode="raw"), counts=counts)
         )
     return rows
 
 
-def nucleus_sizes(logits: np.ndarray, rows: list[RowParams]) -> list[int]:
-    """Nucleus size at top_p of each row after bias, penalties and temperature."""
-    z = processors.logit_bias(logits, [r.logit_bias for r in rows])
-    z = processors.penalties(
-        z, [r.counts for r in rows], PRESENCE, FREQUENCY, out=z
-    )
-    z = processors.temperature(z, TEMPERATURE, out=z)
-    sizes = []
-    for row in z:
-        e = np.exp(row - row.max())
-        ids, _ = processors.nucleus(e, float(e.sum(dtype=np.float64)), TOP_P)
-        sizes.append(int(ids.size))
+def nucleus_sizes(logits: np.ndarray, rows: list[Row]) -> list[int]:
+    """Nucleus size at top_p of each row after bias, penalties and temperature: steps
+    1-4 in order (processors.apply), counting what top_p left finite."""
+    z = processors.apply(logits[: len(rows)], [r.params for r in rows], [r.counts for r in rows])
+    sizes = [int(np.isfinite(row).sum()) for row in z]
     return sizes
 
 
 # --- the timed work ----------------------------------------------------------------------------
-def ours(logits: np.ndarray, rows: list[RowParams], workspace: Workspace) -> Timed:
+def ours(logits: np.ndarray, rows: list[Row], workspace: Workspace) -> Timed:
     return lambda u: sample_step(logits, rows, u, workspace=workspace)
 
 
@@ -292,7 +277,7 @@ def run(batches, budget: float, min_reps: int, with_hf: bool = True, cold: bool 
     workspace = Workspace(VOCAB)  # reused row buffers, as the engine does
     buf = np.empty(VOCAB, dtype=np.float32)  # [V]
     sweep = np.ones(4 << 20, dtype=np.float32) if cold else None  # 16 MB: 32x L2
-    full_rows, neutral_rows = full_params(bias, generated), [RowParams() for _ in range(MAX_BATCH)]
+    full_rows, neutral_rows = full_params(bias, generated), [Row(SamplingParams()) for _ in range(MAX_BATCH)]
     results, nuclei = [], {}
     for k, kind in enumerate(KINDS):
         rows = make_rows(kind, seeds[k])

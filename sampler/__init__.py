@@ -4,22 +4,27 @@
 >>> sampler.processors.STEP_ORDER
 ('logit_bias', 'penalties', 'temperature', 'top_p')
 
+``sampler.reference`` is the definition, one row at a time; ``processors``, ``select``,
+``logprobs`` and ``sample_step`` are the batched fast path, tested equal to it.
 ``import sampler`` loads NumPy and nothing heavier; onnxruntime and tiktoken load when a
 model or tokenizer is first used.
 """
 
 __version__ = "0.1.0"
 
-from . import logprobs, processors, select  # noqa: E402  (pure NumPy, no model)
+from . import logprobs, processors, reference, select  # noqa: E402  (pure NumPy, no model)
 from .engine import Engine  # noqa: E402
 from .errors import RequestError  # noqa: E402
-from .step import RowParams, sample_step  # noqa: E402
+from .params import SamplingParams  # noqa: E402
+from .step import Row, sample_step  # noqa: E402
 
 __all__ = [
     "Engine",
     "RequestError",
-    "RowParams",
+    "SamplingParams",
+    "Row",
     "sample_step",
+    "reference",
     "processors",
     "select",
     "logprobs",

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .logprobs import log_normalizer, top_logprobs
+from .logprobs import log_normalizer, reported, top_logprobs
 from .params import ModelInfo, Prompt, Request, parse_request
 from .response import (
     TokenEntry,
@@ -35,8 +35,8 @@ from .response import (
     usage,
 )
 from .seeds import generator, request_entropy
-from .select import Workspace
-from .step import RowParams, sample_step
+from ._fast.draw import Workspace
+from .step import Row, sample_step
 from .stopping import TextTracker
 from .tokenizer import Tokenizer, tokenizer_for
 
@@ -53,16 +53,7 @@ class Candidate:
         self.prompt = prompt  # which prompt of the request
         self.index = index  # candidate number within the prompt (spawn key)
         self.rng = rng
-        self.row = RowParams(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            logit_bias=req.logit_bias,
-            logprobs=req.logprobs,
-            logprobs_mode=req.logprobs_mode,
-            raw_logprob=req.best_of > req.n,
-        )
+        self.row = Row(req.sampling, raw_logprob=req.best_of > req.n)
         self.tracker = TextTracker(req.stop)
         self.base = base_offset  # len(prompt text): completion offsets start here
         self.entries: list[TokenEntry] = []
@@ -108,11 +99,11 @@ class Candidate:
     def _log(self, tok: Tokenizer, token: int, lp: float,
              top: tuple[np.ndarray, np.ndarray] | None, rel: int, end: bool = False) -> None:  # fmt: skip
         """Append the token's logprobs entry (when logprobs were asked for)."""
-        if self.row.logprobs is None:
+        if self.req.sampling.logprobs is None:
             return
         assert top is not None
         entry_top = top_dict(tok, top[0], top[1], token, lp)
-        self.entries.append(TokenEntry(tok.token_text(token), _lp(lp), entry_top, self.base + rel))
+        self.entries.append(TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel))
         self._rel.append(-1 if end else rel)  # -1: the end token, shown with the last delta
 
     def finish_without_tokens(self) -> None:
@@ -133,10 +124,6 @@ class Candidate:
         while self._shown_entries < len(self._rel) and self._rel[self._shown_entries] < end:
             self._shown_entries += 1  # the end token's -1 passes: it comes last, once done
         return text, self.entries[first : self._shown_entries]
-
-
-def _lp(value: float) -> float:
-    return -9999.0 if value == -np.inf else float(value)
 
 
 def _picked(out: Any, b: int) -> tuple[int, float, float, Any]:
@@ -263,7 +250,7 @@ class Completion:
         self.req = req
         self.id = completion_id()
         self.created = now()
-        entropy = request_entropy(req.seed)
+        entropy = request_entropy(req.sampling.seed)
         self.groups = [
             [
                 Candidate(req, p, c, generator(entropy, p, c), len(prompt.text), owner=self)
@@ -299,7 +286,7 @@ class Completion:
         batch lives). With ``max_tokens: 0`` nothing joins the batch: the choices finish
         here, after echo scoring if asked."""
         req, eng = self.req, self.engine
-        scoring = req.echo and req.logprobs is not None
+        scoring = req.echo and req.sampling.logprobs is not None
         on_logits = self._score if scoring else None
         if req.max_tokens == 0:
             if scoring:
@@ -325,10 +312,10 @@ class Completion:
                     text, entries = head + text, self.echo_entries[c.prompt] + entries
             if self.req.stream:
                 if text or entries or c.done:
-                    logprobs = entries if entries and self.req.logprobs is not None else None
+                    logprobs = entries if entries and self.req.sampling.logprobs is not None else None
                     if logprobs:
                         self._logprobs_sent.add(id(c))
-                    elif c.done and self.req.logprobs is not None and id(c) not in self._logprobs_sent:
+                    elif c.done and self.req.sampling.logprobs is not None and id(c) not in self._logprobs_sent:
                         logprobs = []  # no token kept: empty arrays, as the response has
                     choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
                     self._chunks.append(self._object([choice], None, self.req.include_usage))
@@ -354,12 +341,12 @@ class Completion:
         norm = log_normalizer(rows)  # [n]
         nxt = np.array([shown[i + 1] for i in positions[keep]])  # [n]
         lps = rows[np.arange(len(nxt)), nxt].astype(np.float64) - norm  # [n]
-        ids, tops = top_logprobs(rows, self.req.logprobs or 0, lognorm=norm)  # [n, k]
+        ids, tops = top_logprobs(rows, self.req.sampling.logprobs or 0, lognorm=norm)  # [n, k]
         for j, i in enumerate(positions[keep].tolist()):
             self._scores[p][i + 1] = (float(lps[j]), ids[j], tops[j])
 
     def _build_echo(self) -> None:
-        if not (self.req.echo and self.req.logprobs is not None):
+        if not (self.req.echo and self.req.sampling.logprobs is not None):
             return
         tok = self.engine.tokenizer
         for p, prompt in enumerate(self.req.prompts):
@@ -372,7 +359,7 @@ class Completion:
                     continue
                 lp, ids, tops = self._scores[p][i]
                 top = top_dict(tok, ids, tops, t, lp)
-                entries.append(TokenEntry(tok.token_text(t), _lp(lp), top, offset))
+                entries.append(TokenEntry(tok.token_text(t), reported(lp), top, offset))
             self.echo_entries[p] = entries
 
     # -- shaping
@@ -392,7 +379,7 @@ class Completion:
     def response(self) -> dict[str, Any]:
         """The response object of a finished non-stream request."""
         assert self.done and not self.req.stream
-        want_logprobs = self.req.logprobs is not None
+        want_logprobs = self.req.sampling.logprobs is not None
         choices = []
         for p, group in enumerate(self.groups):
             ranked = group

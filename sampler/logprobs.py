@@ -14,17 +14,14 @@ array([1.])
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
-__all__ = [
-    "NEG_INF_LOGPROB", "log_normalizer", "log_softmax", "top_k", "top_k_ids", "top_logprobs",
-    "reported",
-]
+from ._fast.topk import top_k
+from .reference import NEG_INF_LOGPROB, reported
 
-NEG_INF_LOGPROB = -9999.0
+__all__ = ["NEG_INF_LOGPROB", "log_normalizer", "log_softmax", "top_logprobs", "reported"]
 
 
 def log_normalizer(logits: np.ndarray) -> np.ndarray:
@@ -50,7 +47,7 @@ def top_logprobs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most probable ids of each row and their logprobs, most probable first.
 
-    Ties go to the lower id. No sort: :func:`top_k_ids` searches only the blocks that
+    Ties go to the lower id. No sort: block maxima (:mod:`sampler._fast.topk`) search only the blocks that
     can hold the answer (``k`` is at most 5 in the API). Returns ``(ids [B, k], logprobs [B, k])``.
     """
     if lognorm is None:
@@ -63,71 +60,7 @@ def top_logprobs(
     return ids, vals - lognorm[:, None]
 
 
-_BLOCK = 1024  # block maxima: ~100 per cl100k row, each block one SIMD max
-
-
-def top_k_ids(row: np.ndarray, k: int, *, block: int = _BLOCK) -> np.ndarray:
-    """The ids of the ``k`` largest values of one row, largest first, ties to the lower id.
-
-    Exactly the first ``k`` of a stable sort by decreasing value (``-inf`` values last, by
-    id). The maxima of blocks of ``block`` ids give a threshold that keeps them all: the
-    ``k``-th largest block maximum is at most the ``k``-th largest value, and a block
-    holding one of the top ``k`` has a maximum at least that. Only those blocks (usually
-    ``k``) are searched, and the few values above the threshold sorted: one pass over the
-    row, a handful of NumPy calls.
-
-    >>> top_k_ids(np.array([1.0, 3.0, 2.0, 3.0, -np.inf], dtype=np.float32), 3, block=2)
-    array([1, 3, 2])
-    """
-    ids, _ = top_k(row, k, block=block)
-    return np.array(ids, dtype=np.int64)
-
-
-def top_k(row: np.ndarray, k: int, *, block: int = _BLOCK) -> tuple[list[int], list[float]]:
-    """:func:`top_k_ids` and the values at those ids, as Python lists (the hot path's form)."""
-    size = row.shape[0]
-    k = min(k, size)
-    if k <= 0:
-        return [], []
-    starts = _block_starts(size, block)  # [nb]
-    if starts.size <= k:  # a short row: a stable sort of the whole row
-        ids = np.argsort(-row, kind="stable")[:k].tolist()
-        return ids, row[ids].tolist()
-    maxima = np.maximum.reduceat(row, starts).tolist()  # [nb] block maxima
-    kth = sorted(maxima, reverse=True)[k - 1]  # the k-th largest block maximum
-    if kth == -math.inf:  # -inf among the top k: the exact rule, by a stable sort
-        ids = np.argsort(-row, kind="stable")[:k].tolist()
-        return ids, row[ids].tolist()
-    blocks = [b for b, v in enumerate(maxima) if v >= kth]  # usually k, increasing
-    if len(blocks) > 4 * k:  # many tied maxima: search the whole row
-        at = np.flatnonzero(row >= kth)  # [n] ids
-        vals, ids = row[at].tolist(), at.tolist()
-    else:  # the blocks side by side; only the last block of the row can be short
-        full = size // block
-        if blocks[-1] < full:  # whole blocks only: one gather
-            w = row[: full * block].reshape(full, block)[blocks].ravel()  # [k'*block]
-        else:
-            w = np.concatenate([row[b * block : (b + 1) * block] for b in blocks])  # [~k*block]
-        at = (w >= kth).nonzero()[0]  # [n] positions in w
-        vals = w[at].tolist()
-        ids = [blocks[i // block] * block + i % block for i in at.tolist()]
-    best = sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))[:k]
-    return [ids[i] for i in best], [vals[i] for i in best]
-
-
-@functools.lru_cache(maxsize=8)
-def _block_starts(size: int, block: int) -> np.ndarray:
-    starts = np.arange(0, size, block)  # [nb]
-    starts.flags.writeable = False
-    return starts
-
-
 def _top_k_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     ids, vals = top_k(row, k)  # [k] each
     return np.array(ids, dtype=np.int64), np.array(vals, dtype=np.float64)
 
-
-def reported(logprob: float) -> float:
-    """A logprob as JSON carries it: a finite float, ``-inf`` as ``-9999.0``."""
-    value = float(logprob)
-    return NEG_INF_LOGPROB if value == -math.inf else value

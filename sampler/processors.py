@@ -1,12 +1,14 @@
-"""Logits processors: one batched function per Completions parameter.
+"""Logits processors: one batched function per Completions parameter, and their order.
 
 Every function takes logits ``[B, V]`` (float32) and per-row parameters, and returns the
 processed logits. They are pure by default; pass ``out=`` (the NumPy ufunc convention,
 ``out=logits`` for in place) to reuse a buffer on a hot path. A parameter at its neutral
 value changes nothing, and the sparse ones (``logit_bias``, ``penalties``) cost nothing
-but a copy when ``out`` is not the input.
+but a copy when ``out`` is not the input. Each equals its one-row definition in
+:mod:`sampler.reference` (tests/test_properties.py).
 
-The order is part of the contract (spec §3) and is written once, here::
+The order is part of the contract (spec §3); :data:`STEP_ORDER` is the definition's, and
+:func:`apply` follows it::
 
     0. mask       ids that are not sampleable tokens -> -inf   (engine; tokenizer.masked_ids)
     1. logit_bias z[j] += bias[j]
@@ -29,33 +31,25 @@ array([[2., 4., 6.]], dtype=float32)
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from ._fast.limit import limit_row, scaled_max_overflows
+from ._fast.nucleus import nucleus
+from .reference import STEP_ORDER
+
 __all__ = [
     "STEP_ORDER",
-    "SparseRow",
-    "TokenCounts",
-    "count_tokens",
+    "apply",
     "logit_bias",
     "penalties",
     "temperature",
-    "scaled_max_overflows",
-    "limit_row",
     "top_p",
-    "nucleus",
-    "sorted_nucleus",
-    "nucleus_cut",
-    "nucleus_kept",
-    "nucleus_mask",
-    "few_candidates_nucleus",
-    "bracketed_nucleus",
+    "TokenCounts",
+    "count_tokens",
 ]
 
-STEP_ORDER = ("logit_bias", "penalties", "temperature", "top_p")
-
-#: A sparse per-row parameter: ``(ids, values)`` arrays, a ``{id: value}`` mapping, or None.
 SparseRow = Union[None, Mapping[int, float], "tuple[np.ndarray, np.ndarray]"]
 
 
@@ -222,7 +216,7 @@ def temperature(
     is (the argmax does not depend on scale; see :func:`sampler.select.greedy`). A
     positive ``t`` so small that the row's maximum divided by it overflows float32 (or
     that rounds to 0 in float32) gives the limit ``t -> 0+`` of the sampled distribution:
-    the row becomes 0 at its maxima and ``-inf`` elsewhere (:func:`scaled_max_overflows`).
+    the row becomes 0 at its maxima and ``-inf`` elsewhere (docs/semantics.md).
 
     >>> temperature(np.array([[1.0, -2.0], [1.0, -2.0]], dtype=np.float32), [2.0, 0.0])
     array([[ 0.5, -1. ],
@@ -243,272 +237,7 @@ def temperature(
     return res
 
 
-def scaled_max_overflows(row_max: float, t: np.float32) -> bool:
-    """Whether ``float32(row_max / t)`` is not finite (``t`` itself 0 included): then the
-    step-3 row is the limit :func:`limit_row` instead of ``z / t``. Division rounds
-    monotonically, so ``float32(max z / t)`` is the largest value of ``z / t``: when it is
-    finite nothing in the row can become NaN, and a value that overflows to ``-inf``
-    just has probability 0, as the definition gives it.
-
-    >>> scaled_max_overflows(100.0, np.float32(1e-37))  # 1e39 > 3.4e38
-    True
-    >>> scaled_max_overflows(100.0, np.float32(1e-30))
-    False
-    """
-    if t == 0:
-        return True
-    with np.errstate(over="ignore"):
-        return not np.isfinite(np.float32(row_max) / t)
-
-
-def limit_row(row: np.ndarray, row_max: float, *, out: np.ndarray | None = None) -> np.ndarray:
-    """The step-3 row in the limit ``T -> 0+``: 0 where ``row == row_max``, ``-inf``
-    elsewhere (float32 ``[V]``). As T shrinks, ``softmax(z / T)`` puts all its mass on the
-    maxima, equally: a single maximum is drawn surely, tied maxima uniformly (top_p
-    still keeps the lowest ids among them first).
-
-    >>> limit_row(np.array([1.0, 2.0, 2.0], dtype=np.float32), 2.0)
-    array([-inf,   0.,   0.], dtype=float32)
-    """
-    hit = row == np.float32(row_max)  # [V]
-    res = np.empty(row.shape, dtype=np.float32) if out is None else out
-    res.fill(-np.inf)
-    res[hit] = 0.0
-    return res
-
-
 # --- 4. top_p -----------------------------------------------------------------------------
-def nucleus(
-    e: np.ndarray,
-    total: float | None,
-    p: float,
-    *,
-    outside: tuple[np.ndarray, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The minimal nucleus of one row of unnormalised probabilities ``e`` (float32, [V]).
-
-    Returns ``(ids, weights)``: the kept token ids in increasing id order and their
-    ``e`` values. The nucleus is the smallest set of most probable tokens whose mass is
-    ``>= p * total`` (``total`` = float64 sum of ``e``), ties ordered by lower id first,
-    never empty. The float64 running sum over values in decreasing order is the
-    definition; only tokens above a safe threshold are sorted (performance.md).
-    ``total=None``: found here (see :func:`few_candidates_nucleus`). ``outside = (ids,
-    bound)``: the caller knows that every id not in ``ids`` has ``e <= bound``, so the
-    candidates above it are found without a pass over the row.
-
-    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]
-    array([1, 2])
-    """
-    quick = few_candidates_nucleus(e, p, outside, total)
-    if quick is not None:
-        return np.array(quick[0], dtype=np.int64), np.array(quick[1], dtype=np.float32)
-    return sorted_nucleus(e, float(e.sum(dtype=np.float64)) if total is None else total, p)
-
-
-def sorted_nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`nucleus` by thresholds and a sort of the candidates, for any row: the path
-    for rows whose nucleus is not among a few candidates (``total`` is required).
-
-    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> sorted_nucleus(e, float(e.sum(dtype=np.float64)), 0.9)[0]
-    array([0, 1, 2])
-    """
-    cut, ties, _, cand = nucleus_cut(e, total, p)
-    return nucleus_kept(e, cut, ties, cand)
-
-
-def nucleus_cut(
-    e: np.ndarray, total: float, p: float, *, scratch: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.float32, int, int, np.ndarray | None]:
-    """The nucleus of a row as ``(cut, ties, size, cand)``: every id with ``e > cut`` and
-    the ``ties`` lowest ids with ``e == cut`` (``size`` ids in all), by thresholds and a
-    sort. ``cand``: the sorted candidates' ids (increasing, every kept id among them) when
-    there were few enough to list (up to 16,384), else None.
-
-    ``scratch = (float32 [V], float64 [V])`` buffers to work in: with them no V-sized float
-    array is allocated, only boolean masks (a fresh 400 KB temporary can cost ~100 page
-    faults, more than the sort).
-
-    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> nucleus_cut(e, float(e.sum(dtype=np.float64)), 0.3)[:3]  # one of the tied 0.4s
-    (np.float32(0.4), 1, 1)
-    """
-    target = p * total
-    f32, f64 = scratch if scratch is not None else (np.empty(e.size, np.float32),
-                                                    np.empty(e.size, np.float64))  # fmt: skip
-    for t in _thresholds(p, total, e.size):
-        above_t = e >= t  # [V]
-        n = int(np.count_nonzero(above_t))
-        if n <= _SMALL:
-            cand = np.flatnonzero(above_t)  # [n] ids above the threshold, increasing
-            kept = _small_nucleus(cand.tolist(), e[cand].tolist(), target, last=t == 0)
-            if kept is not None:
-                vals = e[kept]  # [k]
-                cut = vals.min()
-                return cut, int(np.count_nonzero(vals == cut)), len(kept), cand
-            continue
-        cand = np.flatnonzero(above_t) if n <= _LISTED else None  # [n]
-        vals = f32[:n]  # [n] the candidates' values
-        if cand is not None:
-            np.take(e, cand, out=vals)
-        elif n == e.size:  # every id a candidate (flat rows)
-            np.copyto(vals, e)
-        else:
-            np.compress(above_t, e, out=vals)
-        if n < e.size and vals.sum(dtype=np.float64) < target * (1 - 1e-12) and t > 0:
-            continue  # clearly not enough mass: try a lower threshold
-        vals.sort()  # increasing
-        csum = f64[:n]  # [n] the float64 running sum, largest first
-        np.copyto(csum, vals[::-1])
-        np.cumsum(csum, out=csum)  # (a cumsum casting a reversed float32 view is ~4x slower)
-        if csum[-1] >= target or t == 0:
-            break
-    k = min(int(np.searchsorted(csum, target, side="left")), n - 1)
-    cut = vals[n - 1 - k]  # the smallest kept value
-    n_above = n - int(np.searchsorted(vals, cut, side="right"))  # values > cut
-    return cut, k + 1 - n_above, k + 1, cand
-
-
-_LISTED = 16384  # candidate sets up to this size are listed by id (<= 128 KB of int64)
-
-
-def nucleus_kept(
-    e: np.ndarray, cut: np.float32, ties: int, cand: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The kept ids of :func:`nucleus_cut`, increasing, and their values, found among
-    ``cand`` when given (else by one compare over the row)."""
-    ids = np.flatnonzero(e >= cut) if cand is None else cand[e[cand] >= cut]  # [n]
-    vals = e[ids]  # [n]
-    tied = np.flatnonzero(vals == cut)  # [t] positions of the ties, lowest ids first
-    if tied.size > ties:  # drop the ties beyond the first ``ties``
-        keep = vals > cut  # [n]
-        keep[tied[:ties]] = True
-        ids, vals = ids[keep], vals[keep]
-    return ids, vals
-
-
-def nucleus_mask(e: np.ndarray, cut: np.float32, ties: int) -> np.ndarray:
-    """The kept ids of :func:`nucleus_cut` as a boolean mask ``[V]``."""
-    mask = e > cut  # [V]
-    if ties:
-        mask[np.flatnonzero(e == cut)[:ties]] = True  # the lowest ids among the ties
-    return mask
-
-
-def few_candidates_nucleus(
-    e: np.ndarray,
-    p: float,
-    outside: tuple[np.ndarray, float] | None = None,
-    total: float | None = None,
-) -> tuple[list[int], list[float]] | None:
-    """:func:`nucleus` when a few candidates hold it, as Python lists ``(ids, values)``,
-    ids increasing; None when they do not (too many candidates, or too little mass).
-
-    The candidates form a top set: every id with ``e >= 1e-4`` (at most 64 of them) or,
-    given ``outside = (ids, bound)``, those of ``ids`` above ``bound`` (all ids above it
-    are among them). With ``total`` unknown, a float32 sum stands in for it first: a
-    float32 sum of ``n`` non-negative values, in any order, is within ``(n-1) * 2**-24``
-    of the true sum, relatively (the float64 sum far closer still), and the kept set only
-    grows with the target, so when the targets at both ends of that interval keep the same
-    set, it is the set the float64 total keeps. Only when they differ is the float64 sum
-    taken.
-
-    >>> few_candidates_nucleus(np.array([0.1, 1.0, 0.5, 1e-6], dtype=np.float32), 0.7)
-    ([1, 2], [1.0, 0.5])
-    """
-    if outside is None:
-        above = e >= _FIRST_THRESHOLD  # [V]
-        if np.count_nonzero(above) > _SMALL:  # (a count is cheaper than the ids)
-            return None
-        cand = np.flatnonzero(above)  # [k] ids above the threshold
-        ids, vals = cand.tolist(), e[cand].tolist()
-    else:
-        known, bound = outside
-        at = e[known]  # [m]
-        above = at > bound  # [m]
-        pairs = dict(zip(known[above].tolist(), at[above].tolist()))  # dedupes the ids
-        ids = sorted(pairs)
-        vals = [pairs[i] for i in ids]
-    kept = None
-    if total is None:
-        s32 = float(e.sum())  # float32 pairwise sum
-        slack = 2.0 * e.size * 2.0**-24  # twice the bound: room for the float64 total too
-        if slack < 0.5:
-            if sum(vals) < p * s32 * (1.0 - slack):  # short even for the lowest target
-                return None
-            kept = bracketed_nucleus(ids, vals, p, s32 * (1.0 - slack), s32 * (1.0 + slack))
-        if kept is None:  # the interval straddles a boundary: the float64 total decides
-            total = float(e.sum(dtype=np.float64))
-    if kept is None:
-        kept = _small_nucleus(ids, vals, p * total)
-        if kept is None:
-            return None
-    value = dict(zip(ids, vals))
-    return kept, [value[i] for i in kept]
-
-
-def bracketed_nucleus(
-    ids: list[int], vals: list[float], p: float, lo: float, hi: float
-) -> list[int] | None:
-    """The nucleus among candidates when the row's float64 total is known only to lie in
-    ``[lo, hi]``: the kept ids (increasing) if every total in that interval keeps the same
-    set, else None (also when the candidates' mass is short of ``p * lo``).
-
-    ``ids`` (increasing) and ``vals`` must be the row's largest values: every id left out
-    has a value below all of theirs. The kept set only grows with the target
-    ``p * total``, so the two ends of the interval decide for every total between them.
-
-    >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.6, 1.7)  # targets 1.12 .. 1.19
-    [1, 2]
-    >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.4, 1.5) is None  # 0.98 .. 1.05
-    True
-    """
-    order = _by_value(ids, vals)
-    lo, hi, acc = p * lo, p * hi, 0.0
-    for n, i in enumerate(order, start=1):
-        acc += vals[i]
-        if acc >= lo:  # the set for the lowest target; the highest keeps it if reached too
-            return sorted(ids[j] for j in order[:n]) if acc >= hi else None
-    return None
-
-
-_FIRST_THRESHOLD = 1e-4  # relative to the largest value (1): few tokens on peaked rows
-
-
-def _thresholds(p: float, total: float, size: int) -> tuple[float, ...]:
-    # e = exp(z - max) so the largest value is 1. Everything below (1-p)*total/size sums
-    # to less than (1-p)*total, so that threshold always leaves >= p*total; 0 is the
-    # belt-and-braces end for rounding at the edge.
-    return (_FIRST_THRESHOLD, (1.0 - p) * total / size, 0.0)
-
-
-_SMALL = 64  # candidate sets up to this size are handled in plain Python floats
-
-
-def _small_nucleus(
-    ids: list[int], vals: list[float], target: float, *, last: bool = False
-) -> list[int] | None:
-    """The nucleus among a few candidates (ids increasing), or None if their mass is short
-    (with ``last``, the candidates are the whole row: then all of them).
-
-    Same definition as the array path: float64 running sum in decreasing order of value,
-    ties by lower id, until it reaches ``target``.
-    """
-    order = _by_value(ids, vals)
-    acc = 0.0
-    for n, i in enumerate(order, start=1):
-        acc += vals[i]
-        if acc >= target:
-            return sorted(ids[j] for j in order[:n])
-    return list(ids) if last else None
-
-
-def _by_value(ids: list[int], vals: list[float]) -> list[int]:
-    """Positions in decreasing order of value, ties by lower id."""
-    return sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))
-
-
 def top_p(
     logits: np.ndarray,
     p: float | Sequence[float] | np.ndarray,
@@ -536,3 +265,40 @@ def top_p(
         row.fill(-np.inf)
         row[ids] = keep
     return res
+
+
+# --- steps 1-4, in order -------------------------------------------------------------------
+def apply(
+    logits: np.ndarray,
+    params: Sequence[Any],
+    counts: Sequence["TokenCounts | tuple[np.ndarray, np.ndarray] | None"] | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Steps 1–4 on every row, in :data:`STEP_ORDER`: the distributions step 5 draws from.
+
+    ``params[b]`` carries row ``b``'s ``logit_bias``, ``presence_penalty``,
+    ``frequency_penalty``, ``temperature`` and ``top_p`` (a
+    :class:`~sampler.params.SamplingParams`); ``counts[b]`` its generated tokens (None:
+    none yet). A greedy row (temperature 0) stays at temperature 1, its top_p applied
+    there: what ``logprobs_mode: "processed"`` reports for it.
+
+    >>> from sampler.params import SamplingParams
+    >>> z = np.log(np.array([[0.5, 0.3, 0.2]], dtype=np.float32))
+    >>> np.isfinite(apply(z, [SamplingParams(temperature=0.5, top_p=0.6)]))
+    array([[ True, False, False]])
+    """
+    res = _out(logits, out)
+    counts = [None] * len(params) if counts is None else counts
+    for name in STEP_ORDER:
+        _STEPS[name](res, params, counts)
+    return res
+
+
+_STEPS = {
+    "logit_bias": lambda z, ps, cs: logit_bias(z, [p.logit_bias for p in ps], out=z),
+    "penalties": lambda z, ps, cs: penalties(z, cs, [p.presence_penalty for p in ps],
+                                             [p.frequency_penalty for p in ps], out=z),
+    "temperature": lambda z, ps, cs: temperature(z, [p.temperature for p in ps], out=z),
+    "top_p": lambda z, ps, cs: top_p(z, [p.top_p for p in ps], out=z),
+}  # fmt: skip

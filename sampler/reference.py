@@ -2,7 +2,7 @@
 
 This is the contract (spec §3–§10, with the decisions of ``docs/semantics.md``) written as
 code to be read: NumPy and the standard library only, plain loops, full sorts, nothing
-imported from the rest of :mod:`sampler`. The package's fast path is tested to give exactly
+imported from the rest of ``sampler``. The package's fast path is tested to give exactly
 what this gives: the same token for the same uniform, the same logprobs to float64
 rounding, the same choices for the same logits.
 
@@ -28,7 +28,7 @@ import numpy as np
 #: Steps 1–4, in the order they apply (spec §3); step 5 draws from the result.
 STEP_ORDER = ("logit_bias", "penalties", "temperature", "top_p")
 WEIGHT_SCALE = 2**43  # the draw's integer weights: floor(e * 2**43)
-MINUS_INF = -9999.0  # how a -inf logprob is reported (spec §4)
+NEG_INF_LOGPROB = -9999.0  # how a -inf logprob is reported (spec §4)
 
 
 def _f32(z: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -172,7 +172,7 @@ def token_text(data: bytes) -> str:
 
 
 def reported(lp: float) -> float:
-    return MINUS_INF if lp == -math.inf else float(lp)
+    return NEG_INF_LOGPROB if lp == -math.inf else float(lp)
 
 
 def top_logprobs(z: np.ndarray, k: int, chosen: int, text: Callable[[int], str]) -> dict:

@@ -12,7 +12,7 @@ import pytest
 
 from sampler import RequestError, processors as P
 from sampler.adapters import core
-from sampler.step import sample_step
+from sampler.step import Row, sample_step
 
 
 def test_sampling_params_validates_like_the_api():
@@ -49,7 +49,7 @@ def test_rows_draw_as_the_engine_does():
     out = seqs.step(z)
     gens = [np.random.Generator(np.random.PCG64(np.random.SeedSequence(9, spawn_key=k)))
             for k in seqs.keys]  # fmt: skip
-    want = sample_step(z, [params[0].row(), params[0].row(), params[1].row(), params[1].row()],
+    want = sample_step(z, [Row(params[0]), Row(params[0]), Row(params[1]), Row(params[1])],
                        [g.random() for g in gens])  # fmt: skip
     np.testing.assert_array_equal(out.tokens, want.tokens)
     assert out.tokens[2] == out.tokens[3] == 3  # greedy rows with the bias

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from sampler import reference as ref
 from sampler.processors import TokenCounts
-from sampler.step import RowParams, sample_step
+from sampler.params import SamplingParams
+from sampler.step import Row, sample_step
 
 REFERENCE = Path(ref.__file__)
 
@@ -120,8 +121,7 @@ def _row_params(bias, generated, params, k, mode):
     for t in generated:
         counts.add(t)
     pair = (np.array(list(bias), np.int64), np.array(list(bias.values()), np.float64))
-    return RowParams(logit_bias=pair if bias else None, counts=counts, logprobs=k,
-                     logprobs_mode=mode, raw_logprob=True, **params)  # fmt: skip
+    return Row(SamplingParams(logit_bias=pair if bias else None, logprobs=k, logprobs_mode=mode, **params), counts=counts, raw_logprob=True)  # fmt: skip
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

@@ -100,7 +100,7 @@ def test_decimal_rows_refuse_non_finite(param, bad):
 @pytest.mark.parametrize("param,lo,hi,kind,default", NUMERIC)
 def test_numeric_null_means_default(param, lo, hi, kind, default):
     req = parse_request(body(**{param: None}), INFO)
-    value = getattr(req, param)
+    value = getattr(req.sampling if hasattr(req.sampling, param) else req, param)
     if param == "best_of":
         assert value == req.n == 1
     else:
@@ -111,7 +111,7 @@ def test_numeric_null_means_default(param, lo, hi, kind, default):
 def test_numeric_bounds_are_inclusive(param, lo, hi, kind, default):
     for v in (lo, hi):
         req = parse_request(body(**{param: v}), INFO)
-        assert getattr(req, param) == v
+        assert getattr(req.sampling if hasattr(req.sampling, param) else req, param) == v
 
 
 # --- max_tokens -----------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_logit_bias_value_below_and_above_range():
           below("logit_bias[42]", -100, -100.5, "decimal"))  # fmt: skip
     check(body(logit_bias={"42": 101}), "logit_bias", "decimal_above_max_value",
           above("logit_bias[42]", 100, 101, "decimal"))  # fmt: skip
-    ids, values = parse_request(body(logit_bias={"42": -100, "7": 100}), INFO).logit_bias
+    ids, values = parse_request(body(logit_bias={"42": -100, "7": 100}), INFO).sampling.logit_bias
     assert ids.tolist() == [42, 7] and values.tolist() == [-100.0, 100.0]
 
 
@@ -292,7 +292,7 @@ def test_logit_bias_keys():
           "Invalid key in 'logit_bias': 100265. Maximum value is 100257.")  # fmt: skip
     e = check(body(logit_bias={"100256": 1}), "logit_bias", "invalid_value")
     assert "not a token" in e.message
-    assert parse_request(body(logit_bias={"100257": 5}), INFO).logit_bias[0].tolist() == [100257]
+    assert parse_request(body(logit_bias={"100257": 5}), INFO).sampling.logit_bias[0].tolist() == [100257]
 
 
 def test_logit_bias_wrong_type_and_null():
@@ -300,8 +300,8 @@ def test_logit_bias_wrong_type_and_null():
     # param is the field the body has; the message says which key
     check(body(logit_bias={"5": "x"}), "logit_bias", "invalid_type",
           "Invalid type for 'logit_bias[5]': expected a number, but got a string instead.")
-    assert parse_request(body(logit_bias=None), INFO).logit_bias is None
-    assert parse_request(body(logit_bias={}), INFO).logit_bias is None
+    assert parse_request(body(logit_bias=None), INFO).sampling.logit_bias is None
+    assert parse_request(body(logit_bias={}), INFO).sampling.logit_bias is None
 
 
 # --- stream_options ---------------------------------------------------------------------------
@@ -338,8 +338,8 @@ def test_body_not_an_object():
 
 
 def test_logprobs_mode_extension():
-    assert parse_request(body(logprobs_mode="processed"), INFO).logprobs_mode == "processed"
-    assert parse_request(body(logprobs_mode=None), INFO).logprobs_mode == "raw"
+    assert parse_request(body(logprobs_mode="processed"), INFO).sampling.logprobs_mode == "processed"
+    assert parse_request(body(logprobs_mode=None), INFO).sampling.logprobs_mode == "raw"
     check(body(logprobs_mode="both"), "logprobs_mode", "invalid_value")
     check(body(logprobs_mode=1), "logprobs_mode", "invalid_type")
 
@@ -363,7 +363,7 @@ def test_huge_logit_bias_values_and_keys():
     assert e.message == f"Invalid key in 'logit_bias': {key[:80]}…. Maximum value is 100257."
     e = check(body(logit_bias={HUGE: 1}), "logit_bias", "invalid_value")  # (the library form)
     assert "Maximum value is 100257" in e.message
-    assert parse_request(body(logit_bias={"0" * 30 + "5": 1}), INFO).logit_bias[0].tolist() == [5]
+    assert parse_request(body(logit_bias={"0" * 30 + "5": 1}), INFO).sampling.logit_bias[0].tolist() == [5]
 
 
 def test_huge_token_id_in_a_prompt():

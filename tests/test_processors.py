@@ -7,10 +7,15 @@ import pytest
 
 from sampler import reference as ref
 from sampler import processors as P
-from sampler.logprobs import (log_normalizer, log_softmax, reported, top_k, top_k_ids,
+from sampler._fast.draw import draw
+from sampler._fast.limit import scaled_max_overflows
+from sampler._fast.nucleus import bracketed_nucleus, nucleus
+from sampler._fast.topk import top_k, top_k_ids
+from sampler.logprobs import (log_normalizer, log_softmax, reported,
                               top_logprobs)
-from sampler.select import draw, greedy, sample
-from sampler.step import RowParams, sample_step
+from sampler.select import greedy, sample
+from sampler.params import SamplingParams
+from sampler.step import Row, sample_step
 
 
 def f32(*rows):
@@ -106,8 +111,8 @@ def test_tiny_temperature_is_the_limit_at_the_maxima():
     for t in (1e-300, 5e-324, 1e-40, 1e-38):
         np.testing.assert_array_equal(P.temperature(z, t), f32([0, -np.inf, 0, -np.inf]))
     np.testing.assert_array_equal(P.temperature(z, 1e-37), z / np.float32(1e-37))
-    assert P.scaled_max_overflows(-5.0, np.float32(1e-40))  # overflows towards -inf too
-    assert not P.scaled_max_overflows(0.0, np.float32(1e-45))
+    assert scaled_max_overflows(-5.0, np.float32(1e-40))  # overflows towards -inf too
+    assert not scaled_max_overflows(0.0, np.float32(1e-45))
 
 
 def test_tiny_temperature_draw_by_hand():
@@ -131,11 +136,11 @@ def test_tiny_temperature_step_reports_the_limit_distribution():
     """Processed logprobs at T -> 0+ are the limit's: log 1/2 on each tied maximum, the
     rest -inf; raw logprobs are untouched by temperature."""
     z = f32([3, 1, 3, -np.inf])
-    out = sample_step(z, [RowParams(temperature=1e-300, logprobs=2, logprobs_mode="processed")],
+    out = sample_step(z, [Row(SamplingParams(temperature=1e-300, logprobs=2, logprobs_mode="processed"))],
                       [0.6])  # fmt: skip
     assert out.tokens[0] == 2 and out.reported[0] == pytest.approx(-math.log(2))
     assert out.top[0][0].tolist() == [0, 2]
-    raw = sample_step(z, [RowParams(temperature=1e-300, top_p=0.5, logprobs=1)], [0.6])
+    raw = sample_step(z, [Row(SamplingParams(temperature=1e-300, top_p=0.5, logprobs=1))], [0.6])
     assert raw.tokens[0] == 0 and raw.reported[0] == pytest.approx(ref.logprobs(z[0])[0])
 
 # --- top_p --------------------------------------------------------------------------------
@@ -178,27 +183,27 @@ def test_top_p_with_masked_ids():
 
 def test_nucleus_on_flat_rows_and_long_tails():
     e = np.full(1000, 1.0, dtype=np.float32)  # flat: every token above the first threshold
-    ids, w = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.999)
+    ids, w = nucleus(e, float(e.sum(dtype=np.float64)), 0.999)
     assert ids.tolist() == list(range(999)) and (w == 1.0).all()
     # one head token and a long tail below the first threshold (1e-4): the nucleus
     # needs 1 + n * 1e-5 >= 0.9855 * 1.05 = 1.034775: the head and 3478 lowest-id tail tokens
     e = np.concatenate([[1.0], np.full(5000, 1e-5)]).astype(np.float32)
-    ids, _ = P.nucleus(e, float(e.sum(dtype=np.float64)), 0.9855)
+    ids, _ = nucleus(e, float(e.sum(dtype=np.float64)), 0.9855)
     assert ids.tolist() == list(range(3479))
 
 
 def test_bracketed_nucleus_decides_only_when_both_ends_agree():
     ids, vals = [3, 7], [0.5, 1.0]  # decreasing order: 7 (1.0), then 3 (0.5)
-    assert P.bracketed_nucleus(ids, vals, 0.5, 1.4, 1.6) == [7]  # targets 0.7 .. 0.8
-    assert P.bracketed_nucleus(ids, vals, 0.8, 1.4, 1.6) == [3, 7]  # 1.12 .. 1.28
-    assert P.bracketed_nucleus(ids, vals, 0.7, 1.4, 1.6) is None  # 0.98 .. 1.12: 1.0 between
-    assert P.bracketed_nucleus(ids, vals, 0.8, 1.4, 2.0) is None  # 1.12 .. 1.6: mass 1.5 short
-    assert P.bracketed_nucleus(ids, vals, 0.0, 1.4, 1.6) == [7]  # never empty
+    assert bracketed_nucleus(ids, vals, 0.5, 1.4, 1.6) == [7]  # targets 0.7 .. 0.8
+    assert bracketed_nucleus(ids, vals, 0.8, 1.4, 1.6) == [3, 7]  # 1.12 .. 1.28
+    assert bracketed_nucleus(ids, vals, 0.7, 1.4, 1.6) is None  # 0.98 .. 1.12: 1.0 between
+    assert bracketed_nucleus(ids, vals, 0.8, 1.4, 2.0) is None  # 1.12 .. 1.6: mass 1.5 short
+    assert bracketed_nucleus(ids, vals, 0.0, 1.4, 1.6) == [7]  # never empty
 
 
 def _raw_side_of(z, k):
     """What sample_step's raw side leaves: top ids/values, exps in a workspace, total."""
-    from sampler.select import Workspace
+    from sampler._fast.draw import Workspace
 
     ids, vals = top_k(z, k)
     ws = Workspace(z.size)
@@ -208,7 +213,7 @@ def _raw_side_of(z, k):
 
 
 def test_nucleus_from_raw_side_hand_computed():
-    from sampler.select import _nucleus_from_raw
+    from sampler._fast.draw import _nucleus_from_raw
 
     # probabilities 1 : 0.5 : 1e-6 : 1e-6 (total 1.500002); the top 3 ids known, so every
     # other id (id 3) is at most the last top value (id 2's), which bounds the rest
@@ -236,7 +241,8 @@ def test_nucleus_from_raw_side_hand_computed():
 
 
 def test_nucleus_from_raw_side_with_edits():
-    from sampler.select import Edits, _nucleus_from_raw
+    from sampler._fast.draw import _nucleus_from_raw
+    from sampler._fast.edits import Edits
 
     z = np.log(f32([1.0, 0.5, 1e-6, 1e-6, 1e-6]))[0]
     raw_top, e, total = _raw_side_of(z, 3)  # ids 0, 1, 2
@@ -323,8 +329,8 @@ def test_processed_logprobs_are_reported_when_best_of_ranks_by_raw_ones():
     """A best_of row needs its raw logprob too; the processed ones are still reported."""
     z = np.log(f32([0.5, 0.3, 0.2]))
     common = dict(temperature=0.0, logprobs=2, logprobs_mode="processed")
-    both = sample_step(z, [RowParams(raw_logprob=True, **common)], [0.5])
-    alone = sample_step(z, [RowParams(**common)], [0.5])
+    both = sample_step(z, [Row(SamplingParams(**common), raw_logprob=True)], [0.5])
+    alone = sample_step(z, [Row(SamplingParams(**common))], [0.5])
     assert both.tokens[0] == alone.tokens[0] == 0
     assert both.logprob[0] == pytest.approx(np.log(0.5))  # raw, for the ranking
     assert both.reported[0] == alone.reported[0] == pytest.approx(np.log(0.5))
@@ -332,22 +338,24 @@ def test_processed_logprobs_are_reported_when_best_of_ranks_by_raw_ones():
 
 
 def test_row_params_changed_after_construction_are_followed():
-    """The incremental edits are rebuilt when a row's counts, bias or penalties are
-    replaced: the draw always sees the row's current parameters."""
+    """The incremental edits are rebuilt when a row's parameters (a frozen record,
+    replaced whole) or its counts are replaced: the draw always sees the row's current
+    parameters."""
+    from dataclasses import replace
+
     z = f32([2.0, 1.9, 0.0])[0]
-    row = RowParams(temperature=0.0, presence_penalty=1.0)
+    row = Row(SamplingParams(temperature=0.0, presence_penalty=1.0))
     row.counts.add(0)
     assert sample_step(z[None], [row], [0.5]).tokens[0] == 1  # 0 penalised below 1
-    row.presence_penalty = 0.0
+    row.params = replace(row.params, presence_penalty=0.0)
     assert sample_step(z[None], [row], [0.5]).tokens[0] == 0
-    row.presence_penalty, row.counts = 1.0, P.TokenCounts()  # a fresh sequence
-    assert sample_step(z[None], [row], [0.5]).tokens[0] == 0
-    row.logit_bias = (np.array([2]), np.array([5.0]))  # float64 values, made float32
-    out = sample_step(z[None], [row], [0.5])
-    assert out.tokens[0] == 2 and row.logit_bias[1].dtype == np.float32
+    row.params, row.counts = replace(row.params, presence_penalty=1.0), P.TokenCounts()
+    assert sample_step(z[None], [row], [0.5]).tokens[0] == 0  # a fresh sequence
+    row.params = replace(row.params, logit_bias=(np.array([2]), np.array([5.0])))
+    assert sample_step(z[None], [row], [0.5]).tokens[0] == 2
     row.counts.add(2)
-    row.frequency_penalty = np.float32(0.3)  # a NumPy scalar: the amount is still float64
-    assert row.edits().sub[-1] == np.float32(1 * 0.30000001192092896 + 1.0)
+    row.params = replace(row.params, frequency_penalty=np.float32(0.3))  # a NumPy scalar:
+    assert row.edits().sub[-1] == np.float32(1 * 0.30000001192092896 + 1.0)  # float64 still
     assert row.edits().sub[-1] == row.penalty()[1][-1]
 
 

@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 
 from sampler import reference as ref
 from sampler import processors as P
-from sampler.logprobs import log_normalizer, log_softmax, top_k_ids, top_logprobs
-from sampler.select import draw, greedy, sample
+from sampler._fast.draw import draw
+from sampler._fast.limit import scaled_max_overflows
+from sampler._fast.topk import top_k_ids
+from sampler.logprobs import log_normalizer, log_softmax, top_logprobs
+from sampler.select import greedy, sample
 from sampler.stopping import TextTracker, held_prefix
 
 # Rows with ties (values drawn from a small set), very negative values and -inf.
@@ -275,7 +278,8 @@ def lifted_rows(draw_):
 def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
     """Whenever the raw side alone settles steps 1-4, its kept set and exps are the ones a
     full processed pass gives; and the draw taking that path equals the reference."""
-    from sampler.select import Edits, Workspace, _nucleus_from_raw
+    from sampler._fast.draw import Workspace, _nucleus_from_raw
+    from sampler._fast.edits import Edits
 
     v = z.size
     bias = data.draw(st.dictionaries(st.integers(0, v - 1), st.floats(-5, 5, width=32),
@@ -297,7 +301,7 @@ def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
     raw_top = (top.tolist(), z[top].tolist())
     proc = ref.penalties(ref.logit_bias(z, bias), generated, presence, frequency)
     zt = ref.temperature(proc, t)
-    limit = P.scaled_max_overflows(float(proc.max()), np.float32(t))  # (draw decides it first)
+    limit = scaled_max_overflows(float(proc.max()), np.float32(t))  # (draw decides it first)
     with np.errstate(over="ignore"):  # (as sample_step calls it)
         got = None if limit else _nucleus_from_raw(z, t, p, edits, raw_top, ws.e, total)
     if got is not None:
@@ -315,7 +319,7 @@ def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
     """Rows with more than 64 candidates: the nucleus by sort into the workspace's scratch
     buffers, drawn from its ids or (as on flat rows, forced here) with the rest of the row
     zeroed in place and the row drawn whole; ties from a coarse grid."""
-    from sampler.select import Workspace
+    from sampler._fast.draw import Workspace
 
     rng = np.random.default_rng(seed)
     z = (np.round(rng.standard_normal(size) * scale * 8) / 8).astype(np.float32)  # [V] ties
@@ -324,14 +328,14 @@ def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
     ws = Workspace(size)
     assert draw(z, t, p, u, workspace=ws) == ref.step(z, temperature=t, top_p=p, uniform=u)
     assert draw(z, t, p, u, workspace=ws) == draw(z, t, p, u)  # scratch reused: same answer
-    import sampler.select as S
+    import sampler._fast.draw as S
 
-    listed = S._KEPT_IDS
-    S._KEPT_IDS = 0  # every nucleus drawn as on flat rows: the rest zeroed, the row whole
+    listed = S.KEPT_IDS
+    S.KEPT_IDS = 0  # every nucleus drawn as on flat rows: the rest zeroed, the row whole
     try:
         assert draw(z, t, p, u, workspace=ws) == ref.step(z, temperature=t, top_p=p, uniform=u)
     finally:
-        S._KEPT_IDS = listed
+        S.KEPT_IDS = listed
 
 
 @given(st.integers(1, 200_000), st.integers(0, 2**32 - 1))
@@ -349,7 +353,8 @@ def test_exp_of_gathered_values_equals_the_full_pass(size, seed):
 @given(st.lists(step_rows(), min_size=1, max_size=4).filter(
     lambda rs: len({r[0].size for r in rs}) == 1))
 def test_sample_step_equals_reference(batch):
-    from sampler.step import RowParams, sample_step
+    from sampler.params import SamplingParams
+    from sampler.step import Row, sample_step
 
     z = np.stack([b[0] for b in batch])  # [B, V]
     rows_, us = [], []
@@ -359,8 +364,7 @@ def test_sample_step_equals_reference(batch):
             counts.add(t)
         ids = np.array(list(bias), dtype=np.int64)
         vals = np.array(list(bias.values()), dtype=np.float64)
-        rows_.append(RowParams(logit_bias=(ids, vals) if bias else None, counts=counts,
-                               **params))  # fmt: skip
+        rows_.append(Row(SamplingParams(logit_bias=(ids, vals) if bias else None, **params), counts=counts))  # fmt: skip
         us.append(u)
     out = sample_step(z, rows_, us)
     for b, (row, bias, generated, params, u) in enumerate(batch):

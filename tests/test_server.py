@@ -321,7 +321,7 @@ def test_a_failing_row_fails_only_its_own_request(engine, monkeypatch):
     real = engine_module.sample_step
 
     def poisoned(logits, rows, uniforms, **kw):
-        if any(r.temperature == 0.123 for r in rows):
+        if any(r.params.temperature == 0.123 for r in rows):
             raise IndexError("injected failure of one row")
         return real(logits, rows, uniforms, **kw)
 
@@ -350,7 +350,9 @@ def test_a_failing_row_fails_only_its_own_request(engine, monkeypatch):
         for t in threads:
             t.start()
         sched = app.state.models[MODEL].scheduler
+        deadline = time.time() + 60
         while sched.load["running"] < 6:  # all innocent sequences are in the batch
+            assert time.time() < deadline, sched.load
             time.sleep(0.01)
         bad = {"model": MODEL, "prompt": "Hello", "max_tokens": 5, "temperature": 0.123}
         status, body = http("POST", url + "/v1/completions", bad)

@@ -30,19 +30,19 @@ token text, ``text_offset``, the end token kept last).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from .. import processors
 from ..errors import RequestError
-from ..params import INT64_MAX, SAMPLING_FIELDS, sampling_fields
+from ..params import INT64_MAX, SAMPLING_FIELDS, SamplingParams
+from ..params import sampling_params as _validate
 from ..seeds import generator, request_entropy
 from ..tokenizer import logprobs_text as token_text
-from ..select import Workspace
-from ..step import RowParams, StepOutput, sample_step
+from .._fast.draw import Workspace
+from ..step import Row, StepOutput, sample_step
 
 __all__ = [
     "SAMPLING_FIELDS",
@@ -61,28 +61,6 @@ __all__ = [
     "logprobs_object",
 ]
 
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """OpenAI's sampling fields of one request, validated (see :func:`sampling_params`)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False)
-    seed: int | None = None
-    logprobs: int | None = None
-    logprobs_mode: str = "raw"
-
-    def row(self, *, raw_logprob: bool = False) -> RowParams:
-        """A fresh :class:`~sampler.step.RowParams` (no tokens counted yet)."""
-        return RowParams(temperature=self.temperature, top_p=self.top_p,
-                         presence_penalty=self.presence_penalty,
-                         frequency_penalty=self.frequency_penalty,
-                         logit_bias=self.logit_bias, logprobs=self.logprobs,
-                         logprobs_mode=self.logprobs_mode, raw_logprob=raw_logprob)  # fmt: skip
 
 
 def sampling_params(
@@ -122,7 +100,7 @@ def sampling_params(
         if name not in SAMPLING_FIELDS:
             raise RequestError(f"Unrecognized request argument supplied: {name}", param=name)
     top = vocab_size - 1 if vocab_size is not None else INT64_MAX
-    return SamplingParams(**sampling_fields(body, max_bias_id=top))
+    return _validate(body, max_bias_id=top)
 
 
 def _check_bias_ids(bias: tuple[np.ndarray, np.ndarray] | None, vocab_size: int | None) -> None:
@@ -226,7 +204,7 @@ class Sequences:
             entropy = [shared] * len(self.params)
         self.entropy = [p.seed if p.seed is not None else e
                         for p, e in zip(self.params, entropy)]  # fmt: skip
-        self.rows = [p.row() for p in self.params]
+        self.rows = [Row(p) for p in self.params]
         self.rngs = [generator(e, *k) for e, k in zip(self.entropy, self.keys)]
         self.mask = None if mask_ids is None else np.asarray(mask_ids, dtype=np.int64)
         self.records: list[list[TokenLogprob] | None] = [
@@ -305,16 +283,9 @@ class Sequences:
             res = out
         if self.mask is not None:
             res[:, self.mask] = -np.inf
-        processors.logit_bias(res, [r.logit_bias for r in self.rows], out=res)
-        processors.penalties(res, [r.counts for r in self.rows],
-                             [r.presence_penalty for r in self.rows],
-                             [r.frequency_penalty for r in self.rows], out=res)  # fmt: skip
-        temps = [r.temperature for r in self.rows]
-        processors.temperature(res, temps, out=res)
-        # a greedy row keeps its argmax below, which is always inside the nucleus: skip it
-        processors.top_p(res, [1.0 if t == 0.0 else r.top_p for t, r in zip(temps, self.rows)],
-                         out=res)  # fmt: skip
-        for b in np.flatnonzero(np.asarray(temps) == 0.0):
+        processors.apply(res, self.params, [r.counts for r in self.rows], out=res)
+        # a greedy row keeps only its argmax (lowest id among ties), which any sampler picks
+        for b in [b for b, p in enumerate(self.params) if p.temperature == 0.0]:
             force(res[b : b + 1], [int(np.argmax(res[b]))])
         return res
 

@@ -42,7 +42,7 @@ Params = SamplingParams | Mapping[str, Any] | Sequence[SamplingParams | Mapping[
 class OpenAILogitsProcessor(LogitsProcessor):
     """Spec §3 on HF ``scores`` ``[B, V]`` with per-prompt OpenAI parameters.
 
-    ``params``: one :class:`~sampler.adapters.core.SamplingParams` or mapping of OpenAI
+    ``params``: one :class:`~sampler.params.SamplingParams` or mapping of OpenAI
     fields for every row, a list with one per prompt, or the fields as keywords
     (``temperature=0.7, top_p=0.9, presence_penalty=0.5, logit_bias={50256: -100},
     seed=1, logprobs=2``), validated once here.
