@@ -19,7 +19,7 @@ their own interpreters (neither is a dependency of this package):
   ``past_present_share_buffer: false``) is written in a temporary folder next to a symlink
   to ``model.onnx``; greedy search, ``batch_size`` B.
 
-Ours, all on the same ``Decoder`` (``sampler.model``) with one ORT thread by default,
+Ours, all on the same ``Decoder`` (``sampler.decoder``) with one ORT thread by default,
 loaded together in this process and timed interleaved (one step of each in turn, so that a
 noisy neighbour slows them alike):
 ``fp32`` (the default model: float32 weights, GroupQueryAttention on a KV cache updated
@@ -180,7 +180,7 @@ def bench_ours(folders: dict[str, Path], work: dict, steps: int, reps: int, thre
                positions: bool) -> dict[str, dict[str, Any]]:
     """All our decoder variants, loaded together and timed INTERLEAVED (one step of each in
     turn), so that a noisy neighbour slows them alike and their ratios stay meaningful."""
-    from sampler.model import Decoder
+    from sampler.decoder import Decoder
 
     decs = {n: Decoder.load(f, threads=threads) for n, f in folders.items()}
     prompts = work["prompts"]

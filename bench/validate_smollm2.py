@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sampler.model import Decoder  # noqa: E402
+from sampler.decoder import Decoder  # noqa: E402
 from sampler.registry import resolve  # noqa: E402
 from sampler.tokenizer import UnrepresentableText, tokenizer_for  # noqa: E402
 

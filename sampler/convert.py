@@ -16,7 +16,7 @@ What it does, in order:
    undoes that, because our graph rotates like HF. No ``output.weight`` means the head is
    tied to the embedding.
 3. **Tokenizer** from ``tokenizer.ggml.*`` as byte-level BPE ranks for tiktoken
-   (:func:`gguf_vocab`): token strings are mapped back to bytes with GPT-2's byte<->unicode
+   (:func:`sampler.gguf_vocab.gguf_vocab`): token strings are mapped back to bytes with GPT-2's byte<->unicode
    table, and the ids are the ranks, which is only right when merge ``k``'s result has a
    larger id than merge ``k-1``'s -- checked, as is every other assumption, with an error
    naming what was found.
@@ -40,11 +40,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from .model import sha256_file
+from .gguf_vocab import PRETOKENIZER_PATTERNS, GGUFVocab, byte_decoder, gguf_vocab
 from .onnx_llama import ATTENTIONS, Int4Matrix, LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,22 +60,6 @@ __all__ = ["CONVERT_VERSION", "PRETOKENIZER_PATTERNS", "GGUFVocab", "GGUFLlama",
 #: never reuses an old folder.
 CONVERT_VERSION = 2
 
-#: Pre-tokenizer regex per ``tokenizer.ggml.pre``, as one tiktoken pattern. ``smollm`` is
-#: llama.cpp's two-stage split (every digit alone, then GPT-2's regex inside each piece) in
-#: one regex: the lookahead ``(?![^\s\p{N}])`` keeps a whitespace run before a digit whole,
-#: as the two stages do (measured: 0 differences from llama.cpp on 7.8M tokens).
-#: ``gpt-2`` and ``llama-bpe`` are the published GPT-2 and Llama 3 patterns, not yet
-#: compared with llama.cpp here.
-PRETOKENIZER_PATTERNS: dict[str, str] = {
-    "smollm": r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+",
-    "gpt-2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
-    "llama-bpe": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
-}
-
-# llama.cpp's token types (tokenizer.ggml.token_type)
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
-
 # GGUF tensor name -> HF name (``blk.{i}.`` prefix for the per-layer ones)
 _LAYER_TENSORS = {
     "attn_norm": "input_layernorm", "attn_q": "q_proj", "attn_k": "k_proj",
@@ -82,132 +67,6 @@ _LAYER_TENSORS = {
     "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj",
 }  # fmt: skip
 _GLOBAL_TENSORS = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
-
-
-# ---------------------------------------------------------------- the tokenizer
-
-
-def byte_decoder() -> dict[str, int]:
-    """GPT-2's map from the printable stand-in characters back to byte values.
-
-    Bytes that are printable and not a space keep their own character; the other 68 get
-    ``chr(256 + n)`` in byte order (so a space is ``Ġ`` and a newline ``Ċ``).
-
-    >>> d = byte_decoder(); d["Ġ"], d["Ċ"], d["a"], len(d)
-    (32, 10, 97, 256)
-    """
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    table = {chr(b): b for b in kept}
-    extra = 0
-    for b in range(256):
-        if b not in kept:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-@dataclass(frozen=True)
-class GGUFVocab:
-    """A GGUF's tokenizer as tiktoken needs it: ids are ranks."""
-
-    ranks: dict[bytes, int]  # ordinary tokens: bytes -> id
-    special_tokens: dict[str, int]  # control and user-defined tokens: text -> id
-    pattern: str
-    pre: str
-    vocab_size: int  # ids 0 .. vocab_size-1 (some may be unused)
-    eos_token_ids: tuple[int, ...]  # <|endoftext|> first when present
-    fim: dict[str, int] | None  # {"prefix", "middle", "suffix"} or None
-
-
-def gguf_vocab(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str], *,
-               model: str = "gpt2", pre: str = "gpt-2",
-               eos_ids: Sequence[int] = (), fim: Mapping[str, int] | None = None) -> GGUFVocab:
-    """The tiktoken form of a GGUF byte-level BPE vocabulary, with its assumptions checked.
-
-    ``tokens``, ``types`` and ``merges`` are ``tokenizer.ggml.tokens``/``token_type``/
-    ``merges``; ``model`` and ``pre`` are ``tokenizer.ggml.model``/``pre``. Ordinary tokens
-    become ranks (their ids), control and user-defined tokens become special tokens, unknown
-    and unused ids are not tokens. tiktoken merges the adjacent pair whose concatenation
-    has the lowest rank; that is the GGUF's merge order exactly when every multi-byte token
-    is some merge's result and merge results have increasing ids -- both are checked.
-
-    >>> v = gguf_vocab(["<|endoftext|>", "a", "b", "ab"], [3, 1, 1, 1], ["a b"], pre="smollm")
-    >>> v.ranks, v.special_tokens, v.eos_token_ids
-    ({b'a': 1, b'b': 2, b'ab': 3}, {'<|endoftext|>': 0}, (0,))
-    """
-    if model != "gpt2":
-        raise ValueError(f"tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) "
-                         "tokenizers convert (SentencePiece 'llama' vocabularies do not)")
-    if pre not in PRETOKENIZER_PATTERNS:
-        raise ValueError(f"tokenizer.ggml.pre is {pre!r}; supported pre-tokenizers: "
-                         f"{', '.join(PRETOKENIZER_PATTERNS)}")
-    if len(types) != len(tokens):
-        raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for "
-                         f"{len(tokens)} tokens")
-    decoder = byte_decoder()
-
-    def to_bytes(text: str, what: str) -> bytes:
-        try:
-            return bytes(decoder[c] for c in text)
-        except KeyError as e:
-            raise ValueError(f"{what} {text!r} holds {e.args[0]!r}, which is not in GPT-2's "
-                             "byte<->unicode table (not a byte-level BPE token)") from None
-
-    ranks: dict[bytes, int] = {}
-    specials: dict[str, int] = {}
-    for i, (text, kind) in enumerate(zip(tokens, types)):
-        if kind == _NORMAL:
-            data = to_bytes(text, f"token {i}")
-            if not data or data in ranks:
-                raise ValueError(f"token {i} {text!r} is empty or repeats token {ranks.get(data)}")
-            ranks[data] = i
-        elif kind in (_CONTROL, _USER_DEFINED):
-            if text in specials:
-                raise ValueError(f"special token {text!r} appears twice (ids "
-                                 f"{specials[text]} and {i})")
-            specials[text] = i
-        elif kind == _BYTE:
-            raise ValueError(f"token {i} {text!r} has type BYTE (6), which byte-level BPE "
-                             "vocabularies do not use; this tokenizer is not supported")
-        elif kind not in (_UNKNOWN, _UNUSED):
-            raise ValueError(f"token {i} {text!r} has unknown token type {kind}")
-
-    merged: set[int] = set()
-    previous = -1
-    for k, line in enumerate(merges):
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"merge {k} {line!r} is not 'left right'")
-        left, right = (to_bytes(p, f"merge {k}") for p in parts)
-        result = ranks.get(left + right)
-        if left not in ranks or right not in ranks or result is None:
-            raise ValueError(f"merge {k} {line!r}: its parts or its result are not tokens")
-        if result <= previous:
-            raise ValueError(
-                f"merge {k} {line!r} makes token {result}, but merge {k - 1} made token "
-                f"{previous}: the ids are not in merge order, so they cannot serve as "
-                "tiktoken ranks")
-        previous = result
-        merged.add(result)
-    orphans = [i for b, i in ranks.items() if len(b) > 1 and i not in merged]
-    if orphans:
-        raise ValueError(f"{len(orphans)} multi-byte tokens (first: id {orphans[0]} "
-                         f"{tokens[orphans[0]]!r}) are no merge's result; tiktoken would "
-                         "produce them where the GGUF's BPE does not")
-
-    ends: list[int] = []
-    for i in ([specials["<|endoftext|>"]] if "<|endoftext|>" in specials else []) + list(eos_ids):
-        if not 0 <= i < len(tokens) or types[i] in (_UNKNOWN, _UNUSED):
-            raise ValueError(f"end-of-text id {i} is not a token")
-        if i not in ends:
-            ends.append(i)
-    if not ends:
-        raise ValueError("no end-of-text token: neither <|endoftext|> nor "
-                         "tokenizer.ggml.eos_token_id")
-    return GGUFVocab(ranks=ranks, special_tokens=specials, pattern=PRETOKENIZER_PATTERNS[pre],
-                     pre=pre, vocab_size=len(tokens), eos_token_ids=tuple(ends),
-                     fim=dict(fim) if fim else None)
 
 
 # ---------------------------------------------------------------- the model
@@ -450,7 +309,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     model id in responses (default: the folder's name). ``log`` gets progress lines.
 
     ``weight_dtype="int4"`` keeps the file's Q4_0/Q4_1 layer matrices as 4-bit blocks run by
-    ONNX Runtime's ``com.microsoft.MatMulNBits`` (see :class:`sampler.onnx_llama.Int4Matrix`;
+    ONNX Runtime's ``com.microsoft.MatMulNBits`` (see :class:`sampler.onnx_graph.Int4Matrix`;
     same values as the float32 conversion, to float32 rounding); other tensors, the
     embedding and the head stay float32. ``int4_accuracy_level`` is passed to MatMulNBits:
     keep 0 (4 is faster but not reproducible; for measurement).

@@ -418,7 +418,7 @@ class Engine:
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, *, threads: int = 1) -> Engine:
         """Load a known model by name (building or fetching it if needed) or a model folder."""
-        from .model import Decoder
+        from .decoder import Decoder
         from .registry import default_model, resolve
 
         decoder = Decoder.load(resolve(model or default_model()), threads=threads)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sampler import reference as ref
 from sampler import Engine, RequestError
-from sampler.model import Decoder
+from sampler.decoder import Decoder
 from sampler.tokenizer import get_tokenizer
 
 TOK = get_tokenizer("cl100k_base")

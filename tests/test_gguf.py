@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 import gguf_reference as ref
 from sampler import cli
-from sampler.convert import byte_decoder, convert_gguf, gguf_vocab, read_gguf
+from sampler.convert import convert_gguf, read_gguf
+from sampler.gguf_vocab import byte_decoder, gguf_vocab
 from sampler.engine import Engine
 from sampler.errors import RequestError
-from sampler.model import Decoder, load_config
+from sampler.decoder import Decoder
+from sampler.model import load_config
 from sampler.tokenizer import tokenizer_for
 
 QTYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"]

@@ -11,7 +11,7 @@ import pytest
 import gguf_reference as ref
 from sampler import cli
 from sampler.convert import convert_gguf, llama_int4_weights, llama_weights, read_gguf
-from sampler.model import Decoder
+from sampler.decoder import Decoder
 from sampler.onnx_llama import Int4Matrix, LlamaConfig, build_llama, random_weights
 
 LAYER_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

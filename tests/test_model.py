@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llama_reference as ref
-from sampler.model import Decoder, FimTokens, KVCache, SharedKVCache, load_config
+from sampler.decoder import Decoder
+from sampler.kvcache import KVCache, SharedKVCache
+from sampler.model import FimTokens, load_config
 from sampler.onnx_llama import LlamaConfig, build_llama, random_weights, save_model
 from sampler.tiny import TINY_BUILD_VERSION, build_tiny_random
 

@@ -69,7 +69,7 @@ def test_gqa_graph_matches_reference(tmp_path, heads, head_dim, tied):
     float64 reference, prefill and steps."""
     import json
 
-    from sampler.model import Decoder
+    from sampler.decoder import Decoder
 
     cfg = LlamaConfig(vocab_size=400, hidden_size=24, intermediate_size=40, num_layers=2,
                       num_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim,
@@ -239,7 +239,9 @@ def test_save_model_is_atomic_and_loadable(tmp_path):
 
 
 def test_save_model_external_data_above_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_llama, "_PROTO_LIMIT", 2**26 + 1000)  # pretend the model is huge
+    from sampler import onnx_graph
+
+    monkeypatch.setattr(onnx_graph, "PROTO_LIMIT", 2**26 + 1000)  # pretend the model is huge
     cfg = small_config()
     w = random_weights(cfg, np.random.default_rng(0))
     model = build_llama(w, cfg)

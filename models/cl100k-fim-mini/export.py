@@ -12,7 +12,7 @@ mapped back to all 100,277 cl100k ids inside the graph by :mod:`sampler.onnx_voc
 1. the ONNX log-probabilities equal the torch model's (its matrices rounded to fp16 exactly as
    stored) to < 1e-3 on every kept and spread id, over full sequences (the probe, a held-out
    code window and a FIM prompt);
-2. ``sampler.model.Decoder`` decoding incrementally (a prefill then one step per token) gives
+2. ``sampler.decoder.Decoder`` decoding incrementally (a prefill then one step per token) gives
    the logits of a single full-sequence pass (to < 1e-5).
 
 It prints the numbers, the file size and its sha256 (as JSON on the last line).
@@ -180,7 +180,7 @@ def main() -> None:
     report["probe_vs_training_time_reference"] = float(np.abs(p - extra["probe_logprobs"]).max())
 
     # 2. incremental == full sequence, through the engine's decoder
-    from sampler.model import Decoder
+    from sampler.decoder import Decoder
 
     dec = Decoder.load(args.out)
     ids = seqs.get("held_out", seqs["code"])[:200]
