@@ -1,10 +1,11 @@
 """The engine: a Completions request in, an OpenAI-shaped response (or chunks) out.
 
-It composes the parts, each in its own module: ``params`` validates, ``model`` runs the
-decoder, ``step`` chooses tokens (processors -> select -> logprobs), ``stopping`` turns
+It composes the parts, each in its own module: ``params`` validates, ``decoder`` runs the
+model, ``step`` chooses tokens (processors -> select -> logprobs), ``stopping`` turns
 bytes into text and finds stop strings, ``response`` shapes the JSON. All candidates
-of all prompts of a request advance together in one batch (:class:`Batch`), each with
-its own generator ``SeedSequence(seed, spawn_key=(prompt, candidate))`` (spec §6).
+of all prompts of a request advance together in one batch (:class:`~sampler.batch.Batch`),
+each with its own generator ``SeedSequence(seed, spawn_key=(prompt, candidate))`` (spec §6).
+:class:`Completion` is one request in flight; :class:`Engine` answers requests.
 
 >>> engine = Engine.load("tiny-random-cl100k")  # built locally on first use
 >>> engine.complete(prompt="Hello", max_tokens=3, seed=1)["usage"]
@@ -18,12 +19,12 @@ sampler.errors.RequestError: Invalid 'logprobs': integer above maximum value. Ex
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .logprobs import log_normalizer, reported, top_logprobs
-from .params import ModelInfo, Prompt, Request, parse_request
+from .params import ModelInfo, Request, parse_request
 from .response import (
     TokenEntry,
     choice_object,
@@ -34,206 +35,12 @@ from .response import (
     top_dict,
     usage,
 )
+from .batch import Batch, Candidate
 from .seeds import generator, request_entropy
-from ._fast.draw import Workspace
-from .step import Row, sample_step
 from .stopping import TextTracker
 from .tokenizer import Tokenizer, tokenizer_for
 
-__all__ = ["Engine", "Batch", "Candidate", "Completion"]
-
-
-class Candidate:
-    """One candidate sequence of a request: its sampling state, text and logprobs."""
-
-    def __init__(self, req: Request, prompt: int, index: int, rng: np.random.Generator,
-                 base_offset: int, owner: Any = None) -> None:  # fmt: skip
-        self.req = req
-        self.owner = owner  # the Completion this candidate belongs to
-        self.prompt = prompt  # which prompt of the request
-        self.index = index  # candidate number within the prompt (spawn key)
-        self.rng = rng
-        self.row = Row(req.sampling, raw_logprob=req.best_of > req.n)
-        self.tracker = TextTracker(req.stop)
-        self.base = base_offset  # len(prompt text): completion offsets start here
-        self.entries: list[TokenEntry] = []
-        self._rel: list[int] = []  # entries' offsets within the completion text
-        self.generated = 0  # tokens generated, the end token included
-        self.logprob_sum = 0.0  # raw, over every generated token (best_of ranking)
-        self.finish_reason: str | None = None
-        self.error: Exception | None = None  # what failed while stepping this sequence
-        self._shown_text = 0
-        self._shown_entries = 0
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None or self.error is not None
-
-    def fail(self, exc: Exception) -> None:
-        """Stop this sequence because stepping it raised: its request fails, no other."""
-        self.error = exc
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob_sum / self.generated if self.generated else 0.0
-
-    def accept(self, token: int, raw_lp: float, rep_lp: float,
-               top: tuple[np.ndarray, np.ndarray] | None, tok: Tokenizer,
-               end_ids: tuple[int, ...]) -> None:  # fmt: skip
-        """Take the token chosen for this candidate and decide whether it has finished."""
-        self.generated += 1
-        self.logprob_sum += raw_lp if self.row.raw_logprob else 0.0
-        if token in end_ids:  # ends the choice; never in text, but in logprobs [decided]
-            self._finish("stop")
-            if not self.tracker.stopped:  # (a stop cut would drop it like any later token)
-                self._log(tok, token, rep_lp, top, len(self.tracker.text), end=True)
-            return
-        self.row.counts.add(token)
-        rel = self.tracker.add(tok.token_bytes(token))
-        self._log(tok, token, rep_lp, top, rel)
-        if self.tracker.stopped:
-            self._finish("stop")
-        elif self.generated >= self.req.max_tokens:
-            self._finish("length")
-
-    def _log(self, tok: Tokenizer, token: int, lp: float,
-             top: tuple[np.ndarray, np.ndarray] | None, rel: int, end: bool = False) -> None:  # fmt: skip
-        """Append the token's logprobs entry (when logprobs were asked for)."""
-        if self.req.sampling.logprobs is None:
-            return
-        assert top is not None
-        entry_top = top_dict(tok, top[0], top[1], token, lp)
-        self.entries.append(TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel))
-        self._rel.append(-1 if end else rel)  # -1: the end token, shown with the last delta
-
-    def finish_without_tokens(self) -> None:
-        """``max_tokens: 0``: nothing is generated (echo may still show the prompt)."""
-        self._finish("length")
-
-    def _finish(self, reason: str) -> None:
-        self.tracker.finish()  # a trailing half character becomes U+FFFD ...
-        # ... which could complete a stop string: the same rule then applies.
-        self.finish_reason = "stop" if self.tracker.stopped else reason
-
-    def delta(self) -> tuple[str, list[TokenEntry]]:
-        """Text and logprob entries that became safe to show since the last call."""
-        end = self.tracker.final_end() if self.done else self.tracker.visible_end()
-        text = self.tracker.text[self._shown_text : end]
-        self._shown_text = max(self._shown_text, end)
-        first = self._shown_entries
-        while self._shown_entries < len(self._rel) and self._rel[self._shown_entries] < end:
-            self._shown_entries += 1  # the end token's -1 passes: it comes last, once done
-        return text, self.entries[first : self._shown_entries]
-
-
-def _picked(out: Any, b: int) -> tuple[int, float, float, Any]:
-    return int(out.tokens[b]), float(out.logprob[b]), float(out.reported[b]), out.top[b]
-
-
-class Batch:
-    """Sequences that advance together: their KV cache and their pending logits.
-
-    :meth:`admit` prefills prompts and fans each out to its candidates; :meth:`advance`
-    chooses one token for every sequence, retires the finished ones and runs the model
-    once for the rest. Sequences of different requests may share a batch.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.seqs: list[Candidate] = []
-        self.cache: Any = None
-        self.logits: np.ndarray | None = None  # [B, V] masked, for each seq's next token
-        self._workspace = Workspace(engine.vocab_size)
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def admit(self, prompts: Sequence[Prompt], groups: Sequence[Sequence[Candidate]],
-              on_logits: Any = None) -> None:  # fmt: skip
-        """Prefill ``prompts`` and add ``groups[p]`` (the candidates of prompt p)."""
-        logits, cache = self.engine.decoder.prefill([p.tokens for p in prompts],
-                                                    on_logits=on_logits)  # fmt: skip
-        rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
-        new = [c for g in groups for c in g]
-        if not new:
-            return
-        cache = cache.take(rows)
-        logits = self.engine.mask(logits[rows])  # [B', V]
-        if self.seqs:
-            self.cache = type(self.cache).merge([self.cache, cache])
-            self.logits = np.concatenate([self.logits, logits])
-        else:
-            self.cache, self.logits = cache, logits
-        self.seqs.extend(new)
-
-    def advance(self) -> list[Candidate]:
-        """One step for every sequence; returns the sequences that took a token (or
-        failed: a sequence whose step raises gets :meth:`Candidate.fail` and leaves the
-        batch, and every other sequence's step is exactly what it is without it)."""
-        if not self.seqs:
-            return []
-        assert self.logits is not None
-        eng = self.engine
-        uniforms = [s.rng.random() for s in self.seqs]
-        outs = self._choose(uniforms)
-        for b, s in enumerate(self.seqs):
-            if outs[b] is None:
-                continue
-            token, raw_lp, rep_lp, top = outs[b]
-            try:
-                s.accept(token, raw_lp, rep_lp, top, eng.tokenizer, eng.end_ids)
-            except Exception as exc:  # a bug, met by this sequence alone
-                s.fail(exc)
-        stepped = self.seqs
-        keep = [b for b, s in enumerate(self.seqs) if not s.done]
-        if not keep:
-            self.seqs, self.cache, self.logits = [], None, None
-            return stepped
-        if len(keep) < len(self.seqs):
-            self.cache = self.cache.take(keep)
-            self.seqs = [self.seqs[b] for b in keep]
-        tokens = np.array([outs[b][0] for b in keep], dtype=np.int64)  # type: ignore[index]
-        logits, self.cache = eng.decoder.step(self.cache, tokens)
-        self.logits = eng.mask(logits)
-        return stepped
-
-    def _choose(self, uniforms: list[float]) -> list[tuple[int, float, float, Any] | None]:
-        """Each sequence's token, raw and reported logprob and top entries (None for a
-        sequence that failed). One batched step; if it raises, each row is stepped alone
-        with the same uniform (a row's choice depends on that row only, so the others'
-        choices are the ones the batched step would have made) and the rows that still
-        raise are failed."""
-        rows = [s.row for s in self.seqs]
-        try:
-            out = sample_step(self.logits, rows, uniforms, workspace=self._workspace)
-            return [_picked(out, b) for b in range(len(rows))]
-        except Exception:
-            pass
-        assert self.logits is not None
-        picked: list[tuple[int, float, float, Any] | None] = []
-        for b, s in enumerate(self.seqs):
-            try:
-                one = sample_step(self.logits[b : b + 1], [rows[b]], [uniforms[b]],
-                                  workspace=self._workspace)  # fmt: skip
-                picked.append(_picked(one, 0))
-            except Exception as exc:
-                s.fail(exc)
-                picked.append(None)
-        return picked
-
-    def drop(self, seqs: Sequence[Candidate]) -> None:
-        """Remove sequences (a client went away); the rest are untouched."""
-        gone = {id(s) for s in seqs}
-        keep = [b for b, s in enumerate(self.seqs) if id(s) not in gone]
-        if len(keep) == len(self.seqs):
-            return
-        if not keep:
-            self.seqs, self.cache, self.logits = [], None, None
-            return
-        assert self.logits is not None
-        self.cache = self.cache.take(keep)
-        self.logits = self.logits[keep]
-        self.seqs = [self.seqs[b] for b in keep]
+__all__ = ["Engine", "Completion", "Batch", "Candidate"]
 
 
 class Completion:

@@ -1,4 +1,4 @@
-"""Continuous batching: many requests share one :class:`~sampler.engine.Batch`.
+"""Continuous batching: many requests share one :class:`~sampler.batch.Batch`.
 
 A worker thread owns the batch and does all model work. Between two steps it drops the
 sequences of cancelled requests and admits waiting ones (prefill, then they join the

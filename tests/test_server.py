@@ -316,7 +316,7 @@ def test_a_failing_row_fails_only_its_own_request(engine, monkeypatch):
     """Issue 13 C: a row that raises inside sample_step (injected: temperature 0.123) fails
     its request alone -- a 500, or in-band in a stream -- and concurrent requests sharing
     its steps finish with exactly their solo outputs (seeded)."""
-    from sampler import engine as engine_module
+    from sampler import batch as engine_module  # (where the batch steps its rows)
 
     real = engine_module.sample_step
 
