@@ -42,8 +42,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,8 +53,7 @@ sys.path.insert(0, str(ROOT))
 SEED = 2026
 V = 100_277
 PROMPT = [9906, 11, 1917, 374, 264, 1296]  # six cl100k ids
-FIELDS = dict(temperature=0.8, top_p=0.9, presence_penalty=0.5, frequency_penalty=0.5,
-              logprobs=5)  # fmt: skip
+FIELDS = dict(temperature=0.8, top_p=0.9, presence_penalty=0.5, frequency_penalty=0.5, logprobs=5)
 
 
 def _bias(vocab: int) -> dict[str, float]:
@@ -85,9 +84,16 @@ def bench_hf(batches: list[int], steps: int, repeats: int) -> list[tuple]:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=V, n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=100257, eos_token_id=100257,
-                     tie_word_embeddings=False)  # fmt: skip
+    cfg = GPT2Config(
+        vocab_size=V,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=100257,
+        eos_token_id=100257,
+        tie_word_embeddings=False,
+    )
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 0.4)
@@ -99,19 +105,31 @@ def bench_hf(batches: list[int], steps: int, repeats: int) -> list[tuple]:
 
         def native() -> None:
             with torch.no_grad():
-                model.generate(ids, attention_mask=mask, do_sample=True, temperature=0.8,
-                               top_p=0.9, top_k=0, max_new_tokens=steps, min_new_tokens=steps,
-                               pad_token_id=100257)  # fmt: skip
+                model.generate(
+                    ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=0.8,
+                    top_p=0.9,
+                    top_k=0,
+                    max_new_tokens=steps,
+                    min_new_tokens=steps,
+                    pad_token_id=100257,
+                )
 
         def greedy() -> None:
             with torch.no_grad():
-                model.generate(ids, attention_mask=mask, do_sample=False,
-                               max_new_tokens=steps, min_new_tokens=steps,
-                               pad_token_id=100257)  # fmt: skip
+                model.generate(
+                    ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    max_new_tokens=steps,
+                    min_new_tokens=steps,
+                    pad_token_id=100257,
+                )
 
         def adapter() -> None:
-            hf.generate(model, ids, max_new_tokens=steps, seed=SEED, logit_bias=bias,
-                        **FIELDS)  # fmt: skip
+            hf.generate(model, ids, max_new_tokens=steps, seed=SEED, logit_bias=bias, **FIELDS)
 
         t = _time({"greedy": greedy, "native": native, "adapter": adapter}, repeats)
         rows.append(("HF transformers", B, *(t[k] / steps for k in _KEYS)))
@@ -125,8 +143,9 @@ def bench_genai(batches: list[int], steps: int, repeats: int) -> list[tuple]:
     from sampler.adapters import genai
     from sampler.registry import resolve
 
-    folder = genai.prepare(resolve("tiny-random-cl100k"),
-                           Path(tempfile.mkdtemp(prefix="bench-genai-")) / "tiny")  # fmt: skip
+    folder = genai.prepare(
+        resolve("tiny-random-cl100k"), Path(tempfile.mkdtemp(prefix="bench-genai-")) / "tiny"
+    )
     model = og.Model(str(folder))
     bias = _bias(V)
     rows = []
@@ -149,8 +168,16 @@ def bench_genai(batches: list[int], steps: int, repeats: int) -> list[tuple]:
             run(do_sample=True, temperature=0.8, top_p=0.9, top_k=0, random_seed=SEED)
 
         def adapter() -> None:
-            genai.generate(model, [PROMPT] * B, max_tokens=steps, pad_token_id=100256,
-                           end_ids=[], seed=SEED, logit_bias=bias, **FIELDS)  # fmt: skip
+            genai.generate(
+                model,
+                [PROMPT] * B,
+                max_tokens=steps,
+                pad_token_id=100256,
+                end_ids=[],
+                seed=SEED,
+                logit_bias=bias,
+                **FIELDS,
+            )
 
         t = _time({"greedy": greedy, "native": native, "adapter": adapter}, repeats)
         rows.append(("onnxruntime-genai", B, *(t[k] / steps for k in _KEYS)))
@@ -191,8 +218,9 @@ def bench_llama(batches: list[int], steps: int, repeats: int) -> list[tuple]:
             run(temp=0.8, top_p=0.9, top_k=0, min_p=0.0, repeat_penalty=1.0)
 
         def adapter() -> None:
-            A.generate(llm, prompt, n=B, max_tokens=steps, end_ids=[], seed=SEED,
-                       logit_bias=bias, **FIELDS)  # fmt: skip
+            A.generate(
+                llm, prompt, n=B, max_tokens=steps, end_ids=[], seed=SEED, logit_bias=bias, **FIELDS
+            )
 
         t = _time({"greedy": greedy, "native": native, "adapter": adapter}, repeats)
         rows.append((f"llama-cpp-python (V={vocab})", B, *(t[k] / steps for k in _KEYS)))
@@ -219,15 +247,21 @@ def main(argv: list[str] | None = None) -> None:
             skipped.append(f"{name}: {e}")
     cpu = os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{args.steps} tokens per row, median of {args.repeats}; {cpu} cores, "
-          f"load average {load:.2f}\n")
-    print("| runtime | B | greedy | native | adapter | adapter - native | per row | "
-          "adapter - greedy | per row |")
+    print(
+        f"\n{args.steps} tokens per row, median of {args.repeats}; {cpu} cores, "
+        f"load average {load:.2f}\n"
+    )
+    print(
+        "| runtime | B | greedy | native | adapter | adapter - native | per row | "
+        "adapter - greedy | per row |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, B, gr, nat, ada in rows:
         d, g = (ada - nat) * 1e3, (ada - gr) * 1e3
-        print(f"| {name} | {B} | {gr * 1e3:,.2f} | {nat * 1e3:,.2f} | {ada * 1e3:,.2f} | "
-              f"{d:+,.2f} | {d / B:+,.2f} | {g:+,.2f} | {g / B:+,.2f} |")
+        print(
+            f"| {name} | {B} | {gr * 1e3:,.2f} | {nat * 1e3:,.2f} | {ada * 1e3:,.2f} | "
+            f"{d:+,.2f} | {d / B:+,.2f} | {g:+,.2f} | {g / B:+,.2f} |"
+        )
     print("\n(ms per decode step of the whole batch)")
     for s in skipped:
         print(f"skipped {s}")

@@ -72,11 +72,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
 from machine import cpu_busy_seconds  # bench/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,9 +163,19 @@ def timed(fn: Callable[[], Any], reps: int = 1) -> float:
 def make_workload(tok, prompt_len: int) -> dict[str, Any]:
     """Token ids every engine is fed: 8 prompts of prompt_len, and prompts of 100 and 2,000."""
     stdlib = Path(os.__file__).parent
-    texts = [(stdlib / f).read_text(encoding="utf-8") for f in
-             ("argparse.py", "collections/__init__.py", "textwrap.py", "dataclasses.py",
-              "json/decoder.py", "random.py", "fractions.py", "shlex.py")]
+    texts = [
+        (stdlib / f).read_text(encoding="utf-8")
+        for f in (
+            "argparse.py",
+            "collections/__init__.py",
+            "textwrap.py",
+            "dataclasses.py",
+            "json/decoder.py",
+            "random.py",
+            "fractions.py",
+            "shlex.py",
+        )
+    ]
     docs = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))]
     ids = [tok.encode(t) for t in texts]
     prompts = [x[:prompt_len] for x in ids]
@@ -176,8 +186,9 @@ def make_workload(tok, prompt_len: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- our decoder
 
 
-def bench_ours(folders: dict[str, Path], work: dict, steps: int, reps: int, threads: int,
-               positions: bool) -> dict[str, dict[str, Any]]:
+def bench_ours(
+    folders: dict[str, Path], work: dict, steps: int, reps: int, threads: int, positions: bool
+) -> dict[str, dict[str, Any]]:
     """All our decoder variants, loaded together and timed INTERLEAVED (one step of each in
     turn), so that a noisy neighbour slows them alike and their ratios stay meaningful."""
     from sampler.decoder import Decoder
@@ -265,8 +276,9 @@ def bench_engine(folder: Path, work: dict, steps: int, reps: int, threads: int) 
 # ---------------------------------------------------------------- llama.cpp (child process)
 
 
-def llama_worker(gguf: str, work: dict, steps: int, reps: int, threads: int,
-                 positions: bool) -> dict[str, Any]:
+def llama_worker(
+    gguf: str, work: dict, steps: int, reps: int, threads: int, positions: bool
+) -> dict[str, Any]:
     import ctypes
 
     import llama_cpp as lc
@@ -301,8 +313,9 @@ def llama_worker(gguf: str, work: dict, steps: int, reps: int, threads: int,
 
     def prefill(ctx, batch, prompts) -> list[int]:
         lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
-        entries = [(t, p, s, p == len(ids) - 1) for s, ids in enumerate(prompts)
-                   for p, t in enumerate(ids)]
+        entries = [
+            (t, p, s, p == len(ids) - 1) for s, ids in enumerate(prompts) for p, t in enumerate(ids)
+        ]
         run(ctx, batch, entries)
         last = np.cumsum([len(ids) for ids in prompts]) - 1  # batch index of each last token
         return [argmax(ctx, int(i)) for i in last]
@@ -339,8 +352,7 @@ def llama_worker(gguf: str, work: dict, steps: int, reps: int, threads: int,
         ctx = context(1, n, n)
         batch = lc.llama_batch_init(n, 0, 1)
         for p in POSITIONS:
-            out[f"ms_at_{p}"] = 1e3 * decode(ctx, batch, [work["at"][str(p)]],
-                                             STEPS_AT)[0].median()
+            out[f"ms_at_{p}"] = 1e3 * decode(ctx, batch, [work["at"][str(p)]], STEPS_AT)[0].median()
         lc.llama_free(ctx)
         lc.llama_batch_free(batch)
     lc.llama_model_free(model)
@@ -363,33 +375,61 @@ def genai_config(folder: Path, threads: int) -> dict:
     hidden = next(t for t in m.graph.initializer if t.name == "norm").dims[0]
     return {
         "model": {
-            "type": "llama", "bos_token_id": 1, "eos_token_id": cfg["eos_token_ids"],
-            "pad_token_id": cfg["eos_token_ids"][-1], "context_length": cfg["context_length"],
+            "type": "llama",
+            "bos_token_id": 1,
+            "eos_token_id": cfg["eos_token_ids"],
+            "pad_token_id": cfg["eos_token_ids"][-1],
+            "context_length": cfg["context_length"],
             "vocab_size": vocab,
             "decoder": {
-                "filename": "model.onnx", "head_size": head, "hidden_size": hidden,
-                "num_attention_heads": q_cols // head, "num_hidden_layers": layers,
+                "filename": "model.onnx",
+                "head_size": head,
+                "hidden_size": hidden,
+                "num_attention_heads": q_cols // head,
+                "num_hidden_layers": layers,
                 "num_key_value_heads": kv_heads,
-                "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1,
-                                    "log_id": "genai", "provider_options": []},
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids",
-                           "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
+                "session_options": {
+                    "intra_op_num_threads": threads,
+                    "inter_op_num_threads": 1,
+                    "log_id": "genai",
+                    "provider_options": [],
+                },
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
             },
         },
-        "search": {"max_length": 4096, "min_length": 0, "do_sample": False, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False,
-                   "top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0,
-                   "early_stopping": True, "length_penalty": 1.0, "diversity_penalty": 0.0,
-                   "no_repeat_ngram_size": 0},
-    }  # fmt: skip
+        "search": {
+            "max_length": 4096,
+            "min_length": 0,
+            "do_sample": False,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "top_k": 1,
+            "top_p": 1.0,
+            "temperature": 1.0,
+            "repetition_penalty": 1.0,
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "diversity_penalty": 0.0,
+            "no_repeat_ngram_size": 0,
+        },
+    }
 
 
-def genai_worker(folder: str, work: dict, steps: int, reps: int, threads: int,
-                 positions: bool) -> dict[str, Any]:
+def genai_worker(
+    folder: str, work: dict, steps: int, reps: int, threads: int, positions: bool
+) -> dict[str, Any]:
     import onnxruntime_genai as og
 
     config = json.loads(work.pop("genai_config"))
@@ -407,8 +447,9 @@ def genai_worker(folder: str, work: dict, steps: int, reps: int, threads: int,
 
     def generator(prompts: list[list[int]], n: int):
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompts[0]) + n + 2, do_sample=False,
-                                  batch_size=len(prompts))
+        params.set_search_options(
+            max_length=len(prompts[0]) + n + 2, do_sample=False, batch_size=len(prompts)
+        )
         return og.Generator(model, params)
 
     def decode(prompts, n) -> tuple[Stopwatch, list[int]]:
@@ -419,7 +460,7 @@ def genai_worker(folder: str, work: dict, steps: int, reps: int, threads: int,
         for _ in range(n):
             with sw:
                 g.generate_next_token()  # runs the model on the last token, then picks
-        seq = [int(t) for t in g.get_sequence(0)[len(prompts[0]):]]
+        seq = [int(t) for t in g.get_sequence(0)[len(prompts[0]) :]]
         return sw, seq
 
     prompts = work["prompts"]
@@ -450,10 +491,24 @@ def child(python: str, kind: str, target: str, work: dict, args) -> dict[str, An
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(work, f)
     try:
-        cmd = ([python, str(Path(__file__).resolve()), "--worker", kind, "--target", target,
-                "--work", f.name, "--steps", str(args.steps), "--reps", str(args.reps),
-                "--threads", str(args.threads), "--clock", args.clock]
-               + (["--quick"] if args.quick else []))
+        cmd = [
+            python,
+            str(Path(__file__).resolve()),
+            "--worker",
+            kind,
+            "--target",
+            target,
+            "--work",
+            f.name,
+            "--steps",
+            str(args.steps),
+            "--reps",
+            str(args.reps),
+            "--threads",
+            str(args.threads),
+            "--clock",
+            args.clock,
+        ] + (["--quick"] if args.quick else [])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     finally:
         os.unlink(f.name)
@@ -471,8 +526,11 @@ def bandwidth() -> dict[str, float]:
     a.sum()
     ones = np.ones_like(a)
     best = lambda fn: timed(fn, 5)  # noqa: E731
-    read = {"sum": best(lambda: a.sum()), "dot": best(lambda: np.dot(a, ones) / 2),
-            "max": best(lambda: a.max())}
+    read = {
+        "sum": best(lambda: a.sum()),
+        "dot": best(lambda: np.dot(a, ones) / 2),
+        "max": best(lambda: a.max()),
+    }
     # dot reads two arrays: count both
     gbs = {k: (2 if k == "dot" else 1) * a.nbytes / t / 1e9 for k, t in read.items()}
     b = np.empty_like(a)
@@ -489,8 +547,9 @@ def onnx_weight_bytes(onnx_path: Path) -> int:
     uses: dict[str, set[str]] = {}
     for node in m.graph.node:
         for k, name in enumerate(node.input):
-            uses.setdefault(name, set()).add(node.op_type if not (node.op_type == "Gather"
-                                                                  and k == 0) else "gather-table")
+            uses.setdefault(name, set()).add(
+                node.op_type if not (node.op_type == "Gather" and k == 0) else "gather-table"
+            )
     total = 0
     for t in m.graph.initializer:
         if uses.get(t.name, set()) == {"gather-table"}:
@@ -514,20 +573,27 @@ def our_folders(names: list[str]) -> dict[str, Path]:
     from sampler.registry import resolve
 
     base = resolve(MODEL)
-    variants = {"fp32 exact": {"attention": "exact"},
-                "fp32 fast-attn": {"attention": "fast"},
-                "int4": {"weight_dtype": "int4", "attention": "exact"},
-                "int4 acc4": {"weight_dtype": "int4", "int4_accuracy_level": 4,
-                              "attention": "exact"}}
+    variants = {
+        "fp32 exact": {"attention": "exact"},
+        "fp32 fast-attn": {"attention": "fast"},
+        "int4": {"weight_dtype": "int4", "attention": "exact"},
+        "int4 acc4": {"weight_dtype": "int4", "int4_accuracy_level": 4, "attention": "exact"},
+    }
     out = {}
     for n in names:
         if n in ("fp32", "engine fp32"):
             out[n] = base
             continue
-        folder = home() / "bench" / {"fp32 exact": "smollm2-fp32-exact",
-                                     "fp32 fast-attn": "smollm2-fp32-fastattn",
-                                     "int4": "smollm2-int4-acc0",
-                                     "int4 acc4": "smollm2-int4-acc4"}[n]
+        folder = (
+            home()
+            / "bench"
+            / {
+                "fp32 exact": "smollm2-fp32-exact",
+                "fp32 fast-attn": "smollm2-fp32-fastattn",
+                "int4": "smollm2-int4-acc0",
+                "int4 acc4": "smollm2-int4-acc4",
+            }[n]
+        )
         if not (folder / "refsampler.json").is_file():
             print(f"converting {folder} (once) ...", file=sys.stderr, flush=True)
             convert_gguf(home() / "downloads" / GGUF_NAME, folder, name=MODEL, **variants[n])
@@ -543,18 +609,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="ORT / llama.cpp threads (1)")
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed (32)")
     ap.add_argument("--reps", type=int, default=3, help="prefill repeats, best taken (3)")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="times every engine is run; the best figures are kept (2)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times every engine is run; the best figures are kept (2)",
+    )
     ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--quick", action="store_true",
-                    help="12 steps, 2 repeats, 1 round, no positions")
-    ap.add_argument("--only", default="ours,llama,genai",
-                    help="comma list of: ours, llama, genai, or our variant names")
+    ap.add_argument(
+        "--quick", action="store_true", help="12 steps, 2 repeats, 1 round, no positions"
+    )
+    ap.add_argument(
+        "--only",
+        default="ours,llama,genai",
+        help="comma list of: ours, llama, genai, or our variant names",
+    )
     ap.add_argument("--llama-python", default="/tmp/llamavenv/bin/python")
     ap.add_argument("--genai-python", default="/tmp/genaivenv/bin/python")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="time steps by the wall clock (default) or by the running thread's "
-                         "CPU time, which leaves out time lost to other processes")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time steps by the wall clock (default) or by the running thread's "
+        "CPU time, which leaves out time lost to other processes",
+    )
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
@@ -568,8 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:  # a child: one engine, JSON on the last stdout line
         work = json.loads(Path(args.work).read_text())
         fn = {"llama": llama_worker, "genai": genai_worker}[args.worker]
-        print(json.dumps(fn(args.target, work, args.steps, args.reps, args.threads,
-                            not args.quick)))
+        print(
+            json.dumps(fn(args.target, work, args.steps, args.reps, args.threads, not args.quick))
+        )
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -587,33 +666,51 @@ def main(argv: list[str] | None = None) -> int:
     work = make_workload(tok, args.prompt_len)
     gguf = home() / "downloads" / GGUF_NAME
 
-    print(f"# bench/decode.py {datetime.date.today()}: SmolLM2-135M-Instruct, {args.threads} "
-          f"thread(s), prompt {args.prompt_len} tokens, {args.steps} decode steps, "
-          f"{os.cpu_count()} cpus", flush=True)
+    print(
+        f"# bench/decode.py {datetime.date.today()}: SmolLM2-135M-Instruct, {args.threads} "
+        f"thread(s), prompt {args.prompt_len} tokens, {args.steps} decode steps, "
+        f"{os.cpu_count()} cpus",
+        flush=True,
+    )
     bw = bandwidth()
-    print("memory bandwidth, 1 GiB float32, one thread (GB/s): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in bw.items()), flush=True)
+    print(
+        "memory bandwidth, 1 GiB float32, one thread (GB/s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in bw.items()),
+        flush=True,
+    )
 
     runs: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {}
     decoders = {n: folders[n] for n in ours if n != "engine fp32"}
     sizes = {n: onnx_weight_bytes(f / "model.onnx") for n, f in decoders.items()}
     if decoders:
         runs["ours"] = lambda: {
-            "ours " + n: dict(r, weight_bytes=sizes[n]) for n, r in bench_ours(
-                decoders, work, args.steps, args.reps, args.threads, not args.quick).items()}
+            "ours " + n: dict(r, weight_bytes=sizes[n])
+            for n, r in bench_ours(
+                decoders, work, args.steps, args.reps, args.threads, not args.quick
+            ).items()
+        }
     if "engine fp32" in ours:
-        runs["ours engine fp32"] = lambda: {"ours engine fp32": bench_engine(
-            folders["engine fp32"], work, args.steps, args.reps, args.threads)}
+        runs["ours engine fp32"] = lambda: {
+            "ours engine fp32": bench_engine(
+                folders["engine fp32"], work, args.steps, args.reps, args.threads
+            )
+        }
     if "llama" in only:
-        runs["llama.cpp Q4_1"] = lambda: {"llama.cpp Q4_1": dict(
-            child(args.llama_python, "llama", str(gguf), work, args),
-            weight_bytes=gguf_weight_bytes(gguf))}
+        runs["llama.cpp Q4_1"] = lambda: {
+            "llama.cpp Q4_1": dict(
+                child(args.llama_python, "llama", str(gguf), work, args),
+                weight_bytes=gguf_weight_bytes(gguf),
+            )
+        }
     if "genai" in only:
         folder = our_folders(["fp32 exact"])["fp32 exact"]  # genai feeds the HF/Optimum I/O
         gw = dict(work, genai_config=json.dumps(genai_config(folder, args.threads)))
-        runs["genai fp32"] = lambda: {"genai fp32": dict(
-            child(args.genai_python, "genai", str(folder), gw, args),
-            weight_bytes=onnx_weight_bytes(folder / "model.onnx"))}
+        runs["genai fp32"] = lambda: {
+            "genai fp32": dict(
+                child(args.genai_python, "genai", str(folder), gw, args),
+                weight_bytes=onnx_weight_bytes(folder / "model.onnx"),
+            )
+        }
 
     # Rounds: every engine once per round, in the same order; each figure is the best over
     # the rounds (a shared machine only ever makes a run slower).
@@ -625,17 +722,29 @@ def main(argv: list[str] | None = None) -> int:
             load = meter.other_cores()
             for name, r in rs.items():
                 r["other_cores"] = load
-                print(f"  round {k + 1}: {name} (other processes: {f2(load)} cores) "
-                      + ", ".join(f"{m} {v:.2f}" for m, v in r.items()
-                                  if m.startswith(("decode", "ms_at", "on_cpu"))),
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  round {k + 1}: {name} (other processes: {f2(load)} cores) "
+                    + ", ".join(
+                        f"{m} {v:.2f}"
+                        for m, v in r.items()
+                        if m.startswith(("decode", "ms_at", "on_cpu"))
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results[name] = best_of(results.get(name), r)
 
-    report = {"date": str(datetime.date.today()), "threads": args.threads, "clock": CLOCK,
-              "bandwidth_gbs": bw, "results": results,
-              "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-              "other_cores_whole_run": whole.other_cores(),
-              "wall_s": time.perf_counter() - t_start}
+    report = {
+        "date": str(datetime.date.today()),
+        "threads": args.threads,
+        "clock": CLOCK,
+        "bandwidth_gbs": bw,
+        "results": results,
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "other_cores_whole_run": whole.other_cores(),
+        "wall_s": time.perf_counter() - t_start,
+    }
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -671,15 +780,19 @@ def print_report(rep: dict) -> None:
     def f(v, spec=".1f"):
         return format(v, spec) if isinstance(v, (int, float)) else "-"
 
-    head = (f"{'engine':20s} {'pre B1':>7s} {'pre B8':>7s} {'dec B1':>7s} {'dec B8':>7s} "
-            f"{'ms@100':>7s} {'ms@2000':>8s} {'2000/100':>8s} {'MB/tok':>7s} {'floor ms':>8s} "
-            f"{'%floor':>6s} {'/llama':>6s} {'greedy':>6s} {'oncpu':>5s} {'other':>5s}")
-    print("\ntokens/s (prefill 'pre', decode 'dec'); ms per B=1 step at a position; MB of "
-          "weights read per token; floor = MB / read bandwidth; %floor = floor / B=1 step; "
-          "/llama = dec B1 / llama.cpp dec B1; greedy = first token where the B=1 greedy "
-          "continuation leaves ours fp32's ('=' same); oncpu = share of the B=1 decode steps' "
-          "wall time the thread was running; other = cores used by other processes; "
-          f"times on the {rep['clock']} clock")
+    head = (
+        f"{'engine':20s} {'pre B1':>7s} {'pre B8':>7s} {'dec B1':>7s} {'dec B8':>7s} "
+        f"{'ms@100':>7s} {'ms@2000':>8s} {'2000/100':>8s} {'MB/tok':>7s} {'floor ms':>8s} "
+        f"{'%floor':>6s} {'/llama':>6s} {'greedy':>6s} {'oncpu':>5s} {'other':>5s}"
+    )
+    print(
+        "\ntokens/s (prefill 'pre', decode 'dec'); ms per B=1 step at a position; MB of "
+        "weights read per token; floor = MB / read bandwidth; %floor = floor / B=1 step; "
+        "/llama = dec B1 / llama.cpp dec B1; greedy = first token where the B=1 greedy "
+        "continuation leaves ours fp32's ('=' same); oncpu = share of the B=1 decode steps' "
+        "wall time the thread was running; other = cores used by other processes; "
+        f"times on the {rep['clock']} clock"
+    )
     print(head + "\n" + "-" * len(head))
     for name, r in res.items():
         if "error" in r:
@@ -695,32 +808,42 @@ def print_report(rep: dict) -> None:
         if "greedy" in r and "greedy" in base:
             diff = [i for i, (a, b) in enumerate(zip(r["greedy"], base["greedy"])) if a != b]
             g = str(diff[0]) if diff else "="
-        print(f"{name:20s} {f(r.get('prefill_b1'), '.0f'):>7s} {f(r.get('prefill_b8'), '.0f'):>7s} "
-              f"{f(r.get('decode_b1')):>7s} {f(r.get('decode_b8')):>7s} "
-              f"{f(r.get('ms_at_100')):>7s} {f(r.get('ms_at_2000')):>8s} {f(ratio, '.2f'):>8s} "
-              f"{f(mb / 1e6 if mb else None, '.0f'):>7s} {f(floor):>8s} {f(pct, '.0f'):>6s} "
-              f"{f(vs, '.2f'):>6s} {g:>6s} {f(r.get('on_cpu'), '.2f'):>5s} "
-              f"{f(r.get('other_cores'), '.2f'):>5s}")
+        print(
+            f"{name:20s} {f(r.get('prefill_b1'), '.0f'):>7s} {f(r.get('prefill_b8'), '.0f'):>7s} "
+            f"{f(r.get('decode_b1')):>7s} {f(r.get('decode_b8')):>7s} "
+            f"{f(r.get('ms_at_100')):>7s} {f(r.get('ms_at_2000')):>8s} {f(ratio, '.2f'):>8s} "
+            f"{f(mb / 1e6 if mb else None, '.0f'):>7s} {f(floor):>8s} {f(pct, '.0f'):>6s} "
+            f"{f(vs, '.2f'):>6s} {g:>6s} {f(r.get('on_cpu'), '.2f'):>5s} "
+            f"{f(r.get('other_cores'), '.2f'):>5s}"
+        )
 
     print("\ntargets (ours fp32, the default model):")
     if "ms_at_2000" in base:
         ratio = base["ms_at_2000"] / base["ms_at_100"]
-        print(f"  KV cache: step at 2000 / step at 100 = {ratio:.2f} (target <= 1.3): "
-              f"{'MET' if ratio <= 1.3 else 'NOT MET'}")
+        print(
+            f"  KV cache: step at 2000 / step at 100 = {ratio:.2f} (target <= 1.3): "
+            f"{'MET' if ratio <= 1.3 else 'NOT MET'}"
+        )
     if base.get("decode_b1") and base.get("weight_bytes"):
         floor = base["weight_bytes"] / (bw * 1e9)
         step = 1 / base["decode_b1"]
-        print(f"  bandwidth: B=1 step {1e3 * step:.1f} ms vs floor {1e3 * floor:.1f} ms "
-              f"({base['weight_bytes'] / 1e6:.0f} MB at {bw:.1f} GB/s) = {100 * floor / step:.0f}% "
-              f"of the floor (target >= 90%): {'MET' if step <= floor / 0.9 else 'NOT MET'}")
+        print(
+            f"  bandwidth: B=1 step {1e3 * step:.1f} ms vs floor {1e3 * floor:.1f} ms "
+            f"({base['weight_bytes'] / 1e6:.0f} MB at {bw:.1f} GB/s) = {100 * floor / step:.0f}% "
+            f"of the floor (target >= 90%): {'MET' if step <= floor / 0.9 else 'NOT MET'}"
+        )
     if base.get("decode_b1") and llama.get("decode_b1"):
-        print(f"  vs llama.cpp Q4_1 at B=1: {base['decode_b1'] / llama['decode_b1']:.2f}x its "
-              f"speed (it reads {llama['weight_bytes'] / 1e6:.0f} MB per token, "
-              f"{base['weight_bytes'] / llama['weight_bytes']:.1f}x less)")
+        print(
+            f"  vs llama.cpp Q4_1 at B=1: {base['decode_b1'] / llama['decode_b1']:.2f}x its "
+            f"speed (it reads {llama['weight_bytes'] / 1e6:.0f} MB per token, "
+            f"{base['weight_bytes'] / llama['weight_bytes']:.1f}x less)"
+        )
     oc = rep["other_cores_whole_run"]
-    print(f"\nload: other processes used {f(oc, '.2f')} cores on average over the "
-          f"{rep['wall_s']:.0f} s run; load average start {rep['loadavg_start'][0]:.2f}, "
-          f"end {rep['loadavg_end'][0]:.2f}")
+    print(
+        f"\nload: other processes used {f(oc, '.2f')} cores on average over the "
+        f"{rep['wall_s']:.0f} s run; load average start {rep['loadavg_start'][0]:.2f}, "
+        f"end {rep['loadavg_end'][0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

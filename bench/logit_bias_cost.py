@@ -16,13 +16,15 @@ import time
 
 import numpy as np
 
-from sampler.params import ModelInfo, parse_request
-from sampler.params import SamplingParams
+from sampler.params import ModelInfo, SamplingParams, parse_request
 from sampler.step import Row, sample_step
 from sampler.tokenizer import get_tokenizer
 
-SETTINGS = {"T=1": (1.0, None, 1.0), "T=0.7 top_p=0.9": (0.7, None, 0.9),
-            "T=0.7 top_p=0.9 logprobs=2": (0.7, 2, 0.9)}  # fmt: skip
+SETTINGS = {
+    "T=1": (1.0, None, 1.0),
+    "T=0.7 top_p=0.9": (0.7, None, 0.9),
+    "T=0.7 top_p=0.9 logprobs=2": (0.7, 2, 0.9),
+}
 
 
 def main() -> None:
@@ -38,7 +40,9 @@ def main() -> None:
     for keys in args.keys:
         bias = (np.arange(10, 10 + keys), rng.uniform(-5, 5, keys)) if keys else None
         for name, (t, lp, p) in SETTINGS.items():
-            cells[keys, name] = Row(SamplingParams(temperature=t, top_p=p, logprobs=lp, logit_bias=bias))
+            cells[keys, name] = Row(
+                SamplingParams(temperature=t, top_p=p, logprobs=lp, logit_bias=bias)
+            )
     times: dict = {k: [] for k in cells}
     for _ in range(args.rounds):
         for k, row in cells.items():

@@ -83,10 +83,9 @@ try:
     import resource
 except ImportError:  # not on Unix: no page-fault counts
     resource = None
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
-
 from machine import cpu_busy_seconds  # bench/machine.py, beside this script
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +139,18 @@ def full_params(bias, generated: np.ndarray) -> list[Row]:
         for token in ids.tolist():
             counts.add(token)
         rows.append(
-            Row(SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, presence_penalty=PRESENCE, frequency_penalty=FREQUENCY, logit_bias=bias, logprobs=TOP_LOGPROBS, logprobs_mode="raw"), counts=counts)
+            Row(
+                SamplingParams(
+                    temperature=TEMPERATURE,
+                    top_p=TOP_P,
+                    presence_penalty=PRESENCE,
+                    frequency_penalty=FREQUENCY,
+                    logit_bias=bias,
+                    logprobs=TOP_LOGPROBS,
+                    logprobs_mode="raw",
+                ),
+                counts=counts,
+            )
         )
     return rows
 
@@ -228,8 +238,14 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
-def time_cell(methods: dict[str, Timed], logits: np.ndarray, budget: float, min_reps: int,
-              seed, sweep: np.ndarray | None = None):  # fmt: skip
+def time_cell(
+    methods: dict[str, Timed],
+    logits: np.ndarray,
+    budget: float,
+    min_reps: int,
+    seed,
+    sweep: np.ndarray | None = None,
+):
     """Median µs per row-step of each method, repeats interleaved in shuffled rounds.
 
     Before each timed call the rows are read once (untimed), as an engine's freshly
@@ -277,7 +293,10 @@ def run(batches, budget: float, min_reps: int, with_hf: bool = True, cold: bool 
     workspace = Workspace(VOCAB)  # reused row buffers, as the engine does
     buf = np.empty(VOCAB, dtype=np.float32)  # [V]
     sweep = np.ones(4 << 20, dtype=np.float32) if cold else None  # 16 MB: 32x L2
-    full_rows, neutral_rows = full_params(bias, generated), [Row(SamplingParams()) for _ in range(MAX_BATCH)]
+    full_rows, neutral_rows = (
+        full_params(bias, generated),
+        [Row(SamplingParams()) for _ in range(MAX_BATCH)],
+    )
     results, nuclei = [], {}
     for k, kind in enumerate(KINDS):
         rows = make_rows(kind, seeds[k])
@@ -298,11 +317,17 @@ def run(batches, budget: float, min_reps: int, with_hf: bool = True, cold: bool 
     return {
         "machine": machine_note(hf),
         "config": {
-            "vocab": VOCAB, "temperature": TEMPERATURE, "top_p": TOP_P,
-            "presence_penalty": PRESENCE, "frequency_penalty": FREQUENCY,
-            "logit_bias_ids": N_BIAS, "generated_ids": N_GENERATED,
-            "top_logprobs": TOP_LOGPROBS, "hf_repetition_penalty": HF_REPETITION,
-            "seed": SEED, "budget_s_per_cell": budget,
+            "vocab": VOCAB,
+            "temperature": TEMPERATURE,
+            "top_p": TOP_P,
+            "presence_penalty": PRESENCE,
+            "frequency_penalty": FREQUENCY,
+            "logit_bias_ids": N_BIAS,
+            "generated_ids": N_GENERATED,
+            "top_logprobs": TOP_LOGPROBS,
+            "hf_repetition_penalty": HF_REPETITION,
+            "seed": SEED,
+            "budget_s_per_cell": budget,
         },
         "hf_skipped": hf_reason,
         "cold": cold,
@@ -348,11 +373,14 @@ def verdict(report: dict) -> list[str]:
     lines = [
         f"target 1, full step <= {TARGET_FLOOR_RATIO}x floor on peaked rows: "
         f"{'PASS' if worst <= TARGET_FLOOR_RATIO else 'FAIL'} (worst {worst:.2f}x; "
-        + ", ".join(f"B={c['batch']} {ratios(c)[0]:.2f}x" for c in peaked) + ")"
+        + ", ".join(f"B={c['batch']} {ratios(c)[0]:.2f}x" for c in peaked)
+        + ")"
     ]
     if report["hf_skipped"]:
-        lines.append(f"target 2, >= {TARGET_HF_SPEEDUP:.0f}x faster than HF: not measured "
-                     f"(HF skipped: {report['hf_skipped']})")
+        lines.append(
+            f"target 2, >= {TARGET_HF_SPEEDUP:.0f}x faster than HF: not measured "
+            f"(HF skipped: {report['hf_skipped']})"
+        )
         return lines
     per_kind = []
     for kind in KINDS:
@@ -364,36 +392,56 @@ def verdict(report: dict) -> list[str]:
 
 def print_report(report: dict) -> None:
     m = report["machine"]
-    print(f"sampler step benchmark: V={VOCAB}, float32 rows, median µs per row-step, 1 thread"
-          + (", every call after a 16 MB cache sweep (--cold)" if report.get("cold") else ""))
-    print(f"python {m['python']}, numpy {m['numpy']}"
-          + (f", torch {m['torch']} ({m['torch_threads']} thread), transformers {m['transformers']}"
-             if "torch" in m else "")
-          + f"; {m['cpus']} cpus, load avg start {m['loadavg_start']} end {m['loadavg_end']}")
+    print(
+        f"sampler step benchmark: V={VOCAB}, float32 rows, median µs per row-step, 1 thread"
+        + (", every call after a 16 MB cache sweep (--cold)" if report.get("cold") else "")
+    )
+    print(
+        f"python {m['python']}, numpy {m['numpy']}"
+        + (
+            f", torch {m['torch']} ({m['torch_threads']} thread), transformers {m['transformers']}"
+            if "torch" in m
+            else ""
+        )
+        + f"; {m['cpus']} cpus, load avg start {m['loadavg_start']} end {m['loadavg_end']}"
+    )
     if m["other_cores_busy"] is not None:
-        print(f"other processes used {m['other_cores_busy']:.2f} cores on average during the "
-              f"{m['wall_s']:.0f} s run (1.0 = the other core fully busy: expect noisier, slower numbers)")
-    print("nucleus size at top_p 0.9 (after bias, penalties, T=0.8), median [min-max] over 64 rows:")
+        print(
+            f"other processes used {m['other_cores_busy']:.2f} cores on average during the "
+            f"{m['wall_s']:.0f} s run (1.0 = the other core fully busy: expect noisier, "
+            "slower numbers)"
+        )
+    print(
+        "nucleus size at top_p 0.9 (after bias, penalties, T=0.8), median [min-max] over 64 rows:"
+    )
     for kind, n in report["nucleus_at_top_p"].items():
         print(f"  {kind:6s} {n['median']:>9,.0f}  [{n['min']:,}-{n['max']:,}]")
-    header = f"{'kind':6s} {'B':>3s} {'ours-full':>10s} {'ours-neutral':>12s} {'floor':>8s} " \
-             f"{'HF':>10s} {'full/floor':>10s} {'HF/full':>8s} {'full pf/row':>11s}"
+    header = (
+        f"{'kind':6s} {'B':>3s} {'ours-full':>10s} {'ours-neutral':>12s} {'floor':>8s} "
+        f"{'HF':>10s} {'full/floor':>10s} {'HF/full':>8s} {'full pf/row':>11s}"
+    )
     print(header)
     print("-" * len(header))
     for c in report["results"]:
         full_floor, hf_full = ratios(c)
         hf = f"{c['hf']:10,.0f}" if "hf" in c else f"{'skipped':>10s}"
         speedup = f"{hf_full:7.1f}x" if "hf" in c else f"{'-':>8s}"
-        print(f"{c['kind']:6s} {c['batch']:3d} {c['ours_full']:10,.0f} {c['ours_neutral']:12,.0f} "
-              f"{c['floor']:8,.0f} {hf} {full_floor:9.2f}x {speedup} "
-              f"{c['ours_full_faults']:11.0f}")
-    print("full pf/row: minor page faults per row-step in ours-full (0 is right; ~100 per "
-          "V-sized temporary the heap gives back and retakes)")
+        print(
+            f"{c['kind']:6s} {c['batch']:3d} {c['ours_full']:10,.0f} {c['ours_neutral']:12,.0f} "
+            f"{c['floor']:8,.0f} {hf} {full_floor:9.2f}x {speedup} "
+            f"{c['ours_full_faults']:11.0f}"
+        )
+    print(
+        "full pf/row: minor page faults per row-step in ours-full (0 is right; ~100 per "
+        "V-sized temporary the heap gives back and retakes)"
+    )
     if report["hf_skipped"]:
         print(f"HF skipped: {report['hf_skipped']}")
     else:
-        print("HF note: HF has no presence/frequency penalty; RepetitionPenaltyLogitsProcessor"
-              f"({HF_REPETITION}) over the same 200 ids stands in for them.")
+        print(
+            "HF note: HF has no presence/frequency penalty; RepetitionPenaltyLogitsProcessor"
+            f"({HF_REPETITION}) over the same 200 ids stands in for them."
+        )
     for line in verdict(report):
         print(line)
 
@@ -402,19 +450,26 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="B = 1, 8 and short timing (<= ~30 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the numbers to PATH")
-    ap.add_argument("--no-hf", action="store_true",
-                    help="leave the HF pipeline out: its multi-megabyte sweeps between "
-                         "repeats make every timed call start with cold caches, which costs "
-                         "a step of ~50 small NumPy calls more than the 4-call floor")
-    ap.add_argument("--cold", action="store_true",
-                    help="read a 16 MB buffer before every timed call of every method, so "
-                         "that each starts cold, as a sampler does after a forward pass")
+    ap.add_argument(
+        "--no-hf",
+        action="store_true",
+        help="leave the HF pipeline out: its multi-megabyte sweeps between "
+        "repeats make every timed call start with cold caches, which costs "
+        "a step of ~50 small NumPy calls more than the 4-call floor",
+    )
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="read a 16 MB buffer before every timed call of every method, so "
+        "that each starts cold, as a sampler does after a forward pass",
+    )
     args = ap.parse_args(argv)
     start = (cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter())
     load_start = [round(x, 2) for x in os.getloadavg()]
     batches, budget, min_reps = ((1, 8), 0.8, 5) if args.quick else ((1, 8, 64), 6.0, 7)
-    report = run(batches=batches, budget=budget, min_reps=min_reps, with_hf=not args.no_hf,
-                 cold=args.cold)
+    report = run(
+        batches=batches, budget=budget, min_reps=min_reps, with_hf=not args.no_hf, cold=args.cold
+    )
     report["machine"]["loadavg_start"] = load_start
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     load = other_load(start)

@@ -4,12 +4,13 @@ run one after another.
     python bench/serve_load.py [--model tiny-random-cl100k] [--requests 32] [--max-tokens 32]
 
 Starts the real server (``sampler serve`` in a child process on a free loopback port, one
-ONNX Runtime thread: clients and server do not share a GIL) and drives it with the
-official ``openai`` SDK from this process, each client a thread streaming its requests. Every request is seeded and distinct (prompt i, seed i). For each
-concurrency level it prints throughput (completion tokens/s over the wall time of the
-whole set), time-to-first-token p50/p95, and the ratio to the sequential run, plus a
-check that every concurrent answer equals the sequential one (continuous batching must
-not change a seeded result). Target (issue 4): 8 concurrent >= 3x sequential throughput.
+ONNX Runtime thread: clients and server do not share a GIL) and drives it with the official
+``openai`` SDK from this process, each client a thread streaming its requests. Every request
+is seeded and distinct (prompt i, seed i). For each concurrency level it prints throughput
+(completion tokens/s over the wall time of the whole set), time-to-first-token p50/p95, and
+the ratio to the sequential run, plus a check that every concurrent answer equals the
+sequential one (continuous batching must not change a seeded result). Target (issue 4):
+8 concurrent >= 3x sequential throughput.
 """
 
 from __future__ import annotations
@@ -38,17 +39,19 @@ def start(model: str) -> tuple[str, subprocess.Popen]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "sampler.cli", "serve", "--model", model,
-                             "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sampler.cli", "serve", "--model", model, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600  # the first use of a model may build or fetch it
     while time.time() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
             return f"http://127.0.0.1:{port}/v1", proc
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None:
-                raise SystemExit(f"sampler serve exited with {proc.returncode}")
+                raise SystemExit(f"sampler serve exited with {proc.returncode}") from err
             time.sleep(0.2)
     proc.terminate()
     raise SystemExit("sampler serve did not come up")
@@ -59,10 +62,15 @@ def one(client: openai.OpenAI, model: str, i: int, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     first, text, usage = None, "", None
     stream = client.completions.create(
-        model=model, prompt=f"Request {i}: tell me about number {i * 7}", max_tokens=max_tokens,
-        seed=i, temperature=0.8, stream=True, stream_options={"include_usage": True},
+        model=model,
+        prompt=f"Request {i}: tell me about number {i * 7}",
+        max_tokens=max_tokens,
+        seed=i,
+        temperature=0.8,
+        stream=True,
+        stream_options={"include_usage": True},
         logit_bias={"100257": -100} if "cl100k" in model else None,
-    )  # fmt: skip
+    )
     for chunk in stream:
         if chunk.choices:
             if first is None and chunk.choices[0].text:
@@ -100,16 +108,25 @@ def main() -> None:
         name = client.models.list().data[0].id
         one(client, name, 0, 4)  # warm-up
         base = run_level(client, name, args.requests, 1, args.max_tokens)
-        print(f"model {name}, {args.requests} requests x {args.max_tokens} tokens, "
-              f"1 ORT thread, {os.cpu_count()} cpus, server in a child process")  # fmt: skip
-        print(f"{'clients':>8} {'wall s':>8} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} "
-              f"{'vs seq':>7} same")  # fmt: skip
+        print(
+            f"model {name}, {args.requests} requests x {args.max_tokens} tokens, "
+            f"1 ORT thread, {os.cpu_count()} cpus, server in a child process"
+        )
+        print(
+            f"{'clients':>8} {'wall s':>8} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} "
+            f"{'vs seq':>7} same"
+        )
         for level in (1, 8, 32):
-            r = base if level == 1 else run_level(client, name, args.requests, level,
-                                                  args.max_tokens)  # fmt: skip
+            r = (
+                base
+                if level == 1
+                else run_level(client, name, args.requests, level, args.max_tokens)
+            )
             same = r["texts"] == base["texts"]
-            print(f"{level:>8} {r['wall']:>8.2f} {r['tok_s']:>8.1f} {r['ttft_p50']*1e3:>7.0f}ms "
-                  f"{r['ttft_p95']*1e3:>7.0f}ms {r['tok_s'] / base['tok_s']:>6.2f}x {same}")  # fmt: skip
+            print(
+                f"{level:>8} {r['wall']:>8.2f} {r['tok_s']:>8.1f} {r['ttft_p50'] * 1e3:>7.0f}ms "
+                f"{r['ttft_p95'] * 1e3:>7.0f}ms {r['tok_s'] / base['tok_s']:>6.2f}x {same}"
+            )
     finally:
         proc.terminate()
         proc.wait(30)

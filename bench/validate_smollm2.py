@@ -55,11 +55,11 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_GREEDY = 32
 PROMPTS = {
     "chat": "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
-            "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
-            "<|im_end|>\n<|im_start|>assistant\n",
+    "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+    "<|im_end|>\n<|im_start|>assistant\n",
     "prose": "The capital of France is",
     "code": "import numpy as np\n\n\ndef softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:\n"
-            '    """Numerically stable softmax over `axis`."""\n',
+    '    """Numerically stable softmax over `axis`."""\n',
 }
 
 
@@ -78,9 +78,17 @@ class LlamaRef:
 
         f32 = llama_cpp.GGML_TYPE_F32
         kv = {"type_k": f32, "type_v": f32} if f32_cache else {}
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx,
-                                   n_ubatch=n_ctx, n_threads=1, n_threads_batch=1,
-                                   logits_all=True, verbose=False, **kv)
+        self.llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=n_ctx,
+            n_threads=1,
+            n_threads_batch=1,
+            logits_all=True,
+            verbose=False,
+            **kv,
+        )
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """float32 [len(ids), V]: the logits after each prefix, one full-sequence eval."""
@@ -133,8 +141,9 @@ def write_f32_gguf(src: Path, dst: Path) -> Path:
 def full_logits(dec: Decoder, ids: list[int]) -> np.ndarray:
     """float32 [S, V]: every position's logits from one full-sequence prefill."""
     rows: dict[int, np.ndarray] = {}
-    dec.prefill([ids], on_logits=lambda p, pos, lg: rows.update(zip(pos.tolist(), lg)),
-                chunk_size=4096)
+    dec.prefill(
+        [ids], on_logits=lambda p, pos, lg: rows.update(zip(pos.tolist(), lg)), chunk_size=4096
+    )
     return np.stack([rows[i] for i in range(len(ids))])
 
 
@@ -148,8 +157,9 @@ def incremental_logits(dec: Decoder, ids: list[int], n_prompt: int) -> np.ndarra
     return np.stack(out)
 
 
-def batched_incremental(dec: Decoder, seqs: list[list[int]], n_prompts: list[int]
-                        ) -> list[np.ndarray]:
+def batched_incremental(
+    dec: Decoder, seqs: list[list[int]], n_prompts: list[int]
+) -> list[np.ndarray]:
     """incremental_logits of all sequences at once: one left-padded batch."""
     last, cache = dec.prefill([s[:n] for s, n in zip(seqs, n_prompts)])
     out = [[row] for row in last]
@@ -177,8 +187,13 @@ def int4_folder(accuracy_level: int) -> Path:
     out = home() / "bench" / f"smollm2-int4-acc{accuracy_level}"
     if not (out / "refsampler.json").is_file():
         print(f"converting {out} (once) ...", file=sys.stderr, flush=True)
-        convert_gguf(home() / "downloads" / GGUF_NAME, out, name=MODEL, weight_dtype="int4",
-                     int4_accuracy_level=accuracy_level)
+        convert_gguf(
+            home() / "downloads" / GGUF_NAME,
+            out,
+            name=MODEL,
+            weight_dtype="int4",
+            int4_accuracy_level=accuracy_level,
+        )
     return out
 
 
@@ -196,9 +211,14 @@ def compare(ref: np.ndarray, ours: np.ndarray) -> dict[str, float]:
     diff = np.abs(ref.astype(np.float64) - ours)
     lp, lq = log_softmax(ref), log_softmax(ours)
     kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)  # [S]
-    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-            "kl": float(kl.mean()), "kl_max": float(kl.max()),
-            "top1": float((ref.argmax(-1) == ours.argmax(-1)).mean()), "n": int(len(ref))}
+    return {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "kl": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "top1": float((ref.argmax(-1) == ours.argmax(-1)).mean()),
+        "n": int(len(ref)),
+    }
 
 
 def first_divergence(a: list[int], b: list[int]) -> str:
@@ -215,8 +235,11 @@ def corpus(max_bytes: int) -> list[tuple[str, str]]:
     """(name, text): this repository's README and docs, then stdlib .py files, sorted."""
     files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     stdlib = Path(os.__file__).parent
-    py = sorted(p for p in stdlib.rglob("*.py")
-                if not {"site-packages", "test", "tests", "idlelib"} & set(p.parts))
+    py = sorted(
+        p
+        for p in stdlib.rglob("*.py")
+        if not {"site-packages", "test", "tests", "idlelib"} & set(p.parts)
+    )
     out, total = [], 0
     for p in files + py:
         try:
@@ -260,26 +283,42 @@ def tokenization(tok, llama: LlamaRef, max_bytes: int) -> dict:
             mism += 1
             if len(examples) < 3:
                 i = int(first_divergence(ours, theirs))
-                examples.append(f"{name}: first difference at token {i}: ours "
-                                f"{ours[i:i + 4]} llama {theirs[i:i + 4]}")
-    return {"files": n_files, "bytes": n_bytes, "tokens_ours": n_tokens, "tokens_llama": n_llama,
-            "mismatched_files": mism, "skipped_special": skipped_special,
-            "skipped_unrepresentable": skipped_bytes, "examples": examples,
-            "s_ours": t_ours, "s_llama": t_llama}
+                examples.append(
+                    f"{name}: first difference at token {i}: ours "
+                    f"{ours[i : i + 4]} llama {theirs[i : i + 4]}"
+                )
+    return {
+        "files": n_files,
+        "bytes": n_bytes,
+        "tokens_ours": n_tokens,
+        "tokens_llama": n_llama,
+        "mismatched_files": mism,
+        "skipped_special": skipped_special,
+        "skipped_unrepresentable": skipped_bytes,
+        "examples": examples,
+        "s_ours": t_ours,
+        "s_llama": t_llama,
+    }
 
 
 # ---------------------------------------------------------------- main
 
 
 def fmt_row(name: str, prompt: str, s: dict) -> str:
-    return (f"{name:24s} {prompt:6s} {s['n']:>4d} {s['max_abs']:>10.3g} {s['mean_abs']:>10.3g} "
-            f"{s['kl']:>10.3g} {s['kl_max']:>10.3g} {s['top1']:>6.3f}")
+    return (
+        f"{name:24s} {prompt:6s} {s['n']:>4d} {s['max_abs']:>10.3g} {s['mean_abs']:>10.3g} "
+        f"{s['kl']:>10.3g} {s['kl_max']:>10.3g} {s['top1']:>6.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus-mb", type=float, default=8.0,
-                    help="bytes of text to tokenize (default %(default)s MB)")
+    ap.add_argument(
+        "--corpus-mb",
+        type=float,
+        default=8.0,
+        help="bytes of text to tokenize (default %(default)s MB)",
+    )
     ap.add_argument("--skip-f32", action="store_true", help="skip the all-F32 GGUF comparison")
     ap.add_argument("--skip-int4", action="store_true", help="skip our int4 variants")
     args = ap.parse_args(argv)
@@ -294,19 +333,23 @@ def main(argv: list[str] | None = None) -> int:
     tok = tokenizer_for(dec.config)
     import llama_cpp
 
-    print(f"# validate_smollm2 {datetime.date.today()}: ours {folder.name} vs llama-cpp-python "
-          f"{llama_cpp.__version__}, ORT 1 thread, llama.cpp n_threads=1, no BOS")
+    print(
+        f"# validate_smollm2 {datetime.date.today()}: ours {folder.name} vs llama-cpp-python "
+        f"{llama_cpp.__version__}, ORT 1 thread, llama.cpp n_threads=1, no BOS"
+    )
 
     q41 = LlamaRef(src)
     prompts = {k: tok.encode(v) for k, v in PROMPTS.items()}
 
     # tokenization
     r = tokenization(tok, q41, int(args.corpus_mb * 2**20))
-    print(f"\n## tokenization: {r['files']} texts, {r['bytes'] / 2**20:.1f} MiB, "
-          f"{r['tokens_ours']:,} tokens (llama.cpp {r['tokens_llama']:,}); "
-          f"{r['mismatched_files']} texts differ; skipped {r['skipped_special']} holding "
-          f"special-token text, {r['skipped_unrepresentable']} holding bytes no token holds; "
-          f"time ours {r['s_ours']:.1f} s, llama.cpp {r['s_llama']:.1f} s")
+    print(
+        f"\n## tokenization: {r['files']} texts, {r['bytes'] / 2**20:.1f} MiB, "
+        f"{r['tokens_ours']:,} tokens (llama.cpp {r['tokens_llama']:,}); "
+        f"{r['mismatched_files']} texts differ; skipped {r['skipped_special']} holding "
+        f"special-token text, {r['skipped_unrepresentable']} holding bytes no token holds; "
+        f"time ours {r['s_ours']:.1f} s, llama.cpp {r['s_llama']:.1f} s"
+    )
     for e in r["examples"]:
         print("  " + e)
 
@@ -318,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         conts[k] = {"ours fp32": ours, "llama Q4_1": theirs}
         seqs[k] = ids + ours
 
-    refs = {"llama.cpp Q4_1 GGUF": q41,
-            "llama.cpp Q4_1, f32 KV": LlamaRef(src, f32_cache=True)}
+    refs = {"llama.cpp Q4_1 GGUF": q41, "llama.cpp Q4_1, f32 KV": LlamaRef(src, f32_cache=True)}
     if not args.skip_f32:
         f32 = home() / "bench" / GGUF_NAME.replace(".Q4_1.", ".F32.")
         if not f32.is_file():
@@ -331,10 +373,14 @@ def main(argv: list[str] | None = None) -> int:
             conts[k]["llama F32"] = refs["llama.cpp F32 GGUF"].greedy(ids, N_GREEDY)
 
     ours_full = {k: full_logits(dec, s) for k, s in seqs.items()}
-    header = (f"{'reference -> ours fp32':24s} {'prompt':6s} {'pos':>4s} {'max|d|':>10s} "
-              f"{'mean|d|':>10s} {'KL mean':>10s} {'KL max':>10s} {'top1':>6s}")
-    print("\n## logits at every position (prompt + ours' 32 greedy tokens), "
-          "KL(reference || ours) in nats")
+    header = (
+        f"{'reference -> ours fp32':24s} {'prompt':6s} {'pos':>4s} {'max|d|':>10s} "
+        f"{'mean|d|':>10s} {'KL mean':>10s} {'KL max':>10s} {'top1':>6s}"
+    )
+    print(
+        "\n## logits at every position (prompt + ours' 32 greedy tokens), "
+        "KL(reference || ours) in nats"
+    )
     print(header + "\n" + "-" * len(header))
     for rname, ref in refs.items():
         for k, s in seqs.items():
@@ -353,42 +399,56 @@ def main(argv: list[str] | None = None) -> int:
             conts[k]["ours int4"] = greedy(variants["ours int4"], ids, N_GREEDY)
             conts[k]["ours int4 acc4"] = greedy(variants["ours int4 acc4"], ids, N_GREEDY)
 
-    print("\n## reproducibility, max |diff| over the 33 continuation positions: incremental "
-          "(prefill the prompt, then one step per token) vs full-sequence logits; and the "
-          "three prompts decoded together (B = 3) vs each alone")
+    print(
+        "\n## reproducibility, max |diff| over the 33 continuation positions: incremental "
+        "(prefill the prompt, then one step per token) vs full-sequence logits; and the "
+        "three prompts decoded together (B = 3) vs each alone"
+    )
     names = list(seqs)
     for name, d in variants.items():
         alone = {k: incremental_logits(d, s, len(prompts[k])) for k, s in seqs.items()}
-        worst = {k: float(np.abs(alone[k] - full_logits(d, s)[len(prompts[k]) - 1:]).max())
-                 for k, s in seqs.items()}
-        together = batched_incremental(d, [seqs[k] for k in names],
-                                       [len(prompts[k]) for k in names])
-        batch = max(float(np.abs(t - alone[k][:len(t)]).max()) for k, t in zip(names, together))
-        print(f"  {name:16s} incremental vs full: "
-              + "  ".join(f"{k} {v:.3g}" for k, v in worst.items())
-              + f";  batched vs alone: {batch:.3g}")
+        worst = {
+            k: float(np.abs(alone[k] - full_logits(d, s)[len(prompts[k]) - 1 :]).max())
+            for k, s in seqs.items()
+        }
+        together = batched_incremental(
+            d, [seqs[k] for k in names], [len(prompts[k]) for k in names]
+        )
+        batch = max(float(np.abs(t - alone[k][: len(t)]).max()) for k, t in zip(names, together))
+        print(
+            f"  {name:16s} incremental vs full: "
+            + "  ".join(f"{k} {v:.3g}" for k, v in worst.items())
+            + f";  batched vs alone: {batch:.3g}"
+        )
 
-    print(f"\n## greedy continuations ({N_GREEDY} tokens, raw argmax): first differing position "
-          "against ours fp32 ('none' = identical)")
+    print(
+        f"\n## greedy continuations ({N_GREEDY} tokens, raw argmax): first differing position "
+        "against ours fp32 ('none' = identical)"
+    )
     for k in prompts:
         base = conts[k]["ours fp32"]
-        others = "  ".join(f"{n}: {first_divergence(base, c)}" for n, c in conts[k].items()
-                           if n != "ours fp32")
+        others = "  ".join(
+            f"{n}: {first_divergence(base, c)}" for n, c in conts[k].items() if n != "ours fp32"
+        )
         print(f"  {k:6s} {others}")
         i = first_divergence(base, conts[k]["llama Q4_1"])
         if i not in ("none",) and int(i) < len(base):
             row = ours_full[k][len(prompts[k]) - 1 + int(i)]
             theirs = conts[k]["llama Q4_1"][int(i)]
-            print(f"         at {i}, ours fp32 puts token {base[int(i)]} "
-                  f"{row[base[int(i)]] - row[theirs]:.3f} above llama Q4_1's {theirs} "
-                  f"({tok.decode_bytes([base[int(i)]])!r} vs {tok.decode_bytes([theirs])!r})")
+            print(
+                f"         at {i}, ours fp32 puts token {base[int(i)]} "
+                f"{row[base[int(i)]] - row[theirs]:.3f} above llama Q4_1's {theirs} "
+                f"({tok.decode_bytes([base[int(i)]])!r} vs {tok.decode_bytes([theirs])!r})"
+            )
         print(f"         ours fp32: {tok.decode_bytes(base).decode('utf-8', 'replace')!r}")
         if first_divergence(base, conts[k]["llama Q4_1"]) != "none":
             text = tok.decode_bytes(conts[k]["llama Q4_1"]).decode("utf-8", "replace")
             print(f"         llama Q4_1: {text!r}")
 
-    print(f"\nload average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
-          f"({os.cpu_count()} cpus); {time.perf_counter() - t_start:.0f} s")
+    print(
+        f"\nload average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
+        f"({os.cpu_count()} cpus); {time.perf_counter() - t_start:.0f} s"
+    )
     return 0
 
 

@@ -10,7 +10,8 @@ runs the model once for the rest. A sequence whose step raises fails alone.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,15 @@ __all__ = ["Candidate", "Batch"]
 class Candidate:
     """One candidate sequence of a request: its sampling state, text and logprobs."""
 
-    def __init__(self, req: Request, prompt: int, index: int, rng: np.random.Generator,
-                 base_offset: int, owner: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        req: Request,
+        prompt: int,
+        index: int,
+        rng: np.random.Generator,
+        base_offset: int,
+        owner: Any = None,
+    ) -> None:
         self.req = req
         self.owner = owner  # the Completion this candidate belongs to
         self.prompt = prompt  # which prompt of the request
@@ -59,9 +67,15 @@ class Candidate:
     def mean_logprob(self) -> float:
         return self.logprob_sum / self.generated if self.generated else 0.0
 
-    def accept(self, token: int, raw_lp: float, rep_lp: float,
-               top: tuple[np.ndarray, np.ndarray] | None, tok: Tokenizer,
-               end_ids: tuple[int, ...]) -> None:  # fmt: skip
+    def accept(
+        self,
+        token: int,
+        raw_lp: float,
+        rep_lp: float,
+        top: tuple[np.ndarray, np.ndarray] | None,
+        tok: Tokenizer,
+        end_ids: tuple[int, ...],
+    ) -> None:
         """Take the token chosen for this candidate and decide whether it has finished."""
         self.generated += 1
         self.logprob_sum += raw_lp if self.row.raw_logprob else 0.0
@@ -78,14 +92,23 @@ class Candidate:
         elif self.generated >= self.req.max_tokens:
             self._finish("length")
 
-    def _log(self, tok: Tokenizer, token: int, lp: float,
-             top: tuple[np.ndarray, np.ndarray] | None, rel: int, end: bool = False) -> None:  # fmt: skip
+    def _log(
+        self,
+        tok: Tokenizer,
+        token: int,
+        lp: float,
+        top: tuple[np.ndarray, np.ndarray] | None,
+        rel: int,
+        end: bool = False,
+    ) -> None:
         """Append the token's logprobs entry (when logprobs were asked for)."""
         if self.req.sampling.logprobs is None:
             return
         assert top is not None
         entry_top = top_dict(tok, top[0], top[1], token, lp)
-        self.entries.append(TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel))
+        self.entries.append(
+            TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel)
+        )
         self._rel.append(-1 if end else rel)  # -1: the end token, shown with the last delta
 
     def finish_without_tokens(self) -> None:
@@ -130,11 +153,16 @@ class Batch:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def admit(self, prompts: Sequence[Prompt], groups: Sequence[Sequence[Candidate]],
-              on_logits: Any = None) -> None:  # fmt: skip
+    def admit(
+        self,
+        prompts: Sequence[Prompt],
+        groups: Sequence[Sequence[Candidate]],
+        on_logits: Any = None,
+    ) -> None:
         """Prefill ``prompts`` and add ``groups[p]`` (the candidates of prompt p)."""
-        logits, cache = self.engine.decoder.prefill([p.tokens for p in prompts],
-                                                    on_logits=on_logits)  # fmt: skip
+        logits, cache = self.engine.decoder.prefill(
+            [p.tokens for p in prompts], on_logits=on_logits
+        )
         rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
         new = [c for g in groups for c in g]
         if not new:
@@ -195,8 +223,9 @@ class Batch:
         picked: list[tuple[int, float, float, Any] | None] = []
         for b, s in enumerate(self.seqs):
             try:
-                one = sample_step(self.logits[b : b + 1], [rows[b]], [uniforms[b]],
-                                  workspace=self._workspace)  # fmt: skip
+                one = sample_step(
+                    self.logits[b : b + 1], [rows[b]], [uniforms[b]], workspace=self._workspace
+                )
                 picked.append(_picked(one, 0))
             except Exception as exc:
                 s.fail(exc)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -43,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("complete", help="complete a prompt (streams text as it is generated)")
     c.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted")
-    c.add_argument("--model", help="a known model name or a model folder (default: "
-                   "$SAMPLER_MODEL or smollm2-135m-instruct)")
+    c.add_argument(
+        "--model",
+        help="a known model name or a model folder (default: "
+        "$SAMPLER_MODEL or smollm2-135m-instruct)",
+    )
     c.add_argument("--max-tokens", type=int)
     c.add_argument("--temperature", type=float)
     c.add_argument("--top-p", type=float)
@@ -58,9 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--presence-penalty", type=float)
     c.add_argument("--frequency-penalty", type=float)
     c.add_argument(
-        "--logit-bias", action="append", type=_logit_bias_item, metavar="ID=BIAS",
+        "--logit-bias",
+        action="append",
+        type=_logit_bias_item,
+        metavar="ID=BIAS",
         help="add BIAS to token ID's logit (repeatable)",
-    )  # fmt: skip
+    )
     c.add_argument("--logprobs-mode", choices=("raw", "processed"))
     c.add_argument("--json", action="store_true", help="print the full response object")
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
@@ -73,35 +80,61 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("convert", help="convert a Llama GGUF file into a model folder")
     v.add_argument("gguf", metavar="PATH.gguf", help="a Llama-architecture GGUF file")
     v.add_argument("--out", help="the model folder to create (default: PATH without .gguf)")
-    v.add_argument("--weights", choices=("float32", "float16", "int4"), default="float32",
-                   help="how the ONNX file stores the weights (compute is float32 either way; "
-                        "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
-                        "MatMulNBits)")
+    v.add_argument(
+        "--weights",
+        choices=("float32", "float16", "int4"),
+        default="float32",
+        help="how the ONNX file stores the weights (compute is float32 either way; "
+        "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
+        "MatMulNBits)",
+    )
     v.add_argument("--name", help="the model id in responses (default: the folder's name)")
-    v.add_argument("--attention", choices=ATTENTIONS,
-                   help="gqa (the default when the head size is a multiple of 8, else "
-                        "exact): ONNX Runtime's GroupQueryAttention with the KV cache updated "
-                        "in place; exact/fast: the Hugging Face/Optimum cache I/O (past and "
-                        "new keys concatenated every step), attention sums in float64/float32")
+    v.add_argument(
+        "--attention",
+        choices=ATTENTIONS,
+        help="gqa (the default when the head size is a multiple of 8, else "
+        "exact): ONNX Runtime's GroupQueryAttention with the KV cache updated "
+        "in place; exact/fast: the Hugging Face/Optimum cache I/O (past and "
+        "new keys concatenated every step), attention sums in float64/float32",
+    )
 
     s = sub.add_parser("serve", help="serve the OpenAI Completions API over HTTP")
-    s.add_argument("--model", action="append",
-                   help="a model to serve (repeatable; default: the default model)")
+    s.add_argument(
+        "--model", action="append", help="a model to serve (repeatable; default: the default model)"
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
-    s.add_argument("--max-batch", type=int, default=64,
-                   help="sequences decoded together at most (default %(default)s)")
-    s.add_argument("--max-queue", type=int, default=256,
-                   help="requests waiting for a place before 429 (default %(default)s)")
+    s.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="sequences decoded together at most (default %(default)s)",
+    )
+    s.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests waiting for a place before 429 (default %(default)s)",
+    )
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     return parser
 
 
 _FIELDS = (
-    "max_tokens", "temperature", "top_p", "n", "best_of", "logprobs", "echo", "suffix",
-    "seed", "presence_penalty", "frequency_penalty", "logprobs_mode",
-)  # fmt: skip
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "best_of",
+    "logprobs",
+    "echo",
+    "suffix",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs_mode",
+)
 
 
 def _request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
@@ -130,8 +163,10 @@ def _complete(args: argparse.Namespace) -> int:
         print(f"error: --model: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
     except PullError as err:
-        print(f"error: {err}\n(try `--model tiny-random-cl100k`, which needs no download)",
-              file=sys.stderr)
+        print(
+            f"error: {err}\n(try `--model tiny-random-cl100k`, which needs no download)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     body = _request(args, prompt)
     streamable = (body.get("best_of") or 0) <= (body.get("n") or 1)
@@ -196,10 +231,15 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"error: {src}: no such file", file=sys.stderr)
         return EXIT_FAILED
     try:
-        folder = convert_gguf(src, out, name=args.name, weight_dtype=args.weights,
-                              attention=args.attention,
-                              progress=sys.stderr.isatty(),
-                              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        folder = convert_gguf(
+            src,
+            out,
+            name=args.name,
+            weight_dtype=args.weights,
+            attention=args.attention,
+            progress=sys.stderr.isatty(),
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -211,16 +251,24 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerConfig, serve
     except ImportError as err:
-        print(f"error: the server needs the 'server' extra ({err}); "
-              "pip install 'refsampler[server]'", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: the server needs the 'server' extra ({err}); pip install 'refsampler[server]'",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     from .registry import default_model
 
-    config = ServerConfig(api_key=args.api_key, max_sequences=args.max_batch,
-                          max_waiting=args.max_queue)  # fmt: skip
+    config = ServerConfig(
+        api_key=args.api_key, max_sequences=args.max_batch, max_waiting=args.max_queue
+    )
     try:
-        serve(args.model or [default_model()], host=args.host, port=args.port,
-              threads=args.threads, config=config)  # fmt: skip
+        serve(
+            args.model or [default_model()],
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            config=config,
+        )
     except FileNotFoundError as err:
         print(f"error: --model: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST

@@ -16,10 +16,10 @@ What it does, in order:
    undoes that, because our graph rotates like HF. No ``output.weight`` means the head is
    tied to the embedding.
 3. **Tokenizer** from ``tokenizer.ggml.*`` as byte-level BPE ranks for tiktoken
-   (:func:`sampler.gguf_vocab.gguf_vocab`): token strings are mapped back to bytes with GPT-2's byte<->unicode
-   table, and the ids are the ranks, which is only right when merge ``k``'s result has a
-   larger id than merge ``k-1``'s -- checked, as is every other assumption, with an error
-   naming what was found.
+   (:func:`sampler.gguf_vocab.gguf_vocab`): token strings are mapped back to bytes with
+   GPT-2's byte<->unicode table, and the ids are the ranks, which is only right when merge
+   ``k``'s result has a larger id than merge ``k-1``'s -- checked, as is every other
+   assumption, with an error naming what was found.
 4. The folder is written atomically (a temporary sibling, renamed when complete).
 
 ``gguf`` (the llama.cpp project's reader) is imported here only, so ``import sampler`` stays
@@ -38,22 +38,35 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .model import sha256_file
 from .gguf_vocab import PRETOKENIZER_PATTERNS, GGUFVocab, byte_decoder, gguf_vocab
+from .model import sha256_file
 from .onnx_llama import ATTENTIONS, Int4Matrix, LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     import gguf
 
-__all__ = ["CONVERT_VERSION", "PRETOKENIZER_PATTERNS", "GGUFVocab", "GGUFLlama", "read_gguf",
-           "gguf_vocab", "llama_config", "llama_weights", "llama_int4_weights",
-           "int4_matrix", "unpermute_rope_rows", "byte_decoder", "convert_gguf"]
+__all__ = [
+    "CONVERT_VERSION",
+    "PRETOKENIZER_PATTERNS",
+    "GGUFVocab",
+    "GGUFLlama",
+    "read_gguf",
+    "gguf_vocab",
+    "llama_config",
+    "llama_weights",
+    "llama_int4_weights",
+    "int4_matrix",
+    "unpermute_rope_rows",
+    "byte_decoder",
+    "convert_gguf",
+]
 
 #: Bumped whenever the output changes for the same input, through this module or through
 #: sampler.onnx_llama's graph: the registry's folder names carry it, so a changed converter
@@ -62,10 +75,16 @@ CONVERT_VERSION = 2
 
 # GGUF tensor name -> HF name (``blk.{i}.`` prefix for the per-layer ones)
 _LAYER_TENSORS = {
-    "attn_norm": "input_layernorm", "attn_q": "q_proj", "attn_k": "k_proj",
-    "attn_v": "v_proj", "attn_output": "o_proj", "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj",
-}  # fmt: skip
+    "attn_norm": "input_layernorm",
+    "attn_q": "q_proj",
+    "attn_k": "k_proj",
+    "attn_v": "v_proj",
+    "attn_output": "o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "gate_proj",
+    "ffn_up": "up_proj",
+    "ffn_down": "down_proj",
+}
 _GLOBAL_TENSORS = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
 
 
@@ -84,7 +103,8 @@ def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
     if rows % num_heads or hd % 2:
         raise ValueError(f"cannot split {rows} rows into {num_heads} heads of even size")
     return np.ascontiguousarray(
-        w.reshape(num_heads, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols))
+        w.reshape(num_heads, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    )
 
 
 @dataclass
@@ -92,7 +112,7 @@ class GGUFLlama:
     """What a GGUF file says about a Llama model, before any weight is read."""
 
     path: Path
-    reader: "gguf.GGUFReader" = field(repr=False)
+    reader: gguf.GGUFReader = field(repr=False)
     config: LlamaConfig
     vocab: GGUFVocab
     name: str  # general.name, or the file name
@@ -106,7 +126,7 @@ class GGUFLlama:
 class _Meta:
     """Typed access to GGUF metadata; errors name the key."""
 
-    def __init__(self, reader: "gguf.GGUFReader", path: Path) -> None:
+    def __init__(self, reader: gguf.GGUFReader, path: Path) -> None:
         self.reader, self.path = reader, path
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -117,8 +137,10 @@ class _Meta:
             return default
         value = f.contents()
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise ValueError(f"{self.path}: metadata {key!r} is {value!r}, expected "
-                             f"{getattr(kind, '__name__', kind)}")
+            raise ValueError(
+                f"{self.path}: metadata {key!r} is {value!r}, expected "
+                f"{getattr(kind, '__name__', kind)}"
+            )
         return value
 
 
@@ -137,30 +159,38 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
     meta = _Meta(reader, path)
     arch = meta.get("general.architecture", str)
     if arch != "llama":
-        raise ValueError(f"{path}: general.architecture is {arch!r}; only 'llama' GGUF files "
-                         "convert")
+        raise ValueError(
+            f"{path}: general.architecture is {arch!r}; only 'llama' GGUF files convert"
+        )
     tokens = meta.get("tokenizer.ggml.tokens", list)
     fim_keys = {"prefix": "fim_pre", "middle": "fim_mid", "suffix": "fim_suf"}
     fim = {k: meta.get(f"tokenizer.ggml.{v}_token_id", int, None) for k, v in fim_keys.items()}
     eos = [meta.get(f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eos", "eot")]
     vocab = gguf_vocab(
-        tokens, meta.get("tokenizer.ggml.token_type", list),
+        tokens,
+        meta.get("tokenizer.ggml.token_type", list),
         meta.get("tokenizer.ggml.merges", list, []),
         model=meta.get("tokenizer.ggml.model", str),
         pre=meta.get("tokenizer.ggml.pre", str, "gpt-2"),
         eos_ids=[i for i in eos if i is not None],
         fim=fim if None not in fim.values() else None,
-    )  # fmt: skip
-    return GGUFLlama(path, reader, llama_config(meta, len(tokens)), vocab,
-                     meta.get("general.name", str, path.stem))
+    )
+    return GGUFLlama(
+        path,
+        reader,
+        llama_config(meta, len(tokens)),
+        vocab,
+        meta.get("general.name", str, path.stem),
+    )
 
 
 def llama_config(meta: _Meta, vocab_size: int) -> LlamaConfig:
     """The :class:`LlamaConfig` of the ``llama.*`` metadata; unsupported variants refused."""
     scaling = meta.get("llama.rope.scaling.type", str, "none")
     if scaling != "none":
-        raise ValueError(f"{meta.path}: llama.rope.scaling.type is {scaling!r}; RoPE scaling "
-                         "is not supported")
+        raise ValueError(
+            f"{meta.path}: llama.rope.scaling.type is {scaling!r}; RoPE scaling is not supported"
+        )
     layers = meta.get("llama.block_count", int)
     width = meta.get("llama.embedding_length", int)
     ffn = meta.get("llama.feed_forward_length", int)
@@ -172,16 +202,22 @@ def llama_config(meta: _Meta, vocab_size: int) -> LlamaConfig:
     if value_dim != head_dim or rotary != head_dim:
         raise ValueError(
             f"{meta.path}: key length {head_dim}, value length {value_dim} and RoPE dimension "
-            f"{rotary} differ; only full-head RoPE with equal key/value sizes is supported")
+            f"{rotary} differ; only full-head RoPE with equal key/value sizes is supported"
+        )
     ctx = meta.get("llama.context_length", int)
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=width, intermediate_size=ffn, num_layers=layers,
-        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=ffn,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
         rope_theta=float(meta.get("llama.rope.freq_base", float, 10000.0)),
         rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", float)),
         tie_word_embeddings="output.weight" not in {t.name for t in meta.reader.tensors},
         max_position=ctx,
-    )  # fmt: skip
+    )
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -211,20 +247,29 @@ def llama_weights(model: GGUFLlama, *, progress: bool = False) -> dict[str, np.n
     for t in _progress(tensors, "dequantise", progress):
         name = _hf_name(t.name)
         if name is None or name not in expected:
-            hint = (" (Llama 3 RoPE frequency scaling is not supported)"
-                    if t.name == "rope_freqs.weight" else "")
-            raise ValueError(f"{model.path}: unexpected tensor {t.name!r} ({t.tensor_type.name}, "
-                             f"shape {t.shape.tolist()}){hint}; this converter handles the "
-                             "plain Llama architecture")
+            hint = (
+                " (Llama 3 RoPE frequency scaling is not supported)"
+                if t.name == "rope_freqs.weight"
+                else ""
+            )
+            raise ValueError(
+                f"{model.path}: unexpected tensor {t.name!r} ({t.tensor_type.name}, "
+                f"shape {t.shape.tolist()}){hint}; this converter handles the "
+                "plain Llama architecture"
+            )
         try:
             w = dequantize(t.data, t.tensor_type)
         except NotImplementedError:
-            raise ValueError(f"{model.path}: tensor {t.name!r} has type {t.tensor_type.name}, "
-                             "which gguf.quants cannot dequantise") from None
+            raise ValueError(
+                f"{model.path}: tensor {t.name!r} has type {t.tensor_type.name}, "
+                "which gguf.quants cannot dequantise"
+            ) from None
         w = np.array(w, dtype=np.float32, order="C")  # a copy: the file's map is read-only
         if w.shape != expected[name]:
-            raise ValueError(f"{model.path}: tensor {t.name!r} has shape {w.shape} after "
-                             f"dequantisation, expected {expected[name]} for {name}")
+            raise ValueError(
+                f"{model.path}: tensor {t.name!r} has shape {w.shape} after "
+                f"dequantisation, expected {expected[name]} for {name}"
+            )
         if name.endswith(".q_proj"):
             w = unpermute_rope_rows(w, c.num_heads)
         elif name.endswith(".k_proj"):
@@ -251,11 +296,11 @@ def int4_matrix(kind: str, raw: np.ndarray, rows: int, cols: int) -> Int4Matrix:
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, nb, size)
 
     def half(at: int) -> np.ndarray:  # the fp16 at byte ``at`` of every block, as float32
-        return blocks[:, :, at:at + 2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+        return blocks[:, :, at : at + 2].copy().view(np.float16)[:, :, 0].astype(np.float32)
 
     d = half(0)  # [rows, nb]
     m = half(2) if kind == "Q4_1" else None
-    qs = blocks[:, :, size - 16:]  # [rows, nb, 16]
+    qs = blocks[:, :, size - 16 :]  # [rows, nb, 16]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=2)  # [rows, nb, 32]
     return Int4Matrix(kind, q, d, m)
 
@@ -272,8 +317,12 @@ def llama_int4_weights(model: GGUFLlama) -> dict[str, Int4Matrix]:
     for t in model.reader.tensors:
         name = _hf_name(t.name)
         kind = t.tensor_type.name
-        if (name is None or not name.startswith("layers.") or kind not in _INT4_BLOCK_BYTES
-                or len(t.shape) != 2):
+        if (
+            name is None
+            or not name.startswith("layers.")
+            or kind not in _INT4_BLOCK_BYTES
+            or len(t.shape) != 2
+        ):
             continue
         cols, rows = (int(n) for n in t.shape)  # GGUF lists the fastest dimension first
         w = int4_matrix(kind, t.data, rows, cols)
@@ -296,11 +345,17 @@ def _progress(items: Sequence, desc: str, on: bool):
 # ---------------------------------------------------------------- the folder
 
 
-def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 name: str | None = None, weight_dtype: str = "float32",
-                 attention: str | None = None, progress: bool = False,
-                 log: Callable[[str], None] | None = None,
-                 int4_accuracy_level: int = 0) -> Path:
+def convert_gguf(
+    gguf_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    weight_dtype: str = "float32",
+    attention: str | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    int4_accuracy_level: int = 0,
+) -> Path:
     """Convert a Llama GGUF file into a model folder ``out_dir`` (which must not exist).
 
     The folder holds ``model.onnx`` (float32 weights, or float16 storage with
@@ -334,30 +389,41 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     model = read_gguf(gguf_path)
     c, v = model.config, model.vocab
     types = sorted(set(model.tensor_types.values()))
-    say(f"{model.path.name}: {model.name}, {c.num_layers} layers, width {c.hidden_size}, "
+    say(
+        f"{model.path.name}: {model.name}, {c.num_layers} layers, width {c.hidden_size}, "
         f"{c.num_heads}/{c.num_kv_heads} heads, vocab {c.vocab_size}, context "
-        f"{c.max_position}, tensors {'/'.join(types)}")
+        f"{c.max_position}, tensors {'/'.join(types)}"
+    )
     name = name or out.name
     # Build the tokenizer now: a vocabulary tiktoken cannot load fails before any big work.
-    bpe_tokenizer(name, v.ranks, pattern=v.pattern, special_tokens=v.special_tokens,
-                  vocab_size=v.vocab_size)
+    bpe_tokenizer(
+        name, v.ranks, pattern=v.pattern, special_tokens=v.special_tokens, vocab_size=v.vocab_size
+    )
     weights: dict[str, Any] = dict(llama_weights(model, progress=progress))
     if weight_dtype == "int4":
         int4 = llama_int4_weights(model)
         if not int4:
-            raise ValueError(f"{model.path}: no Q4_0 or Q4_1 layer matrices (tensor types "
-                             f"{'/'.join(types)}); --weights int4 has nothing to keep in 4 bits")
+            raise ValueError(
+                f"{model.path}: no Q4_0 or Q4_1 layer matrices (tensor types "
+                f"{'/'.join(types)}); --weights int4 has nothing to keep in 4 bits"
+            )
         weights.update(int4)
         say(f"{len(int4)} Q4_0/Q4_1 matrices kept as 4-bit MatMulNBits blocks")
     if attention is None:
         attention = "gqa" if gqa_supported(c) else "exact"
         if attention == "exact":
-            say(f"head size {c.head_dim} is not a multiple of 8: GroupQueryAttention cannot "
-                "run it, using the exact attention graph (HF/Optimum cache I/O)")
+            say(
+                f"head size {c.head_dim} is not a multiple of 8: GroupQueryAttention cannot "
+                "run it, using the exact attention graph (HF/Optimum cache I/O)"
+            )
     say(f"building the ONNX graph ({weight_dtype} weights, {attention} attention)")
-    graph = build_llama(weights, c, weight_dtype=weight_dtype,  # type: ignore[arg-type]
-                        attention=attention,  # type: ignore[arg-type]
-                        int4_accuracy_level=int4_accuracy_level)
+    graph = build_llama(
+        weights,
+        c,
+        weight_dtype=weight_dtype,  # type: ignore[arg-type]
+        attention=attention,  # type: ignore[arg-type]
+        int4_accuracy_level=int4_accuracy_level,
+    )
     del weights
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -369,28 +435,40 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         del graph
         ranks_sha = write_ranks(tmp / "tokenizer.tiktoken", v.ranks)
         manifest = {
-            "format": "refsampler-model/1", "name": name, "onnx": "model.onnx",
-            "tokenizer": {"name": name, "file": "tokenizer.tiktoken", "sha256": ranks_sha,
-                          "pattern": v.pattern, "special_tokens": v.special_tokens,
-                          "vocab_size": v.vocab_size, "pre": v.pre},
-            "context_length": c.max_position, "eos_token_ids": list(v.eos_token_ids),
+            "format": "refsampler-model/1",
+            "name": name,
+            "onnx": "model.onnx",
+            "tokenizer": {
+                "name": name,
+                "file": "tokenizer.tiktoken",
+                "sha256": ranks_sha,
+                "pattern": v.pattern,
+                "special_tokens": v.special_tokens,
+                "vocab_size": v.vocab_size,
+                "pre": v.pre,
+            },
+            "context_length": c.max_position,
+            "eos_token_ids": list(v.eos_token_ids),
             "fim": v.fim,
-            "source": {"gguf": model.path.name, "sha256": sha256_file(model.path),
-                       "general.name": model.name, "tensor_types": types},
-            "weights": weight_dtype, "attention": attention,
+            "source": {
+                "gguf": model.path.name,
+                "sha256": sha256_file(model.path),
+                "general.name": model.name,
+                "tensor_types": types,
+            },
+            "weights": weight_dtype,
+            "attention": attention,
             **({"int4_accuracy_level": int4_accuracy_level} if weight_dtype == "int4" else {}),
             "converter": f"refsampler convert/{CONVERT_VERSION}",
-        }  # fmt: skip
+        }
         (tmp / "refsampler.json").write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             os.rename(tmp, out)
         except OSError:
             if out.exists():  # another converter finished first
-                raise FileExistsError(f"{out} appeared while converting; left as it is"
-                                      ) from None
+                raise FileExistsError(f"{out} appeared while converting; left as it is") from None
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"converted in {time.perf_counter() - t0:.1f} s: {out}")
     return out
-

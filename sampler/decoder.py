@@ -14,7 +14,8 @@ onnxruntime is imported only when a Decoder is loaded.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,16 +51,20 @@ class Decoder:
         self.config = config
         inputs = {i.name: i for i in session.get_inputs()}
         self._input_names = set(inputs)
-        self.num_layers = sum(1 for n in inputs if n.startswith("past_key_values.")
-                              and n.endswith(".key"))
+        self.num_layers = sum(
+            1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key")
+        )
         if self.num_layers == 0 or "logits" not in {o.name for o in session.get_outputs()}:
-            raise ValueError(f"{config.onnx_path}: not a decoder with a KV cache (needs "
-                             "past_key_values.{i}.key/value inputs and a logits output)")
+            raise ValueError(
+                f"{config.onnx_path}: not a decoder with a KV cache (needs "
+                "past_key_values.{i}.key/value inputs and a logits output)"
+            )
         past = inputs["past_key_values.0.key"]
         _, self.num_kv_heads, _, self.head_dim = past.shape
         if not (isinstance(self.num_kv_heads, int) and isinstance(self.head_dim, int)):
-            raise ValueError(f"{config.onnx_path}: KV heads and head size must be static, "
-                             f"got shape {past.shape}")
+            raise ValueError(
+                f"{config.onnx_path}: KV heads and head size must be static, got shape {past.shape}"
+            )
         self.kv_dtype = np.dtype(np.float16 if past.type == "tensor(float16)" else np.float32)
         self.shared_cache = "seqlens_k" in inputs  # attention="gqa": SharedKVCache
         logits = next(o for o in session.get_outputs() if o.name == "logits")
@@ -79,22 +84,38 @@ class Decoder:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only
-        session = ort.InferenceSession(str(config.onnx_path), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(config.onnx_path), opts, providers=["CPUExecutionProvider"]
+        )
         return cls(session, config)
 
     def empty_cache(self, batch: int, capacity: int = 0) -> KVCache | SharedKVCache:
         if self.shared_cache:
-            return SharedKVCache.empty(batch, num_layers=self.num_layers, capacity=capacity,
-                                       num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-                                       dtype=self.kv_dtype)
-        return KVCache.empty(batch, num_layers=self.num_layers, num_kv_heads=self.num_kv_heads,
-                             head_dim=self.head_dim, dtype=self.kv_dtype)
+            return SharedKVCache.empty(
+                batch,
+                num_layers=self.num_layers,
+                capacity=capacity,
+                num_kv_heads=self.num_kv_heads,
+                head_dim=self.head_dim,
+                dtype=self.kv_dtype,
+            )
+        return KVCache.empty(
+            batch,
+            num_layers=self.num_layers,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.kv_dtype,
+        )
 
     # -- public steps
 
-    def prefill(self, prompts: Sequence[Sequence[int]], *, on_logits: OnLogits | None = None,
-                chunk_size: int = 256) -> tuple[np.ndarray, KVCache]:
+    def prefill(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        on_logits: OnLogits | None = None,
+        chunk_size: int = 256,
+    ) -> tuple[np.ndarray, KVCache]:
         """Run all prompts together; return each prompt's last-token logits [P, V] and the cache.
 
         Prompts are left-padded to the longest and fed ``chunk_size`` columns at a time (fewer
@@ -123,8 +144,9 @@ class Decoder:
         lengths = (L - pads).astype(np.int64)
         return last, KVCache(cache.keys, cache.values, mask, lengths)
 
-    def step(self, cache: KVCache,
-             tokens: np.ndarray | Sequence[int]) -> tuple[np.ndarray, KVCache]:
+    def step(
+        self, cache: KVCache, tokens: np.ndarray | Sequence[int]
+    ) -> tuple[np.ndarray, KVCache]:
         """Append one token per row; return logits float32 [B, V] and the new cache.
 
         Each row's new token takes position ``cache.lengths[row]``. A :class:`KVCache` is
@@ -136,36 +158,42 @@ class Decoder:
             raise ValueError(f"step: got {tokens.shape[0]} tokens for a batch of {cache.batch}")
         self._check_ids(tokens)
         if cache.batch and int(cache.lengths.max()) >= self.config.context_length:
-            raise ValueError(f"step: a row already holds {int(cache.lengths.max())} tokens, the "
-                             f"context length of {self.config.name} is "
-                             f"{self.config.context_length}")
+            raise ValueError(
+                f"step: a row already holds {int(cache.lengths.max())} tokens, the "
+                f"context length of {self.config.name} is "
+                f"{self.config.context_length}"
+            )
         if cache.batch == 0:
             return np.zeros((0, self.vocab_size), np.float32), cache
         if isinstance(cache, SharedKVCache):
             cache = cache.reserve(1, self.config.context_length)
             logits = self._run_shared(tokens[:, None], cache.lengths[:, None], cache)
             return logits.reshape(cache.batch, -1), SharedKVCache(
-                cache.keys, cache.values, cache.lengths + 1, cache.binding)
+                cache.keys, cache.values, cache.lengths + 1, cache.binding
+            )
         mask = np.concatenate([cache.mask, np.ones((cache.batch, 1), np.int64)], axis=1)
         logits, keys, values = self._run(tokens[:, None], mask, cache.lengths[:, None], cache)
         return logits.reshape(cache.batch, -1), KVCache(keys, values, mask, cache.lengths + 1)
 
     # -- the in-place cache (attention="gqa")
 
-    def _prefill_shared(self, ids: np.ndarray, pads: np.ndarray, on_logits: OnLogits | None,
-                        chunk_size: int) -> tuple[np.ndarray, SharedKVCache]:
+    def _prefill_shared(
+        self, ids: np.ndarray, pads: np.ndarray, on_logits: OnLogits | None, chunk_size: int
+    ) -> tuple[np.ndarray, SharedKVCache]:
         """Each prompt alone (batch 1, no padding), in chunks; then one cache for all."""
         width = max(1, min(chunk_size, _LOGITS_BUDGET // (self.vocab_size * 4)))
         last, caches = [], []
         for p, pad in enumerate(pads.tolist()):
             tokens = ids[p, pad:]  # [n] this prompt
-            cache = self.empty_cache(1, capacity=cache_capacity(tokens.size,
-                                                           self.config.context_length))
+            cache = self.empty_cache(
+                1, capacity=cache_capacity(tokens.size, self.config.context_length)
+            )
             for c0 in range(0, tokens.size, width):
                 c1 = min(tokens.size, c0 + width)
                 logits = self._run_shared(tokens[None, c0:c1], np.arange(c0, c1)[None], cache)
-                cache = SharedKVCache(cache.keys, cache.values, cache.lengths + (c1 - c0),
-                                      cache.binding)
+                cache = SharedKVCache(
+                    cache.keys, cache.values, cache.lengths + (c1 - c0), cache.binding
+                )
                 if c1 == tokens.size:
                     last.append(logits[0, -1].copy())  # [V]; not a view holding the chunk
                 if on_logits is not None:
@@ -207,8 +235,9 @@ class Decoder:
 
     # -- helpers
 
-    def _pack(self, prompts: Sequence[Sequence[int]]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _pack(
+        self, prompts: Sequence[Sequence[int]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Left-pad: ids, mask, positions [P, L] int64 (0 in padding) and pads [P]."""
         if len(prompts) == 0:
             raise ValueError("prefill: no prompts")
@@ -220,45 +249,60 @@ class Decoder:
         lens = np.array([a.size for a in arrays], dtype=np.int64)  # [P]
         L = int(lens.max())
         if L > self.config.context_length:
-            raise ValueError(f"prefill: a prompt of {L} tokens exceeds the context length "
-                             f"({self.config.context_length}) of {self.config.name}")
+            raise ValueError(
+                f"prefill: a prompt of {L} tokens exceeds the context length "
+                f"({self.config.context_length}) of {self.config.name}"
+            )
         pads = L - lens  # [P]
         cols = np.arange(L)[None, :] - pads[:, None]  # [P, L] index within the prompt
         ids = np.zeros((len(arrays), L), dtype=np.int64)
         for i, a in enumerate(arrays):
-            ids[i, pads[i]:] = a
+            ids[i, pads[i] :] = a
         return ids, (cols >= 0).astype(np.int64), np.maximum(cols, 0), pads
 
     def _check_ids(self, ids: np.ndarray) -> None:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             bad = ids[(ids < 0) | (ids >= self.vocab_size)][0]
-            raise ValueError(f"token id {int(bad)} is outside the vocabulary "
-                             f"[0, {self.vocab_size})")
+            raise ValueError(
+                f"token id {int(bad)} is outside the vocabulary [0, {self.vocab_size})"
+            )
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, cache: KVCache
-             ) -> tuple[np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    def _run(
+        self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, cache: KVCache
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """One ORT call: logits [B, S, V] and the present keys/values (tuples per layer).
 
         Only the inputs the graph declares are fed (Optimum exports may lack position_ids,
         and then derive positions from attention_mask, which agrees with ours)."""
-        feeds: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
-                                 "use_cache_branch": np.array([cache.length > 0])}
+        feeds: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": pos,
+            "use_cache_branch": np.array([cache.length > 0]),
+        }
         for i in range(self.num_layers):
             feeds[f"past_key_values.{i}.key"] = cache.keys[i]
             feeds[f"past_key_values.{i}.value"] = cache.values[i]
         feeds = {k: v for k, v in feeds.items() if k in self._input_names}
         out = self.session.run(self._output_names(), feeds)
         n = self.num_layers
-        return out[0], tuple(out[1:1 + n]), tuple(out[1 + n:])
+        return out[0], tuple(out[1 : 1 + n]), tuple(out[1 + n :])
 
     def _output_names(self) -> list[str]:
         n = self.num_layers
-        return (["logits"] + [f"present.{i}.key" for i in range(n)]
-                + [f"present.{i}.value" for i in range(n)])
+        return (
+            ["logits"]
+            + [f"present.{i}.key" for i in range(n)]
+            + [f"present.{i}.value" for i in range(n)]
+        )
 
     def _probe_vocab(self) -> int:
-        logits, _, _ = self._run(np.zeros((1, 1), np.int64), np.ones((1, 1), np.int64),
-                                 np.zeros((1, 1), np.int64), self.empty_cache(1))
+        logits, _, _ = self._run(
+            np.zeros((1, 1), np.int64),
+            np.ones((1, 1), np.int64),
+            np.zeros((1, 1), np.int64),
+            self.empty_cache(1),
+        )
         return int(logits.shape[-1])
 
 
@@ -269,4 +313,4 @@ def _report(on_logits: OnLogits, logits: np.ndarray, pads: np.ndarray, c0: int, 
         first = max(c0, pad)
         if first < c1:
             positions = np.arange(first - pad, c1 - pad, dtype=np.int64)  # [n]
-            on_logits(p, positions, logits[p, first - c0:])  # [n, V]
+            on_logits(p, positions, logits[p, first - c0 :])  # [n, V]

@@ -10,19 +10,21 @@ each with its own generator ``SeedSequence(seed, spawn_key=(prompt, candidate))`
 >>> engine = Engine.load("tiny-random-cl100k")  # built locally on first use
 >>> engine.complete(prompt="Hello", max_tokens=3, seed=1)["usage"]
 {'prompt_tokens': 1, 'completion_tokens': 3, 'total_tokens': 4}
->>> engine.complete(prompt="Hello", max_tokens=200, n=2, logprobs=9)
+>>> engine.complete(prompt="Hello", max_tokens=200, n=2, logprobs=9)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
   ...
-sampler.errors.RequestError: Invalid 'logprobs': integer above maximum value. Expected a value <= 5, but got 9 instead.
+sampler.errors.RequestError: Invalid 'logprobs': integer above maximum value. Expected ...
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
+from .batch import Batch, Candidate
 from .logprobs import log_normalizer, reported, top_logprobs
 from .params import ModelInfo, Request, parse_request
 from .response import (
@@ -35,7 +37,6 @@ from .response import (
     top_dict,
     usage,
 )
-from .batch import Batch, Candidate
 from .seeds import generator, request_entropy
 from .stopping import TextTracker
 from .tokenizer import Tokenizer, tokenizer_for
@@ -108,8 +109,7 @@ class Completion:
 
     def record(self, stepped: Iterable[Candidate]) -> None:
         """Take what the last step added to this request's candidates among ``stepped``."""
-        mine = sorted((c for c in stepped if c.owner is self and c.error is None),
-                      key=self._index)  # fmt: skip
+        mine = sorted((c for c in stepped if c.owner is self and c.error is None), key=self._index)
         for c in mine:
             text, entries = c.delta()
             if id(c) in self._unsent:
@@ -119,10 +119,16 @@ class Completion:
                     text, entries = head + text, self.echo_entries[c.prompt] + entries
             if self.req.stream:
                 if text or entries or c.done:
-                    logprobs = entries if entries and self.req.sampling.logprobs is not None else None
+                    logprobs = (
+                        entries if entries and self.req.sampling.logprobs is not None else None
+                    )
                     if logprobs:
                         self._logprobs_sent.add(id(c))
-                    elif c.done and self.req.sampling.logprobs is not None and id(c) not in self._logprobs_sent:
+                    elif (
+                        c.done
+                        and self.req.sampling.logprobs is not None
+                        and id(c) not in self._logprobs_sent
+                    ):
                         logprobs = []  # no token kept: empty arrays, as the response has
                     choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
                     self._chunks.append(self._object([choice], None, self.req.include_usage))
@@ -177,11 +183,18 @@ class Completion:
         completion = sum(c.generated for c in self.candidates)
         return usage(sum(p.counted for p in self.req.prompts), completion)
 
-    def _object(self, choices: list[dict[str, Any]], use: dict[str, int] | None,
-                usage_key: bool = True) -> dict[str, Any]:  # fmt: skip
-        return completion_object(self.id, self.created, self.req.model,
-                                 self.engine.fingerprint, choices, use,
-                                 with_usage_key=usage_key)  # fmt: skip
+    def _object(
+        self, choices: list[dict[str, Any]], use: dict[str, int] | None, usage_key: bool = True
+    ) -> dict[str, Any]:
+        return completion_object(
+            self.id,
+            self.created,
+            self.req.model,
+            self.engine.fingerprint,
+            choices,
+            use,
+            with_usage_key=usage_key,
+        )
 
     def response(self) -> dict[str, Any]:
         """The response object of a finished non-stream request."""
@@ -217,8 +230,14 @@ class Engine:
         self.end_ids: tuple[int, ...] = tuple(cfg.eos_token_ids)
         fim = cfg.fim
         fim_ids = None if fim is None else (fim.prefix, fim.middle, fim.suffix)
-        self.info = ModelInfo(self.name, tokenizer, cfg.context_length, self.end_ids,
-                              vocab_size=self.vocab_size, fim=fim_ids)  # fmt: skip
+        self.info = ModelInfo(
+            self.name,
+            tokenizer,
+            cfg.context_length,
+            self.end_ids,
+            vocab_size=self.vocab_size,
+            fim=fim_ids,
+        )
         self._masked = self.info.masked_ids  # [m]
         self.fingerprint = fingerprint(cfg.digest, cfg.tokenizer)
 

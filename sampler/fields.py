@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,11 +36,27 @@ EXTENSION_FIELDS = ("logprobs_mode",)
 
 KNOWN_FIELDS = frozenset(
     {
-        "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n",
-        "best_of", "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty",
-        "logit_bias", "seed", "stream", "stream_options", "user", *EXTENSION_FIELDS,
+        "model",
+        "prompt",
+        "suffix",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "best_of",
+        "logprobs",
+        "echo",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "seed",
+        "stream",
+        "stream_options",
+        "user",
+        *EXTENSION_FIELDS,
     }
-)  # fmt: skip
+)
 
 
 def json_type(value: Any) -> str:
@@ -89,8 +106,15 @@ def clip(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def check_range(name: str, value: float, lo: float | None, hi: float | None, kind: str, *,
-           param: str | None = None) -> None:  # fmt: skip
+def check_range(
+    name: str,
+    value: float,
+    lo: float | None,
+    hi: float | None,
+    kind: str,
+    *,
+    param: str | None = None,
+) -> None:
     """Raise OpenAI's range error when ``value`` is outside ``[lo, hi]`` (``name`` in the
     message; ``param``, default ``name``, in the body)."""
     param = name if param is None else param
@@ -189,8 +213,10 @@ def check_fields(body: Any) -> Mapping:
         )
     for name in body:
         if name not in KNOWN_FIELDS:
-            raise RequestError(f"Unrecognized request argument supplied: {clip(name)}",
-                               param=name if isinstance(name, str) else None)  # fmt: skip
+            raise RequestError(
+                f"Unrecognized request argument supplied: {clip(name)}",
+                param=name if isinstance(name, str) else None,
+            )
     return body
 
 
@@ -264,8 +290,7 @@ def logit_bias_field(
                 param="logit_bias",
                 code="invalid_value",
             )
-        biases[token] = decimal(bias, f"logit_bias[{clip(key)}]", -100, 100,
-                                 param="logit_bias")  # fmt: skip
+        biases[token] = decimal(bias, f"logit_bias[{clip(key)}]", -100, 100, param="logit_bias")
     if not biases:
         return None
     ids = np.fromiter(biases.keys(), dtype=np.int64, count=len(biases))  # [k]
@@ -353,8 +378,7 @@ def suffix_field(body: Mapping, info: ModelInfo, echo: bool) -> str | None:
         return None  # nothing after the insertion point: a plain completion [decided]
     if echo:
         raise RequestError(
-            "Invalid 'suffix': echo is not supported together with suffix. Remove one of "
-            "them.",
+            "Invalid 'suffix': echo is not supported together with suffix. Remove one of them.",
             param="suffix",
             code="invalid_value",
         )
@@ -391,8 +415,7 @@ def n_best_of(body: Mapping, stream: bool) -> tuple[int, int]:
     return n, best_of
 
 
-def check_limits(n_prompts: int, n: int, best_of: int, sent_best_of: bool,
-                  limits: Limits) -> None:  # fmt: skip
+def check_limits(n_prompts: int, n: int, best_of: int, sent_best_of: bool, limits: Limits) -> None:
     if limits.max_prompts is not None and n_prompts > limits.max_prompts:
         raise RequestError(
             f"Invalid 'prompt': this server accepts at most {limits.max_prompts} prompts "

@@ -8,8 +8,8 @@ error naming what was found.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 __all__ = ["PRETOKENIZER_PATTERNS", "GGUFVocab", "gguf_vocab", "byte_decoder"]
 
@@ -22,8 +22,10 @@ __all__ = ["PRETOKENIZER_PATTERNS", "GGUFVocab", "gguf_vocab", "byte_decoder"]
 PRETOKENIZER_PATTERNS: dict[str, str] = {
     "smollm": r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+",
     "gpt-2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
-    "llama-bpe": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+    "llama-bpe": (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+        r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ),
 }
 
 # llama.cpp's token types (tokenizer.ggml.token_type)
@@ -39,8 +41,11 @@ def byte_decoder() -> dict[str, int]:
     >>> d = byte_decoder(); d["Ġ"], d["Ċ"], d["a"], len(d)
     (32, 10, 97, 256)
     """
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    kept = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {chr(b): b for b in kept}
     extra = 0
     for b in range(256):
@@ -63,9 +68,16 @@ class GGUFVocab:
     fim: dict[str, int] | None  # {"prefix", "middle", "suffix"} or None
 
 
-def gguf_vocab(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str], *,
-               model: str = "gpt2", pre: str = "gpt-2",
-               eos_ids: Sequence[int] = (), fim: Mapping[str, int] | None = None) -> GGUFVocab:
+def gguf_vocab(
+    tokens: Sequence[str],
+    types: Sequence[int],
+    merges: Sequence[str],
+    *,
+    model: str = "gpt2",
+    pre: str = "gpt-2",
+    eos_ids: Sequence[int] = (),
+    fim: Mapping[str, int] | None = None,
+) -> GGUFVocab:
     """The tiktoken form of a GGUF byte-level BPE vocabulary, with its assumptions checked.
 
     ``tokens``, ``types`` and ``merges`` are ``tokenizer.ggml.tokens``/``token_type``/
@@ -80,22 +92,29 @@ def gguf_vocab(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str
     ({b'a': 1, b'b': 2, b'ab': 3}, {'<|endoftext|>': 0}, (0,))
     """
     if model != "gpt2":
-        raise ValueError(f"tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) "
-                         "tokenizers convert (SentencePiece 'llama' vocabularies do not)")
+        raise ValueError(
+            f"tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) "
+            "tokenizers convert (SentencePiece 'llama' vocabularies do not)"
+        )
     if pre not in PRETOKENIZER_PATTERNS:
-        raise ValueError(f"tokenizer.ggml.pre is {pre!r}; supported pre-tokenizers: "
-                         f"{', '.join(PRETOKENIZER_PATTERNS)}")
+        raise ValueError(
+            f"tokenizer.ggml.pre is {pre!r}; supported pre-tokenizers: "
+            f"{', '.join(PRETOKENIZER_PATTERNS)}"
+        )
     if len(types) != len(tokens):
-        raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for "
-                         f"{len(tokens)} tokens")
+        raise ValueError(
+            f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens"
+        )
     decoder = byte_decoder()
 
     def to_bytes(text: str, what: str) -> bytes:
         try:
             return bytes(decoder[c] for c in text)
         except KeyError as e:
-            raise ValueError(f"{what} {text!r} holds {e.args[0]!r}, which is not in GPT-2's "
-                             "byte<->unicode table (not a byte-level BPE token)") from None
+            raise ValueError(
+                f"{what} {text!r} holds {e.args[0]!r}, which is not in GPT-2's "
+                "byte<->unicode table (not a byte-level BPE token)"
+            ) from None
 
     ranks: dict[bytes, int] = {}
     specials: dict[str, int] = {}
@@ -107,12 +126,15 @@ def gguf_vocab(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str
             ranks[data] = i
         elif kind in (_CONTROL, _USER_DEFINED):
             if text in specials:
-                raise ValueError(f"special token {text!r} appears twice (ids "
-                                 f"{specials[text]} and {i})")
+                raise ValueError(
+                    f"special token {text!r} appears twice (ids {specials[text]} and {i})"
+                )
             specials[text] = i
         elif kind == _BYTE:
-            raise ValueError(f"token {i} {text!r} has type BYTE (6), which byte-level BPE "
-                             "vocabularies do not use; this tokenizer is not supported")
+            raise ValueError(
+                f"token {i} {text!r} has type BYTE (6), which byte-level BPE "
+                "vocabularies do not use; this tokenizer is not supported"
+            )
         elif kind not in (_UNKNOWN, _UNUSED):
             raise ValueError(f"token {i} {text!r} has unknown token type {kind}")
 
@@ -130,14 +152,17 @@ def gguf_vocab(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str
             raise ValueError(
                 f"merge {k} {line!r} makes token {result}, but merge {k - 1} made token "
                 f"{previous}: the ids are not in merge order, so they cannot serve as "
-                "tiktoken ranks")
+                "tiktoken ranks"
+            )
         previous = result
         merged.add(result)
     orphans = [i for b, i in ranks.items() if len(b) > 1 and i not in merged]
     if orphans:
-        raise ValueError(f"{len(orphans)} multi-byte tokens (first: id {orphans[0]} "
-                         f"{tokens[orphans[0]]!r}) are no merge's result; tiktoken would "
-                         "produce them where the GGUF's BPE does not")
+        raise ValueError(
+            f"{len(orphans)} multi-byte tokens (first: id {orphans[0]} "
+            f"{tokens[orphans[0]]!r}) are no merge's result; tiktoken would "
+            "produce them where the GGUF's BPE does not"
+        )
 
     ends: list[int] = []
     for i in ([specials["<|endoftext|>"]] if "<|endoftext|>" in specials else []) + list(eos_ids):
@@ -146,8 +171,15 @@ def gguf_vocab(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str
         if i not in ends:
             ends.append(i)
     if not ends:
-        raise ValueError("no end-of-text token: neither <|endoftext|> nor "
-                         "tokenizer.ggml.eos_token_id")
-    return GGUFVocab(ranks=ranks, special_tokens=specials, pattern=PRETOKENIZER_PATTERNS[pre],
-                     pre=pre, vocab_size=len(tokens), eos_token_ids=tuple(ends),
-                     fim=dict(fim) if fim else None)
+        raise ValueError(
+            "no end-of-text token: neither <|endoftext|> nor tokenizer.ggml.eos_token_id"
+        )
+    return GGUFVocab(
+        ranks=ranks,
+        special_tokens=specials,
+        pattern=PRETOKENIZER_PATTERNS[pre],
+        pre=pre,
+        vocab_size=len(tokens),
+        eos_token_ids=tuple(ends),
+        fim=dict(fim) if fim else None,
+    )

@@ -8,8 +8,9 @@ rows) and ``merge`` (join batches) for the scheduler, between steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,12 +36,22 @@ class KVCache:
     lengths: np.ndarray
 
     @staticmethod
-    def empty(batch: int, *, num_layers: int, num_kv_heads: int, head_dim: int,
-              dtype: np.dtype | type = np.float32) -> KVCache:
+    def empty(
+        batch: int,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: np.dtype | type = np.float32,
+    ) -> KVCache:
         """A cache of ``batch`` rows holding nothing yet."""
         z = np.zeros((batch, num_kv_heads, 0, head_dim), dtype=dtype)  # [B, Hkv, 0, hd]
-        return KVCache((z,) * num_layers, (z,) * num_layers,
-                       np.zeros((batch, 0), np.int64), np.zeros(batch, np.int64))
+        return KVCache(
+            (z,) * num_layers,
+            (z,) * num_layers,
+            np.zeros((batch, 0), np.int64),
+            np.zeros(batch, np.int64),
+        )
 
     @property
     def batch(self) -> int:
@@ -63,9 +74,12 @@ class KVCache:
         mask = self.mask[rows]  # [B', L]
         used = mask.any(axis=0)  # [L]
         start = int(np.argmax(used)) if used.any() else self.length
-        return KVCache(tuple(k[rows, :, start:] for k in self.keys),  # [B', Hkv, L', hd]
-                       tuple(v[rows, :, start:] for v in self.values),
-                       mask[:, start:], self.lengths[rows])
+        return KVCache(
+            tuple(k[rows, :, start:] for k in self.keys),  # [B', Hkv, L', hd]
+            tuple(v[rows, :, start:] for v in self.values),
+            mask[:, start:],
+            self.lengths[rows],
+        )
 
     @staticmethod
     def merge(caches: Sequence[KVCache]) -> KVCache:
@@ -78,12 +92,17 @@ class KVCache:
         first = _check_mergeable(caches, "KVCache")
         length = max(c.length for c in caches)
         merged = KVCache(
-            tuple(_left_pad_cat([c.keys[i] for c in caches], length, axis=2)
-                  for i in range(len(first.keys))),
-            tuple(_left_pad_cat([c.values[i] for c in caches], length, axis=2)
-                  for i in range(len(first.values))),
+            tuple(
+                _left_pad_cat([c.keys[i] for c in caches], length, axis=2)
+                for i in range(len(first.keys))
+            ),
+            tuple(
+                _left_pad_cat([c.values[i] for c in caches], length, axis=2)
+                for i in range(len(first.values))
+            ),
             _left_pad_cat([c.mask for c in caches], length, axis=1),
-            np.concatenate([c.lengths for c in caches]))
+            np.concatenate([c.lengths for c in caches]),
+        )
         return merged.take(np.arange(merged.batch)) if merged.batch else merged
 
 
@@ -93,10 +112,15 @@ def _check_mergeable(caches: Sequence[Any], kind: str) -> Any:
         raise ValueError(f"{kind}.merge needs at least one cache")
     first = caches[0]
     for c in caches[1:]:
-        if (len(c.keys) != len(first.keys) or c.keys[0].shape[1::2] != first.keys[0].shape[1::2]
-                or c.keys[0].dtype != first.keys[0].dtype):
-            raise ValueError(f"{kind}.merge: caches come from different models "
-                             "(layers, KV heads, head size or dtype differ)")
+        if (
+            len(c.keys) != len(first.keys)
+            or c.keys[0].shape[1::2] != first.keys[0].shape[1::2]
+            or c.keys[0].dtype != first.keys[0].dtype
+        ):
+            raise ValueError(
+                f"{kind}.merge: caches come from different models "
+                "(layers, KV heads, head size or dtype differ)"
+            )
     return first
 
 
@@ -137,15 +161,25 @@ class SharedKVCache:
     binding: list = field(default_factory=list, compare=False, repr=False)
 
     @staticmethod
-    def empty(batch: int, *, num_layers: int, num_kv_heads: int, head_dim: int,
-              capacity: int = 0, dtype: np.dtype | type = np.float32) -> SharedKVCache:
+    def empty(
+        batch: int,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int = 0,
+        dtype: np.dtype | type = np.float32,
+    ) -> SharedKVCache:
         """A cache of ``batch`` rows holding nothing yet, with room for ``capacity`` tokens."""
+
         def buffer() -> np.ndarray:
             return np.zeros((batch, num_kv_heads, capacity, head_dim), dtype)  # [B, Hkv, C, hd]
 
-        return SharedKVCache(tuple(buffer() for _ in range(num_layers)),
-                             tuple(buffer() for _ in range(num_layers)),
-                             np.zeros(batch, np.int64))
+        return SharedKVCache(
+            tuple(buffer() for _ in range(num_layers)),
+            tuple(buffer() for _ in range(num_layers)),
+            np.zeros(batch, np.int64),
+        )
 
     @property
     def batch(self) -> int:
@@ -165,8 +199,11 @@ class SharedKVCache:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)  # [B']
         lengths = self.lengths[rows]
         cap = cache_capacity(int(lengths.max()) if rows.size else 0, self.capacity)
-        return SharedKVCache(tuple(k[rows, :, :cap] for k in self.keys),  # [B', Hkv, C', hd]
-                             tuple(v[rows, :, :cap] for v in self.values), lengths)
+        return SharedKVCache(
+            tuple(k[rows, :, :cap] for k in self.keys),  # [B', Hkv, C', hd]
+            tuple(v[rows, :, :cap] for v in self.values),
+            lengths,
+        )
 
     def reserve(self, extra: int, limit: int) -> SharedKVCache:
         """This cache if it has room for ``extra`` more tokens per row, else a copy that has
@@ -183,15 +220,20 @@ class SharedKVCache:
         first = _check_mergeable(caches, "SharedKVCache")
         shape = first.keys[0].shape
         cap = max([capacity] + [cache_capacity(c.length, c.capacity) for c in caches])
-        out = SharedKVCache.empty(sum(c.batch for c in caches), num_layers=len(first.keys),
-                                  num_kv_heads=shape[1], head_dim=shape[3], capacity=cap,
-                                  dtype=first.keys[0].dtype)
+        out = SharedKVCache.empty(
+            sum(c.batch for c in caches),
+            num_layers=len(first.keys),
+            num_kv_heads=shape[1],
+            head_dim=shape[3],
+            capacity=cap,
+            dtype=first.keys[0].dtype,
+        )
         row = 0
         for c in caches:
             n = c.length
             for dst, src in zip(out.keys + out.values, c.keys + c.values):
-                dst[row:row + c.batch, :, :n] = src[:, :, :n]
-            out.lengths[row:row + c.batch] = c.lengths
+                dst[row : row + c.batch, :, :n] = src[:, :, :n]
+            out.lengths[row : row + c.batch] = c.lengths
             row += c.batch
         return out
 

@@ -47,8 +47,9 @@ def top_logprobs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most probable ids of each row and their logprobs, most probable first.
 
-    Ties go to the lower id. No sort: block maxima (:mod:`sampler._fast.topk`) search only the blocks that
-    can hold the answer (``k`` is at most 5 in the API). Returns ``(ids [B, k], logprobs [B, k])``.
+    Ties go to the lower id. No sort: block maxima (:mod:`sampler._fast.topk`) search only
+    the blocks that can hold the answer (``k`` is at most 5 in the API). Returns
+    ``(ids [B, k], logprobs [B, k])``.
     """
     if lognorm is None:
         lognorm = log_normalizer(logits)
@@ -63,4 +64,3 @@ def top_logprobs(
 def _top_k_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     ids, vals = top_k(row, k)  # [k] each
     return np.array(ids, dtype=np.int64), np.array(vals, dtype=np.float64)
-

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 __all__ = ["FORMAT", "FimTokens", "ModelConfig", "load_config", "file_digest", "sha256_file"]
 
 FORMAT = "refsampler-model/1"
@@ -87,8 +86,9 @@ def load_config(folder: str | os.PathLike) -> ModelConfig:
     onnx_name = field.get("onnx", str)
     onnx_path = folder / onnx_name
     if not onnx_path.is_file():
-        raise ValueError(f"{file}: field 'onnx' names {onnx_name!r}, which is not a file "
-                         f"in {folder}")
+        raise ValueError(
+            f"{file}: field 'onnx' names {onnx_name!r}, which is not a file in {folder}"
+        )
     return ModelConfig(
         name=field.get("name", str),
         onnx=onnx_name,
@@ -108,8 +108,7 @@ class _FieldReader:
         self.file, self.raw = file, raw
 
     def error(self, name: str, expected: str) -> ValueError:
-        return ValueError(f"{self.file}: field {name!r} must be {expected}, "
-                          f"got {self.raw[name]!r}")
+        return ValueError(f"{self.file}: field {name!r} must be {expected}, got {self.raw[name]!r}")
 
     def get(self, name: str, types: type | tuple[type, ...]) -> Any:
         if name not in self.raw:
@@ -138,7 +137,8 @@ class _FieldReader:
             return None  # absent or null: the model has no fill-in-the-middle tokens
         value = self.get(name, dict)
         if set(value) != {"prefix", "middle", "suffix"} or not all(
-                _is_token_id(v) for v in value.values()):
+            _is_token_id(v) for v in value.values()
+        ):
             raise self.error(name, "null or {'prefix': id, 'middle': id, 'suffix': id}")
         return FimTokens(**value)
 

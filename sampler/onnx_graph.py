@@ -20,8 +20,18 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-__all__ = ["OPSET", "INT4_BLOCK", "Int4Matrix", "Graph", "rms_norm", "rope", "attend",
-           "linear", "int4_matmul", "save_model"]
+__all__ = [
+    "OPSET",
+    "INT4_BLOCK",
+    "Int4Matrix",
+    "Graph",
+    "rms_norm",
+    "rope",
+    "attend",
+    "linear",
+    "int4_matmul",
+    "save_model",
+]
 
 OPSET = 17
 MASKED = -1e30  # finite: a fully masked row softmaxes to uniform, not NaN
@@ -59,13 +69,19 @@ class Int4Matrix:
     def __post_init__(self) -> None:
         if self.kind not in ("Q4_0", "Q4_1") or (self.m is None) != (self.kind == "Q4_0"):
             given = "absent" if self.m is None else "given"
-            raise ValueError(f"Int4Matrix: kind {self.kind!r} with m {given} (Q4_0 has no m, "
-                             "Q4_1 needs one)")
+            raise ValueError(
+                f"Int4Matrix: kind {self.kind!r} with m {given} (Q4_0 has no m, Q4_1 needs one)"
+            )
         n, nb, block = self.q.shape
-        if block != INT4_BLOCK or self.scale.shape != (n, nb) or (
-                self.m is not None and self.m.shape != (n, nb)):
-            raise ValueError(f"Int4Matrix: q {self.q.shape}, scale {self.scale.shape} do not "
-                             f"describe [N, K/{INT4_BLOCK}, {INT4_BLOCK}] blocks")
+        if (
+            block != INT4_BLOCK
+            or self.scale.shape != (n, nb)
+            or (self.m is not None and self.m.shape != (n, nb))
+        ):
+            raise ValueError(
+                f"Int4Matrix: q {self.q.shape}, scale {self.scale.shape} do not "
+                f"describe [N, K/{INT4_BLOCK}, {INT4_BLOCK}] blocks"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,21 +104,30 @@ class Int4Matrix:
             w = d * self.q.astype(np.float32) + self.m[:, :, None]
         return np.ascontiguousarray(w.reshape(self.shape), dtype=np.float32)
 
-    def rows(self, index: np.ndarray) -> "Int4Matrix":
+    def rows(self, index: np.ndarray) -> Int4Matrix:
         """The matrix of rows ``index`` (e.g. a row permutation)."""
-        return Int4Matrix(self.kind, self.q[index], self.scale[index],
-                          None if self.m is None else self.m[index])
+        return Int4Matrix(
+            self.kind, self.q[index], self.scale[index], None if self.m is None else self.m[index]
+        )
 
     @staticmethod
-    def stack(parts: "list[Int4Matrix]") -> "Int4Matrix":
+    def stack(parts: list[Int4Matrix]) -> Int4Matrix:
         """Rows of ``parts`` one after the other (Q4_0 parts become Q4_1-like when mixed)."""
         if all(p.kind == "Q4_0" for p in parts):
-            return Int4Matrix("Q4_0", np.concatenate([p.q for p in parts]),
-                              np.concatenate([p.scale for p in parts]), None)
+            return Int4Matrix(
+                "Q4_0",
+                np.concatenate([p.q for p in parts]),
+                np.concatenate([p.scale for p in parts]),
+                None,
+            )
         # a Q4_0 part as d*q + (-8d): its offset m + 8d is then exactly 0
         zeros = [p.m if p.m is not None else (-8.0 * p.scale).astype(np.float32) for p in parts]
-        return Int4Matrix("Q4_1", np.concatenate([p.q for p in parts]),
-                          np.concatenate([p.scale for p in parts]), np.concatenate(zeros))
+        return Int4Matrix(
+            "Q4_1",
+            np.concatenate([p.q for p in parts]),
+            np.concatenate([p.scale for p in parts]),
+            np.concatenate(zeros),
+        )
 
     def packed(self) -> np.ndarray:
         """MatMulNBits' B: uint8 [N, K/32, 16], byte i = q[2i] | q[2i+1] << 4."""
@@ -120,6 +145,7 @@ class Graph:
 
     def __init__(self, weight_dtype: WeightDtype, int4_accuracy_level: int = 0) -> None:
         from onnx import helper
+
         self.helper = helper
         self.nodes: list = []
         self.initializers: dict = {}
@@ -127,16 +153,19 @@ class Graph:
         self.int4_accuracy_level = int4_accuracy_level
         self._fp32: dict[str, str] = {}  # initializer name -> name of its fp32 value
 
-    def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str | None = None,
-           **attrs) -> str | list[str]:
+    def op(
+        self, op_type: str, *inputs: str, n_out: int = 1, domain: str | None = None, **attrs
+    ) -> str | list[str]:
         outs = [f"{op_type.lower()}_{len(self.nodes)}_{k}" for k in range(n_out)]
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, domain=domain,
-                                                **attrs))
+        self.nodes.append(
+            self.helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs)
+        )
         return outs[0] if n_out == 1 else outs
 
     def const(self, name: str, value) -> str:
         """An initializer; constants used by every layer are stored once, under one name."""
         from onnx import numpy_helper
+
         if name not in self.initializers:
             self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
         return name
@@ -154,6 +183,7 @@ class Graph:
                 self._fp32[name] = self.const(name, value.astype(np.float32))
             else:
                 from onnx import TensorProto
+
                 self.const(name, value.astype(np.float16))
                 self._fp32[name] = self.op("Cast", name, to=TensorProto.FLOAT)
         return self._fp32[name]
@@ -229,8 +259,18 @@ def int4_matmul(g: Graph, x: str, name: str, w: Int4Matrix) -> str:
     N, K = w.shape
     b = g.const(f"{name}.q4", w.packed())  # uint8 [N, K/32, 16]
     s = g.const(f"{name}.scales", np.ascontiguousarray(w.scale, dtype=np.float32).reshape(-1))
-    y = g.op("MatMulNBits", x, b, s, domain=MS_DOMAIN, K=K, N=N, bits=4,
-             block_size=INT4_BLOCK, accuracy_level=g.int4_accuracy_level)  # [.., N]
+    y = g.op(
+        "MatMulNBits",
+        x,
+        b,
+        s,
+        domain=MS_DOMAIN,
+        K=K,
+        N=N,
+        bits=4,
+        block_size=INT4_BLOCK,
+        accuracy_level=g.int4_accuracy_level,
+    )  # [.., N]
     offset = w.offset
     if offset is None or not offset.any():
         return y
@@ -240,7 +280,7 @@ def int4_matmul(g: Graph, x: str, name: str, w: Int4Matrix) -> str:
     return g.op("Add", y, corr)  # [B, S, N]
 
 
-def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write ``model`` to ``path`` atomically (temp file in the same folder, then rename).
 
     A model whose weights pass protobuf's 2 GB limit gets them in ``<name>.data`` next to it;
@@ -265,15 +305,22 @@ def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
     return path
 
 
-def _weight_bytes(model: "onnx.ModelProto") -> int:
+def _weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the initializers (model.ByteSize() is 15x slower and close to this)."""
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def _save_external(model: "onnx.ModelProto", tmp: Path, location: str) -> None:
+def _save_external(model: onnx.ModelProto, tmp: Path, location: str) -> None:
     import onnx
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # save_model converts tensors in place; keep the caller's model intact
     (tmp.parent / location).unlink(missing_ok=True)  # onnx appends to an existing data file
-    onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=1024)
+    onnx.save_model(
+        copy,
+        str(tmp),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )

@@ -40,19 +40,40 @@ imports onnx lazily: ``import sampler.onnx_llama`` costs only NumPy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Mapping
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .onnx_graph import (MS_DOMAIN, OPSET, Graph, Int4Matrix, WeightDtype, attend, dense, linear,
-                         rms_norm, rope, save_model)
+from .onnx_graph import (
+    MS_DOMAIN,
+    OPSET,
+    Graph,
+    Int4Matrix,
+    WeightDtype,
+    attend,
+    dense,
+    linear,
+    rms_norm,
+    rope,
+    save_model,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-__all__ = ["LlamaConfig", "Int4Matrix", "build_llama", "save_model", "random_weights",
-           "weight_shapes", "rope_tables", "ATTENTIONS", "gqa_supported"]
+__all__ = [
+    "LlamaConfig",
+    "Int4Matrix",
+    "build_llama",
+    "save_model",
+    "random_weights",
+    "weight_shapes",
+    "rope_tables",
+    "ATTENTIONS",
+    "gqa_supported",
+]
 
 
 Attention = Literal["exact", "fast", "gqa"]
@@ -83,13 +104,23 @@ class LlamaConfig:
     def __post_init__(self) -> None:
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
-                     "num_heads", "num_kv_heads", "head_dim", "max_position"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"LlamaConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
-                             f"num_kv_heads ({self.num_kv_heads})")
+            raise ValueError(
+                f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
 
@@ -102,18 +133,26 @@ def weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"embed_tokens": (c.vocab_size, d)}
     for i in range(c.num_layers):
         p = f"layers.{i}."
-        shapes |= {p + "input_layernorm": (d,), p + "q_proj": (q, d), p + "k_proj": (kv, d),
-                   p + "v_proj": (kv, d), p + "o_proj": (d, q),
-                   p + "post_attention_layernorm": (d,), p + "gate_proj": (ffn, d),
-                   p + "up_proj": (ffn, d), p + "down_proj": (d, ffn)}
+        shapes |= {
+            p + "input_layernorm": (d,),
+            p + "q_proj": (q, d),
+            p + "k_proj": (kv, d),
+            p + "v_proj": (kv, d),
+            p + "o_proj": (d, q),
+            p + "post_attention_layernorm": (d,),
+            p + "gate_proj": (ffn, d),
+            p + "up_proj": (ffn, d),
+            p + "down_proj": (d, ffn),
+        }
     shapes["norm"] = (d,)
     if not c.tie_word_embeddings:
         shapes["lm_head"] = (c.vocab_size, d)
     return shapes
 
 
-def random_weights(config: LlamaConfig, rng: np.random.Generator, *,
-                   scale: float = 1.0) -> dict[str, np.ndarray]:
+def random_weights(
+    config: LlamaConfig, rng: np.random.Generator, *, scale: float = 1.0
+) -> dict[str, np.ndarray]:
     """Gaussian weights for tests: matrices N(0, scale/sqrt(fan_in)), norms 1 + N(0, 0.1)."""
     weights = {}
     for name, shape in weight_shapes(config).items():
@@ -133,10 +172,14 @@ def rope_tables(config: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaConfig, *,
-                weight_dtype: WeightDtype = "float32",
-                int4_accuracy_level: int = 0,
-                attention: Attention = "exact") -> "onnx.ModelProto":
+def build_llama(
+    weights: Mapping[str, np.ndarray | Int4Matrix],
+    config: LlamaConfig,
+    *,
+    weight_dtype: WeightDtype = "float32",
+    int4_accuracy_level: int = 0,
+    attention: Attention = "exact",
+) -> onnx.ModelProto:
     """The decoder graph for ``weights`` (HF names and shapes, see :func:`weight_shapes`).
 
     ``attention`` picks the attention and its KV-cache I/O (default ``"exact"``):
@@ -179,13 +222,16 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     from onnx import helper
 
     if weight_dtype not in ("float32", "float16", "int4"):
-        raise ValueError("weight_dtype must be 'float32', 'float16' or 'int4', got "
-                         f"{weight_dtype!r}")
+        raise ValueError(
+            f"weight_dtype must be 'float32', 'float16' or 'int4', got {weight_dtype!r}"
+        )
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if attention == "gqa" and not gqa_supported(config):
-        raise ValueError(f"attention='gqa' needs a head size that is a multiple of 8 (ONNX "
-                         f"Runtime's GroupQueryAttention), got {config.head_dim}")
+        raise ValueError(
+            f"attention='gqa' needs a head size that is a multiple of 8 (ONNX "
+            f"Runtime's GroupQueryAttention), got {config.head_dim}"
+        )
     if int4_accuracy_level not in (0, 1, 2, 3, 4):
         raise ValueError(f"int4_accuracy_level must be 0-4, got {int4_accuracy_level!r}")
     _check_weights(weights, config)
@@ -200,15 +246,23 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     shared = attention == "gqa"
     allowed = None if shared else _attention_mask(g, c, ids, mask_in)  # [B, 1, G*S, T]
     for i in range(c.num_layers):
-        w = {k[len(f"layers.{i}."):]: v for k, v in weights.items() if k.startswith(f"layers.{i}.")}
-        n = rms_norm(g, x, g.weight(f"layers.{i}.input_layernorm", w["input_layernorm"]), c.rms_norm_eps)
+        w = {
+            k[len(f"layers.{i}.") :]: v for k, v in weights.items() if k.startswith(f"layers.{i}.")
+        }
+        n = rms_norm(
+            g, x, g.weight(f"layers.{i}.input_layernorm", w["input_layernorm"]), c.rms_norm_eps
+        )
         if shared:
             attn = _gqa_attention(g, i, n, w, c, cos, sin)  # [B, S, d]
         else:
             attn = _attention(g, i, n, w, c, cos, sin, allowed, attention == "exact")
         x = g.op("Add", x, attn)
-        m = rms_norm(g, x, g.weight(f"layers.{i}.post_attention_layernorm",
-                                     w["post_attention_layernorm"]), c.rms_norm_eps)
+        m = rms_norm(
+            g,
+            x,
+            g.weight(f"layers.{i}.post_attention_layernorm", w["post_attention_layernorm"]),
+            c.rms_norm_eps,
+        )
         x = g.op("Add", x, _mlp(g, i, m, w))  # [B, S, d]
     x = rms_norm(g, x, g.weight("norm", weights["norm"]), c.rms_norm_eps)
     g.nodes.append(helper.make_node("MatMul", [x, _head(g, weights, c)], ["logits"]))
@@ -218,8 +272,7 @@ def build_llama(weights: Mapping[str, np.ndarray | Int4Matrix], config: LlamaCon
     opsets = [helper.make_opsetid("", OPSET)]
     if any(n.domain == MS_DOMAIN for n in g.nodes):  # contrib ops: MatMulNBits, GQA
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler",
-                             ir_version=8)
+    return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler", ir_version=8)
 
 
 def gqa_supported(config: LlamaConfig) -> bool:
@@ -237,20 +290,31 @@ def _io_specs(c: LlamaConfig, shared: bool = False) -> tuple[list, list]:
     f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     inputs = [spec("input_ids", i64, ["batch", "sequence_length"])]
     if shared:
-        inputs += [spec("position_ids", i64, ["batch", "sequence_length"]),
-                   spec("seqlens_k", i32, ["batch"]), spec("total_sequence_length", i32, [])]
+        inputs += [
+            spec("position_ids", i64, ["batch", "sequence_length"]),
+            spec("seqlens_k", i32, ["batch"]),
+            spec("total_sequence_length", i32, []),
+        ]
         past_len = total_len = "max_sequence_length"
     else:
-        inputs += [spec("attention_mask", i64, ["batch", "total_sequence_length"]),
-                   spec("position_ids", i64, ["batch", "sequence_length"])]
+        inputs += [
+            spec("attention_mask", i64, ["batch", "total_sequence_length"]),
+            spec("position_ids", i64, ["batch", "sequence_length"]),
+        ]
         past_len, total_len = "past_sequence_length", "total_sequence_length"
     outputs = [spec("logits", f32, ["batch", "sequence_length", c.vocab_size])]
     for i in range(c.num_layers):
         for part in ("key", "value"):
-            inputs.append(spec(f"past_key_values.{i}.{part}", f32,
-                               ["batch", c.num_kv_heads, past_len, c.head_dim]))
-            outputs.append(spec(f"present.{i}.{part}", f32,
-                                ["batch", c.num_kv_heads, total_len, c.head_dim]))
+            inputs.append(
+                spec(
+                    f"past_key_values.{i}.{part}",
+                    f32,
+                    ["batch", c.num_kv_heads, past_len, c.head_dim],
+                )
+            )
+            outputs.append(
+                spec(f"present.{i}.{part}", f32, ["batch", c.num_kv_heads, total_len, c.head_dim])
+            )
     return inputs, outputs
 
 
@@ -264,8 +328,10 @@ def _check_weights(weights: Mapping[str, np.ndarray], config: LlamaConfig) -> No
         if found != shape:
             raise ValueError(f"weight {name!r} has shape {found}, expected {shape}")
         if isinstance(w, Int4Matrix) and name in ("embed_tokens", "lm_head"):
-            raise ValueError(f"weight {name!r}: the embedding and the head must be dense "
-                             "arrays (Int4Matrix is for the layer matrices)")
+            raise ValueError(
+                f"weight {name!r}: the embedding and the head must be dense "
+                "arrays (Int4Matrix is for the layer matrices)"
+            )
     extra = sorted(set(weights) - set(expected))
     if extra:
         raise ValueError(f"unexpected weights {extra[:5]} for this config")
@@ -295,8 +361,10 @@ def _rope_inputs(g: Graph, c: LlamaConfig, pos: str) -> tuple[str, str]:
     cos_t = g.const("rope_cos", np.concatenate([cos, cos], axis=1))  # [P, hd]
     sin_t = g.const("rope_sin", np.concatenate([-sin, sin], axis=1))  # [P, hd]
     axis2 = g.ints("axes_2", [2])
-    return (g.op("Unsqueeze", g.op("Gather", cos_t, pos, axis=0), axis2),
-            g.op("Unsqueeze", g.op("Gather", sin_t, pos, axis=0), axis2))
+    return (
+        g.op("Unsqueeze", g.op("Gather", cos_t, pos, axis=0), axis2),
+        g.op("Unsqueeze", g.op("Gather", sin_t, pos, axis=0), axis2),
+    )
 
 
 def _attention_mask(g: Graph, c: LlamaConfig, ids: str, mask_in: str) -> str:
@@ -305,6 +373,7 @@ def _attention_mask(g: Graph, c: LlamaConfig, ids: str, mask_in: str) -> str:
     Rows are ordered (group g, query s), matching the query layout in :func:`_attention`.
     """
     from onnx import TensorProto
+
     one, two = g.ints("one", [1]), g.ints("two_i", [2])
     s = g.op("Slice", g.op("Shape", ids), one, two)  # [1] = [S]
     t = g.op("Slice", g.op("Shape", mask_in), one, two)  # [1] = [T]
@@ -312,10 +381,14 @@ def _attention_mask(g: Graph, c: LlamaConfig, ids: str, mask_in: str) -> str:
     t0 = g.op("Squeeze", t)  # scalar T
     q_pos = g.op("Range", g.op("Squeeze", g.op("Sub", t, s)), t0, step)  # [S] absolute
     k_pos = g.op("Range", zero, t0, step)  # [T]
-    causal = g.op("LessOrEqual", g.op("Unsqueeze", k_pos, g.ints("axes_0", [0])),
-                  g.op("Unsqueeze", q_pos, g.ints("axes_1", [1])))  # [S, T]
-    keep = g.op("Unsqueeze", g.op("Cast", mask_in, to=TensorProto.BOOL),
-                g.ints("axes_12", [1, 2]))  # [B, 1, 1, T]
+    causal = g.op(
+        "LessOrEqual",
+        g.op("Unsqueeze", k_pos, g.ints("axes_0", [0])),
+        g.op("Unsqueeze", q_pos, g.ints("axes_1", [1])),
+    )  # [S, T]
+    keep = g.op(
+        "Unsqueeze", g.op("Cast", mask_in, to=TensorProto.BOOL), g.ints("axes_12", [1, 2])
+    )  # [B, 1, 1, T]
     allowed = g.op("And", causal, keep)  # [B, 1, S, T]
     groups = c.num_heads // c.num_kv_heads
     if groups == 1:
@@ -323,8 +396,17 @@ def _attention_mask(g: Graph, c: LlamaConfig, ids: str, mask_in: str) -> str:
     return g.op("Tile", allowed, g.ints("mask_tile", [1, 1, groups, 1]))  # [B, 1, G*S, T]
 
 
-def _attention(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig,
-               cos: str, sin: str, allowed: str, exact: bool) -> str:
+def _attention(
+    g: Graph,
+    i: int,
+    x: str,
+    w: Mapping[str, np.ndarray],
+    c: LlamaConfig,
+    cos: str,
+    sin: str,
+    allowed: str,
+    exact: bool,
+) -> str:
     """Grouped-query attention with the KV cache; returns [B, S, d] (after o_proj).
 
     Queries of the G heads sharing one KV head are stacked as rows ([B, Hkv, G*S, hd]), so
@@ -342,8 +424,11 @@ def _attention(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaCo
 
     def cache(new: str, part: str) -> str:
         new = g.op("Transpose", new, perm=[0, 2, 1, 3])  # [B, Hkv, S, hd]
-        g.nodes.append(g.helper.make_node(
-            "Concat", [f"past_key_values.{i}.{part}", new], [f"present.{i}.{part}"], axis=2))
+        g.nodes.append(
+            g.helper.make_node(
+                "Concat", [f"past_key_values.{i}.{part}", new], [f"present.{i}.{part}"], axis=2
+            )
+        )
         return f"present.{i}.{part}"  # [B, Hkv, T, hd]
 
     k_all, v_all = cache(k, "key"), cache(v, "value")
@@ -354,8 +439,9 @@ def _attention(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaCo
     return linear(g, out, f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
 
 
-def _qkv_roped(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig,
-               cos: str, sin: str) -> tuple[str, str]:
+def _qkv_roped(
+    g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig, cos: str, sin: str
+) -> tuple[str, str]:
     """One MatMul for q, k and v; RoPE on q and k together: ([B, S, H+Hkv, hd], v [B, S,
     Hkv, hd])."""
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
@@ -366,8 +452,9 @@ def _qkv_roped(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaCo
     return rope(g, qk, cos, sin, c.head_dim), v
 
 
-def _gqa_attention(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig,
-                   cos: str, sin: str) -> str:
+def _gqa_attention(
+    g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig, cos: str, sin: str
+) -> str:
     """Grouped-query attention by ONNX Runtime's GroupQueryAttention on the in-place cache;
     returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`_attention`."""
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
@@ -375,12 +462,24 @@ def _gqa_attention(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: Lla
     flat = g.ints("bsh_shape", [0, 0, -1])
     qk = g.op("Reshape", qk, flat)  # [B, S, (H+Hkv)*hd]
     q, k = g.op("Split", qk, g.ints("qk_flat_split", [H * hd, Hkv * hd]), axis=2, n_out=2)
-    g.nodes.append(g.helper.make_node(
-        "GroupQueryAttention",
-        [q, k, g.op("Reshape", v, flat), f"past_key_values.{i}.key",
-         f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length"],
-        [f"gqa_{i}", f"present.{i}.key", f"present.{i}.value"],
-        domain=MS_DOMAIN, num_heads=H, kv_num_heads=Hkv))  # scale 1/sqrt(hd) by default
+    g.nodes.append(
+        g.helper.make_node(
+            "GroupQueryAttention",
+            [
+                q,
+                k,
+                g.op("Reshape", v, flat),
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                "seqlens_k",
+                "total_sequence_length",
+            ],
+            [f"gqa_{i}", f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN,
+            num_heads=H,
+            kv_num_heads=Hkv,
+        )
+    )  # scale 1/sqrt(hd) by default
     return linear(g, f"gqa_{i}", f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
 
 
@@ -392,5 +491,3 @@ def _mlp(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray]) -> str:
     gate, up = g.op("Split", gu, g.ints("gate_up_split", [ffn, ffn]), axis=-1, n_out=2)
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # [B, S, ffn]
     return linear(g, act, f"layers.{i}.down_proj", [w["down_proj"]])
-
-

@@ -68,9 +68,14 @@ def full_to_compact(vocab_ids: np.ndarray, n_vocab: int) -> np.ndarray:
     return table
 
 
-def wrap_compact_vocab(model: "onnx.ModelProto", vocab_ids: np.ndarray, *,
-                       n_vocab: int, other_logq: np.ndarray | None = None,
-                       low_logit: float = LOW_LOGIT) -> "onnx.ModelProto":
+def wrap_compact_vocab(
+    model: onnx.ModelProto,
+    vocab_ids: np.ndarray,
+    *,
+    n_vocab: int,
+    other_logq: np.ndarray | None = None,
+    low_logit: float = LOW_LOGIT,
+) -> onnx.ModelProto:
     """A copy of ``model`` (compact vocab ``K + 1``, the last id "other") over ``n_vocab`` ids.
 
     ``vocab_ids`` [K]: the full id of each compact id ``0..K-1``. ``other_logq`` [n_vocab]:
@@ -88,8 +93,10 @@ def wrap_compact_vocab(model: "onnx.ModelProto", vocab_ids: np.ndarray, *,
         raise ValueError("the model has no 'logits' output")
     width = logits_out[0].type.tensor_type.shape.dim[-1].dim_value
     if width != k + 1:
-        raise ValueError(f"the model's logits are {width} wide; expected len(vocab_ids) + 1 = "
-                         f"{k + 1} (the kept ids and the 'other' slot)")
+        raise ValueError(
+            f"the model's logits are {width} wide; expected len(vocab_ids) + 1 = "
+            f"{k + 1} (the kept ids and the 'other' slot)"
+        )
 
     kept = np.zeros(n_vocab, dtype=bool)
     kept[vocab_ids] = True
@@ -114,23 +121,39 @@ def wrap_compact_vocab(model: "onnx.ModelProto", vocab_ids: np.ndarray, *,
     for node in g.node:
         node.input[:] = [inner_ids if x == "input_ids" else x for x in node.input]
         node.output[:] = [inner_logits if x == "logits" else x for x in node.output]
-    g.initializer.extend([
-        numpy_helper.from_array(table, "vocab.full_to_compact"),
-        numpy_helper.from_array(offset, "vocab.offset"),
-        numpy_helper.from_array(low, "vocab.low_mask"),
-        numpy_helper.from_array(np.array(low_logit, dtype=np.float32), "vocab.low_logit"),
-    ])
-    head = [helper.make_node("Gather", ["vocab.full_to_compact", "input_ids"], [inner_ids],
-                             axis=0, name="vocab_in")]
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(table, "vocab.full_to_compact"),
+            numpy_helper.from_array(offset, "vocab.offset"),
+            numpy_helper.from_array(low, "vocab.low_mask"),
+            numpy_helper.from_array(np.array(low_logit, dtype=np.float32), "vocab.low_logit"),
+        ]
+    )
+    head = [
+        helper.make_node(
+            "Gather", ["vocab.full_to_compact", "input_ids"], [inner_ids], axis=0, name="vocab_in"
+        )
+    ]
     tail = [
-        helper.make_node("LogSoftmax", [inner_logits], ["vocab.logp"], axis=-1,
-                         name="vocab_logsoftmax"),  # [B, S, K+1]
-        helper.make_node("Gather", ["vocab.logp", "vocab.full_to_compact"], ["vocab.spread"],
-                         axis=2, name="vocab_out"),  # [B, S, N]
-        helper.make_node("Add", ["vocab.spread", "vocab.offset"], ["vocab.shifted"],
-                         name="vocab_offset"),
-        helper.make_node("Where", ["vocab.low_mask", "vocab.low_logit", "vocab.shifted"],
-                         ["logits"], name="vocab_low"),
+        helper.make_node(
+            "LogSoftmax", [inner_logits], ["vocab.logp"], axis=-1, name="vocab_logsoftmax"
+        ),  # [B, S, K+1]
+        helper.make_node(
+            "Gather",
+            ["vocab.logp", "vocab.full_to_compact"],
+            ["vocab.spread"],
+            axis=2,
+            name="vocab_out",
+        ),  # [B, S, N]
+        helper.make_node(
+            "Add", ["vocab.spread", "vocab.offset"], ["vocab.shifted"], name="vocab_offset"
+        ),
+        helper.make_node(
+            "Where",
+            ["vocab.low_mask", "vocab.low_logit", "vocab.shifted"],
+            ["logits"],
+            name="vocab_low",
+        ),
     ]
     nodes = head + list(g.node) + tail
     del g.node[:]

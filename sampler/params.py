@@ -14,28 +14,55 @@ silently and nothing reaches the model first. The records: :class:`Request`, and
 >>> try:
 ...     parse_request({"model": "m", "prompt": "Hi", "n": 130}, info)
 ... except RequestError as e:
-...     print(e.param, e.code, e.message)
-n integer_above_max_value Invalid 'n': integer above maximum value. Expected a value <= 128, but got 130 instead.
+...     print(e.param, e.code, e.message[:41])
+n integer_above_max_value Invalid 'n': integer above maximum value.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .errors import RequestError  # noqa: F401  (the type every rule raises)
-from .fields import (EXTENSION_FIELDS, INT64_MAX, INT64_MIN, boolean, check_fields, check_limits,
-                     integer, logit_bias_field, logprobs_mode_field, model_field, n_best_of,
-                     number, stop_field, stream_options_field, suffix_field, type_error)
+from .fields import (
+    EXTENSION_FIELDS,
+    INT64_MAX,
+    INT64_MIN,
+    boolean,
+    check_fields,
+    check_limits,
+    integer,
+    logit_bias_field,
+    logprobs_mode_field,
+    model_field,
+    n_best_of,
+    number,
+    stop_field,
+    stream_options_field,
+    suffix_field,
+    type_error,
+)
 from .prompts import Prompt, check_context, prompt_tokens, raw_prompts
 from .tokenizer import Tokenizer
 
-__all__ = ["ModelInfo", "Prompt", "Request", "Limits", "SamplingParams", "parse_request",
-           "sampling_params", "logit_bias_field", "SAMPLING_FIELDS", "EXTENSION_FIELDS",
-           "INT64_MIN", "INT64_MAX"]
+__all__ = [
+    "ModelInfo",
+    "Prompt",
+    "Request",
+    "Limits",
+    "SamplingParams",
+    "parse_request",
+    "sampling_params",
+    "logit_bias_field",
+    "SAMPLING_FIELDS",
+    "EXTENSION_FIELDS",
+    "INT64_MIN",
+    "INT64_MAX",
+]
 
 
 @dataclass(frozen=True)
@@ -77,8 +104,16 @@ class Limits:
 
 #: The fields that shape one step of sampling (spec §3–4, §6, §11): a
 #: :class:`SamplingParams`.
-SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty",
-                   "logit_bias", "seed", "logprobs", "logprobs_mode")  # fmt: skip
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "seed",
+    "logprobs",
+    "logprobs_mode",
+)
 
 
 @dataclass(frozen=True)
@@ -119,8 +154,9 @@ def sampling_params(
         top_p=number(body, "top_p", 1.0, 0, 1),
         presence_penalty=number(body, "presence_penalty", 0.0, -2, 2),
         frequency_penalty=number(body, "frequency_penalty", 0.0, -2, 2),
-        logit_bias=logit_bias_field(body.get("logit_bias"), max_id=max_bias_id, masked=masked,
-                                    tokenizer=tokenizer),  # fmt: skip
+        logit_bias=logit_bias_field(
+            body.get("logit_bias"), max_id=max_bias_id, masked=masked, tokenizer=tokenizer
+        ),
         seed=integer(body, "seed", None, INT64_MIN, INT64_MAX),
         logprobs=integer(body, "logprobs", None, 0, 5),
         logprobs_mode=logprobs_mode_field(body),
@@ -160,13 +196,24 @@ def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> R
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise type_error("user", "a string", user)
-    sampling = sampling_params(body, max_bias_id=info.max_bias_id, masked=info._masked_set,
-                               tokenizer=info.tokenizer.name)  # fmt: skip
+    sampling = sampling_params(
+        body, max_bias_id=info.max_bias_id, masked=info._masked_set, tokenizer=info.tokenizer.name
+    )
     if limits is not None:
         check_limits(len(given), n, best_of, body.get("best_of") is not None, limits)
     suffix = suffix_field(body, info, echo)
     prompts = tuple(prompt_tokens(raw, info, suffix) for raw in given)
     check_context(prompts, max_tokens, info)
-    return Request(model=model, prompts=prompts, sampling=sampling, max_tokens=max_tokens, n=n,
-                   best_of=best_of, echo=echo, stop=stop, stream=stream,
-                   include_usage=include_usage, suffix=suffix)  # fmt: skip
+    return Request(
+        model=model,
+        prompts=prompts,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        n=n,
+        best_of=best_of,
+        echo=echo,
+        stop=stop,
+        stream=stream,
+        include_usage=include_usage,
+        suffix=suffix,
+    )

@@ -31,7 +31,8 @@ array([[2., 4., 6.]], dtype=float32)
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
 import numpy as np
 
@@ -170,7 +171,7 @@ class TokenCounts:
 
 def penalties(
     logits: np.ndarray,
-    counts: Sequence["tuple[np.ndarray, np.ndarray] | TokenCounts | None"],
+    counts: Sequence[tuple[np.ndarray, np.ndarray] | TokenCounts | None],
     presence_penalty: float | Sequence[float] | np.ndarray = 0.0,
     frequency_penalty: float | Sequence[float] | np.ndarray = 0.0,
     *,
@@ -271,7 +272,7 @@ def top_p(
 def apply(
     logits: np.ndarray,
     params: Sequence[Any],
-    counts: Sequence["TokenCounts | tuple[np.ndarray, np.ndarray] | None"] | None = None,
+    counts: Sequence[TokenCounts | tuple[np.ndarray, np.ndarray] | None] | None = None,
     *,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -297,8 +298,9 @@ def apply(
 
 _STEPS = {
     "logit_bias": lambda z, ps, cs: logit_bias(z, [p.logit_bias for p in ps], out=z),
-    "penalties": lambda z, ps, cs: penalties(z, cs, [p.presence_penalty for p in ps],
-                                             [p.frequency_penalty for p in ps], out=z),
+    "penalties": lambda z, ps, cs: penalties(
+        z, cs, [p.presence_penalty for p in ps], [p.frequency_penalty for p in ps], out=z
+    ),
     "temperature": lambda z, ps, cs: temperature(z, [p.temperature for p in ps], out=z),
     "top_p": lambda z, ps, cs: top_p(z, [p.top_p for p in ps], out=z),
-}  # fmt: skip
+}

@@ -10,8 +10,9 @@ the end-of-text token an empty prompt reads, and the context-length check (§1.2
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from .errors import RequestError
 from .fields import empty_array, is_int, show, type_error, valid_text
@@ -31,7 +32,9 @@ class Prompt:
     counted: int  # its share of usage.prompt_tokens
 
 
-_PROMPT_TYPES = "a string, an array of strings, an array of integers, or an array of arrays of integers"
+_PROMPT_TYPES = (
+    "a string, an array of strings, an array of integers, or an array of arrays of integers"
+)
 
 
 def raw_prompts(body: Mapping) -> list[str | list[int]]:

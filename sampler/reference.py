@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,10 +102,16 @@ def top_p(z: np.ndarray, p: float) -> np.ndarray:
     return np.where(kept, _f32(z), np.float32(-np.inf))
 
 
-def processed(logits: np.ndarray, *, temperature: float = 1.0, top_p: float = 1.0,
-              presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-              logit_bias: Mapping[int, float] | None = None,
-              generated: Sequence[int] = ()) -> np.ndarray:  # fmt: skip
+def processed(
+    logits: np.ndarray,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: Mapping[int, float] | None = None,
+    generated: Sequence[int] = (),
+) -> np.ndarray:
     """Steps 1–4 in :data:`STEP_ORDER`: the row step 5 draws from (a greedy row,
     ``temperature = 0``, at temperature 1: what ``logprobs_mode: "processed"`` reports)."""
     steps = {
@@ -134,14 +141,23 @@ def greedy(z: np.ndarray) -> int:
     return int(by_probability(z)[0])
 
 
-def step(logits: np.ndarray, *, uniform: float, temperature: float = 1.0, top_p: float = 1.0,
-         presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-         logit_bias: Mapping[int, float] | None = None, generated: Sequence[int] = ()) -> int:  # fmt: skip
+def step(
+    logits: np.ndarray,
+    *,
+    uniform: float,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: Mapping[int, float] | None = None,
+    generated: Sequence[int] = (),
+) -> int:
     """One token from a row of float32 logits ``[V]`` whose non-token ids are ``-inf``.
     ``generated``: this sequence's tokens so far; ``uniform``: in [0, 1), drawn even when
     the row is greedy (one per step, spec §6)."""
-    z = penalties(globals()["logit_bias"](logits, logit_bias), generated, presence_penalty,
-                  frequency_penalty)  # fmt: skip
+    z = penalties(
+        globals()["logit_bias"](logits, logit_bias), generated, presence_penalty, frequency_penalty
+    )
     if temperature == 0.0:
         return greedy(z)
     return draw(processed(z, temperature=temperature, top_p=top_p), uniform)
@@ -230,91 +246,119 @@ def generator(seed: int, prompt: int, candidate: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seq))
 
 
-def complete(logits: Callable[[Sequence[int]], np.ndarray], prompts: Sequence[Sequence[int]], *,
-             token_bytes: Callable[[int], bytes], end_ids: Sequence[int], seed: int,
-             max_tokens: int = 16, n: int = 1, best_of: int | None = None,
-             stop: Sequence[str] = (), echo: bool = False, logprobs: int | None = None,
-             logprobs_mode: str = "raw", **sampling) -> dict:  # fmt: skip
+@dataclass(frozen=True)
+class _Request:
+    """What every candidate of a request shares (see :func:`complete`)."""
+
+    logits: Callable[[Sequence[int]], np.ndarray]
+    token_bytes: Callable[[int], bytes]
+    end_ids: Sequence[int]
+    max_tokens: int
+    stop: Sequence[str]
+    k: int | None  # logprobs
+    mode: str  # logprobs_mode
+    sampling: dict
+
+    def name(self, j: int) -> str:
+        return token_text(self.token_bytes(j))
+
+    def entry(self, tok: int, row: np.ndarray, at: int) -> tuple:
+        """One logprobs entry: the token's text, logprob, top_logprobs and offset."""
+        assert self.k is not None
+        return (
+            self.name(tok),
+            reported(logprobs(row)[tok]),
+            top_logprobs(row, self.k, tok, self.name),
+            at,
+        )
+
+
+def complete(
+    logits: Callable[[Sequence[int]], np.ndarray],
+    prompts: Sequence[Sequence[int]],
+    *,
+    token_bytes: Callable[[int], bytes],
+    end_ids: Sequence[int],
+    seed: int,
+    max_tokens: int = 16,
+    n: int = 1,
+    best_of: int | None = None,
+    stop: Sequence[str] = (),
+    echo: bool = False,
+    logprobs: int | None = None,
+    logprobs_mode: str = "raw",
+    **sampling,
+) -> dict:
     """A request's ``choices`` and ``usage``, from ``logits(tokens)``: the masked float32
     row that follows ``tokens``. Prompts are token ids (an empty one reads the first end
     id, never shown or counted); ``sampling`` holds :func:`step`'s fields. One full forward
     pass per token: slow and plain. (``suffix`` only changes what the model reads: pass
     the FIM-wrapped ids as the prompt.)"""
+    req = _Request(
+        logits, token_bytes, end_ids, max_tokens, stop, logprobs, logprobs_mode, sampling
+    )
     best_of = n if best_of is None else best_of
     choices, generated = [], 0
     for p, prompt in enumerate(prompts):
+        head, echoed = _prompt(req, prompt, echo)
         reads = list(prompt) or [end_ids[0]]
-        head, echoed = _prompt_entries(logits, prompt, token_bytes, logprobs if echo else None)
-        cands = [_candidate(logits, reads, generator(seed, p, c), token_bytes, end_ids,
-                            max_tokens, stop, logprobs, logprobs_mode, sampling)
-                 for c in range(best_of)]  # fmt: skip
-        generated += sum(c["generated"] for c in cands)
-        ranked = sorted(range(best_of), key=lambda c: (-cands[c]["mean"], c))  # best_of > n
+        cands = [_candidate(req, reads, generator(seed, p, c)) for c in range(best_of)]
+        generated += sum(c["count"] for c in cands)
+        ranked = sorted(range(best_of), key=lambda c: (-cands[c]["mean"], c))  # best first
         for j, c in enumerate(ranked[:n] if best_of > n else range(n)):
-            shown = [(t, lp, top, len(head) + at) for t, lp, top, at in cands[c]["entries"]]
-            entries = (echoed if echo else []) + shown
-            choices.append({
-                "text": (head if echo else "") + cands[c]["text"], "index": p * n + j,
-                "logprobs": None if logprobs is None else {
-                    "tokens": [e[0] for e in entries], "token_logprobs": [e[1] for e in entries],
-                    "top_logprobs": [e[2] for e in entries],
-                    "text_offset": [e[3] for e in entries]},
-                "finish_reason": cands[c]["finish_reason"]})  # fmt: skip
+            entries = echoed + [(*e[:3], len(head) + e[3]) for e in cands[c]["entries"]]
+            keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+            lp = {key: [e[i] for e in entries] for i, key in enumerate(keys)}
+            text = (head if echo else "") + cands[c]["text"]
+            finish = cands[c]["finish_reason"]
+            lp_or_none = None if logprobs is None else lp
+            choices.append(
+                {"text": text, "index": p * n + j, "logprobs": lp_or_none, "finish_reason": finish}
+            )
     counted = sum(len(p) for p in prompts)
-    return {"choices": choices, "usage": {"prompt_tokens": counted, "completion_tokens":
-            generated, "total_tokens": counted + generated}}  # fmt: skip
+    usage = {"prompt_tokens": counted, "completion_tokens": generated}
+    return {"choices": choices, "usage": {**usage, "total_tokens": counted + generated}}
 
 
-def _prompt_entries(logits, prompt, token_bytes, k) -> tuple[str, list]:
-    """The prompt's text, and its echoed entries: the first token has no logprob, each
-    later one the raw ``log p(token | the tokens before it)``."""
-    data = b"".join(token_bytes(j) for j in prompt)
-    entries, at = [], 0
-    for i, tok in enumerate(prompt):
-        name, start = token_text(token_bytes(tok)), offset(data, at)
-        at += len(token_bytes(tok))
-        if i == 0 or k is None:
-            entries.append((name, None, None, start))
-            continue
-        z = logits(prompt[:i])
-        top = top_logprobs(z, k, tok, lambda j: token_text(token_bytes(j)))
-        entries.append((name, reported(logprobs(z)[tok]), top, start))
+def _prompt(req: _Request, prompt: Sequence[int], echo: bool) -> tuple[str, list]:
+    """A prompt's text and, when echoed with logprobs, its entries: the first token has no
+    logprob, each later one the raw ``log p(token | the tokens before it)``."""
+    data, entries, at = b"".join(req.token_bytes(j) for j in prompt), [], 0
+    for i, tok in enumerate(prompt if echo and req.k is not None else ()):
+        start, at = offset(data, at), at + len(req.token_bytes(tok))
+        first = (req.name(tok), None, None, start)  # nothing before it to condition on
+        entries.append(first if i == 0 else req.entry(tok, req.logits(prompt[:i]), start))
     return data.decode("utf-8", "replace"), entries
 
 
-def _candidate(logits, reads, rng, token_bytes, end_ids, max_tokens, stop, k, mode,
-               sampling) -> dict:  # fmt: skip
+def _candidate(req: _Request, reads: list[int], rng: np.random.Generator) -> dict:
     """One candidate: tokens until an end id, a stop string in the settled text, or
     ``max_tokens``; its text cut at the stop, and the entries of the tokens that start
     before the cut (the end token last, at the end of the text, when nothing was cut)."""
-    tokens, starts, logged, data, raw_sum, cut = [], [], [], b"", 0.0, None
-    finish, count = "length", 0
-    for count in range(1, max_tokens + 1):  # (count: the tokens drawn, an end token included)
-        u, z = rng.random(), logits(reads + tokens)
-        tok = step(z, uniform=u, generated=tokens, **sampling)
-        raw = logprobs(z)
-        raw_sum += float(raw[tok])  # best_of ranks by the raw mean, end token included
-        if k is not None:  # raw, or the row sampled from (a greedy one at temperature 1)
-            greedy_at_1 = {**sampling, "temperature": sampling.get("temperature", 1.0) or 1.0}
-            row = z if mode == "raw" else processed(z, generated=tokens, **greedy_at_1)
-            logged.append((tok, reported(logprobs(row)[tok]),
-                           top_logprobs(row, k, tok, lambda j: token_text(token_bytes(j)))))
-        if tok in end_ids:
+    tokens, starts, rows, data, raw_sum, cut, finish = [], [], [], b"", 0.0, None, "length"
+    at_1 = {**req.sampling, "temperature": req.sampling.get("temperature", 1.0) or 1.0}
+    while len(rows) < req.max_tokens:  # (one row per token drawn, an end token included)
+        u, z = rng.random(), req.logits(reads + tokens)
+        tok = step(z, uniform=u, generated=tokens, **req.sampling)
+        raw_sum += float(logprobs(z)[tok])  # best_of ranks by the raw mean
+        row = z if req.mode == "raw" or req.k is None else processed(z, generated=tokens, **at_1)
+        rows.append((tok, row))
+        if tok in req.end_ids:  # (a greedy row reports its distribution at temperature 1)
             finish = "stop"
             break
-        starts.append(len(data))
-        tokens.append(tok)
-        data += token_bytes(tok)
-        cut = stop_cut(final_text(data), stop)
-        if cut is not None:
+        starts, tokens, data = starts + [len(data)], tokens + [tok], data + req.token_bytes(tok)
+        if (cut := stop_cut(final_text(data), req.stop)) is not None:
             break
     text = data.decode("utf-8", "replace")  # the end: an unfinished character is U+FFFD
-    cut = stop_cut(text, stop) if cut is None else cut
-    finish = "stop" if cut is not None else finish
-    entries = []
-    for i, (tok, lp, top) in enumerate(logged):
-        at = offset(data, starts[i]) if i < len(starts) else len(text)  # (the end token)
-        if cut is None or at < cut:
-            entries.append((token_text(token_bytes(tok)), lp, top, at))
-    return {"text": text if cut is None else text[:cut], "finish_reason": finish,
-            "entries": entries, "generated": count, "mean": raw_sum / count if count else 0.0}
+    cut = stop_cut(text, req.stop) if cut is None else cut
+    offsets = [offset(data, b) for b in starts] + [len(text)]  # (the end token: at the end)
+    kept = [(t, row, at) for (t, row), at in zip(rows, offsets) if cut is None or at < cut]
+    entries = [req.entry(*e) for e in kept] if req.k is not None else []
+    count, finish = len(rows), "stop" if cut is not None else finish
+    return {
+        "text": text[:cut],
+        "finish_reason": finish,
+        "entries": entries,
+        "count": count,
+        "mean": raw_sum / max(count, 1),
+    }

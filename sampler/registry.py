@@ -27,12 +27,19 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "known_models", "resolve", "cache_dir",
-           "default_model", "pull"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelEntry",
+    "known_models",
+    "resolve",
+    "cache_dir",
+    "default_model",
+    "pull",
+]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -97,8 +104,10 @@ def _smollm2_build() -> Path:
     folder = _smollm2_folder()
     if _complete(folder):
         return folder
-    _say(f"{SMOLLM2} is not in the cache yet: building {folder} (once: the weights are a "
-         "~93 MB download, converted to ~540 MB of ONNX in well under a minute)")
+    _say(
+        f"{SMOLLM2} is not in the cache yet: building {folder} (once: the weights are a "
+        "~93 MB download, converted to ~540 MB of ONNX in well under a minute)"
+    )
     gguf = pull_gguf(SMOLLM2_135M_INSTRUCT, cache_dir() / "downloads", log=_say)
     try:
         convert_gguf(gguf, folder, name=SMOLLM2, progress=sys.stderr.isatty(), log=_say)
@@ -122,7 +131,8 @@ def _fim_mini() -> Path:
         raise FileNotFoundError(
             f"{FIM_MINI} lives in the refsampler repository (models/{FIM_MINI}/) and is not "
             f"shipped in wheels; {folder} has no model. Run from a checkout (in place or pip "
-            f"install -e .) or pass the folder's path as the model.")
+            f"install -e .) or pass the folder's path as the model."
+        )
     return folder
 
 
@@ -143,7 +153,7 @@ _MODELS: dict[str, ModelEntry] = {
     FIM_MINI: ModelEntry(
         name=FIM_MINI,
         description="1.8M-parameter Llama with fill-in-the-middle over cl100k_base, trained "
-                    "here (in the repository; not in wheels)",
+        "here (in the repository; not in wheels)",
         folder=_fim_mini,
         cached=lambda: _complete(_fim_mini_folder()),
         first_use="not in this install: needs a repository checkout (models/cl100k-fim-mini)",

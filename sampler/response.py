@@ -12,8 +12,9 @@ import json
 import secrets
 import string
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .engine import Batch, Completion, Engine
 from .params import Request

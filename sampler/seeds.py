@@ -7,7 +7,8 @@ complement), or fresh entropy drawn once per request when it has no seed. So a c
 draws never depend on n, best_of, other prompts, other requests, or streaming.
 
 >>> a = generator(request_entropy(42), 0, 1).random()
->>> a == generator(request_entropy(42), 0, 1).random() != generator(request_entropy(42), 1, 1).random()
+>>> b = generator(request_entropy(42), 1, 1).random()
+>>> a == generator(request_entropy(42), 0, 1).random() != b
 True
 """
 

@@ -25,7 +25,7 @@ fuses steps 1-5 for each row (:func:`sampler.sample_step`); these are the batche
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -63,9 +64,15 @@ class _JSON(JSONResponse):
         return _dumps(content).encode("utf-8")
 
 
-def _error(status: int, message: str, *, type: str = "invalid_request_error",
-           param: str | None = None, code: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+def _error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     err = RequestError(message, param=param, code=code, status=status, type=type)
     return _JSON(err.to_dict(), status_code=status, headers=headers)
 
@@ -97,15 +104,21 @@ def _route(handler: Handler) -> Handler:
 
 def _log_failure(rid: str, request: HTTPRequest, exc: BaseException) -> None:
     """A 500, in the server log with its traceback (raised on the worker thread or here)."""
-    log.error("request %s (%s %s) failed with a server error", rid, request.method,
-              request.url.path, exc_info=(type(exc), exc, exc.__traceback__))  # fmt: skip
+    log.error(
+        "request %s (%s %s) failed with a server error",
+        rid,
+        request.method,
+        request.url.path,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
 
 
 class _Model:
     def __init__(self, engine: Engine, cfg: ServerConfig) -> None:
         self.engine = engine
-        self.scheduler = Scheduler(engine, max_sequences=cfg.max_sequences,
-                                   max_waiting=cfg.max_waiting)  # fmt: skip
+        self.scheduler = Scheduler(
+            engine, max_sequences=cfg.max_sequences, max_waiting=cfg.max_waiting
+        )
         path = getattr(engine.decoder.config, "path", None)
         self.created = int(os.path.getmtime(path)) if path else 0
 
@@ -141,9 +154,13 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
             return None
         header = request.headers.get("authorization", "")
         if not header.startswith("Bearer "):
-            return _error(401, "You didn't provide an API key. Provide it in the Authorization "
-                          "header as 'Bearer YOUR_KEY'.", code="missing_api_key")  # fmt: skip
-        if header[len("Bearer "):] != cfg.api_key:
+            return _error(
+                401,
+                "You didn't provide an API key. Provide it in the Authorization "
+                "header as 'Bearer YOUR_KEY'.",
+                code="missing_api_key",
+            )
+        if header[len("Bearer ") :] != cfg.api_key:
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
 
@@ -177,8 +194,12 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
             return refused
         name = request.path_params["model"]
         if name not in models:
-            return _error(404, f"The model `{name}` does not exist or you do not have access to it.",
-                          param="model", code="model_not_found")  # fmt: skip
+            return _error(
+                404,
+                f"The model `{name}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
         return _JSON(models[name].card())
 
     @_route
@@ -228,10 +249,13 @@ def _error_body(exc: BaseException, rid: str) -> dict[str, Any]:
     """The 500 body for an unexpected error (also sent in-band once a stream has begun)."""
     detail = str(exc)
     detail = detail if len(detail) <= 300 else detail[:300] + "…"
-    return RequestError("The server had an error while processing your request. Sorry about "
-                        f"that! ({type(exc).__name__}: {detail}) The server log has the "
-                        f"details under request id {rid}.", status=500,
-                        type="server_error").to_dict()  # fmt: skip
+    return RequestError(
+        "The server had an error while processing your request. Sorry about "
+        f"that! ({type(exc).__name__}: {detail}) The server log has the "
+        f"details under request id {rid}.",
+        status=500,
+        type="server_error",
+    ).to_dict()
 
 
 async def _read_json(request: HTTPRequest, limit: int) -> Any:
@@ -251,17 +275,23 @@ async def _read_json(request: HTTPRequest, limit: int) -> Any:
             continue
         data += part
     if too_large:
-        return _error(413, f"The request body is larger than this server accepts ({limit} "
-                      "bytes). Send fewer or shorter prompts.")  # fmt: skip
+        return _error(
+            413,
+            f"The request body is larger than this server accepts ({limit} "
+            "bytes). Send fewer or shorter prompts.",
+        )
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:  # (JSONDecodeError is a ValueError)
         why = f"what was sent was not valid JSON: {str(err)[:200]}"
     except RecursionError:
         why = "what was sent nests arrays or objects too deeply to read"
-    return _error(400, "We could not parse the JSON body of your request. (HINT: This likely "
-                  "means you aren't using your HTTP library correctly. The OpenAI API "
-                  f"expects a JSON payload, but {why}.)")  # fmt: skip
+    return _error(
+        400,
+        "We could not parse the JSON body of your request. (HINT: This likely "
+        "means you aren't using your HTTP library correctly. The OpenAI API "
+        f"expects a JSON payload, but {why}.)",
+    )
 
 
 #: Seconds a client told "busy" (429) should wait: about one admission round of a full
@@ -280,12 +310,19 @@ async def _run(request: HTTPRequest, scheduler: Scheduler, req: Any) -> Response
     try:
         job = scheduler.submit(req, sink)
     except Busy as err:
-        return _error(429, str(err), type="rate_limit_exceeded", code="rate_limit_exceeded",
-                      headers={"Retry-After": str(RETRY_AFTER)})  # fmt: skip
+        return _error(
+            429,
+            str(err),
+            type="rate_limit_exceeded",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
     if req.stream:
-        return StreamingResponse(_events(request, scheduler, job, queue),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return StreamingResponse(
+            _events(request, scheduler, job, queue),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     while True:  # wait for the response, noticing a client that goes away
         try:
             kind, value = await asyncio.wait_for(queue.get(), timeout=0.5)
@@ -300,8 +337,9 @@ async def _run(request: HTTPRequest, scheduler: Scheduler, req: Any) -> Response
         return _JSON(value)
 
 
-async def _events(request: HTTPRequest, scheduler: Scheduler, job: Job,
-                  queue: asyncio.Queue) -> AsyncIterator[str]:  # fmt: skip
+async def _events(
+    request: HTTPRequest, scheduler: Scheduler, job: Job, queue: asyncio.Queue
+) -> AsyncIterator[str]:
     """SSE frames of one stream. If the client leaves, the generator is closed here and
     the job is cancelled: its sequences leave the batch at the next step."""
     try:
@@ -322,8 +360,14 @@ async def _events(request: HTTPRequest, scheduler: Scheduler, job: Job,
         scheduler.cancel(job)
 
 
-def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000,
-          threads: int = 1, config: ServerConfig | None = None) -> None:  # fmt: skip
+def serve(
+    models: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int = 1,
+    config: ServerConfig | None = None,
+) -> None:
     """Load ``models`` and serve them until interrupted (uvicorn)."""
     import uvicorn
 

@@ -22,8 +22,8 @@ workspace; only boolean masks).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -54,8 +54,13 @@ class Row:
 
     __slots__ = ("params", "counts", "raw_logprob", "_edits", "_built_for")
 
-    def __init__(self, params: SamplingParams | None = None, *,
-                 counts: processors.TokenCounts | None = None, raw_logprob: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        params: SamplingParams | None = None,
+        *,
+        counts: processors.TokenCounts | None = None,
+        raw_logprob: bool = False,
+    ) -> None:
         self.params = SamplingParams() if params is None else params
         self.counts = processors.TokenCounts() if counts is None else counts
         self.raw_logprob = raw_logprob
@@ -90,7 +95,9 @@ class StepOutput:
     top: list[tuple[np.ndarray, np.ndarray] | None]  # per row: (ids [k], logprobs [k])
 
 
-def _raw_side(raw: np.ndarray, k: int, ws: Workspace) -> tuple[list[int], list[float], float, float]:
+def _raw_side(
+    raw: np.ndarray, k: int, ws: Workspace
+) -> tuple[list[int], list[float], float, float]:
     """The top-``k`` ids of one row (ties to the lowest id) and their values, its raw
     log-normaliser and the float64 sum of its exps, which are left in the workspace.
 
@@ -120,9 +127,12 @@ def sample_step(
         return _sample_step(logits, rows, uniforms, workspace)
 
 
-def _sample_step(logits: np.ndarray, rows: Sequence[Row],
-                 uniforms: Sequence[float] | np.ndarray,
-                 workspace: Workspace | None) -> StepOutput:  # fmt: skip
+def _sample_step(
+    logits: np.ndarray,
+    rows: Sequence[Row],
+    uniforms: Sequence[float] | np.ndarray,
+    workspace: Workspace | None,
+) -> StepOutput:
     batch, vocab = logits.shape
     ws = workspace if workspace is not None and workspace.vocab == vocab else Workspace(vocab)
     tokens = np.empty(batch, dtype=np.int64)  # [B]
@@ -141,14 +151,24 @@ def _sample_step(logits: np.ndarray, rows: Sequence[Row],
             if direct:
                 token = pick(ws.e, p.top_p, u, total, workspace=ws)
             else:
-                token = _draw(raw, p.temperature, p.top_p, u, edits=edits, workspace=ws,
-                              raw_top=(top_ids, top_vals), raw_total=total)  # fmt: skip
+                token = _draw(
+                    raw,
+                    p.temperature,
+                    p.top_p,
+                    u,
+                    edits=edits,
+                    workspace=ws,
+                    raw_top=(top_ids, top_vals),
+                    raw_total=total,
+                )
             raw_lp[b] = float(raw[token]) - lognorm
             if raw_mode:
                 rep_lp[b] = raw_lp[b]
                 k = p.logprobs
-                top[b] = (np.array(top_ids[:k], dtype=np.int64),
-                          np.array(top_vals[:k], dtype=np.float64) - lognorm)  # fmt: skip
+                top[b] = (
+                    np.array(top_ids[:k], dtype=np.int64),
+                    np.array(top_vals[:k], dtype=np.float64) - lognorm,
+                )
         else:
             token = _draw(raw, p.temperature, p.top_p, u, edits=edits, workspace=ws)
         tokens[b] = token

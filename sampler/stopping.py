@@ -15,7 +15,7 @@ now: nothing a stop string could still remove, no half character (spec §7, §10
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["TextTracker", "held_prefix"]
 

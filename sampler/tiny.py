@@ -23,24 +23,45 @@ import numpy as np
 
 from .onnx_llama import LlamaConfig, weight_shapes
 
-__all__ = ["TINY_BUILD_VERSION", "TINY_NAME", "TINY_CONFIG", "build_tiny_random",
-           "tiny_weights"]
+__all__ = ["TINY_BUILD_VERSION", "TINY_NAME", "TINY_CONFIG", "build_tiny_random", "tiny_weights"]
 
 TINY_BUILD_VERSION = 2
 TINY_NAME = "tiny-random-cl100k"
-TINY_CONFIG = LlamaConfig(vocab_size=100_277, hidden_size=64, intermediate_size=128,
-                          num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10000.0,
-                          rms_norm_eps=1e-5, tie_word_embeddings=False, max_position=2048)
+TINY_CONFIG = LlamaConfig(
+    vocab_size=100_277,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    max_position=2048,
+)
 _MANIFEST = {
-    "format": "refsampler-model/1", "name": TINY_NAME, "onnx": "model.onnx",
-    "tokenizer": "cl100k_base", "context_length": TINY_CONFIG.max_position,
-    "eos_token_ids": [100257], "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260},
+    "format": "refsampler-model/1",
+    "name": TINY_NAME,
+    "onnx": "model.onnx",
+    "tokenizer": "cl100k_base",
+    "context_length": TINY_CONFIG.max_position,
+    "eos_token_ids": [100257],
+    "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260},
 }
 # Standard deviation x sqrt(fan_in) per weight kind. The head's sets the logits' spread
 # (rms-normed input, so row std ~ _GAIN["lm_head"]); q/k make attention non-uniform; v/o/mlp
 # make each block's output comparable to the embedding, so the context matters.
-_GAIN = {"embed_tokens": 1.0, "q_proj": 2.0, "k_proj": 2.0, "v_proj": 1.0, "o_proj": 1.0,
-         "gate_proj": 1.5, "up_proj": 1.5, "down_proj": 2.0, "lm_head": 3.0}
+_GAIN = {
+    "embed_tokens": 1.0,
+    "q_proj": 2.0,
+    "k_proj": 2.0,
+    "v_proj": 1.0,
+    "o_proj": 1.0,
+    "gate_proj": 1.5,
+    "up_proj": 1.5,
+    "down_proj": 2.0,
+    "lm_head": 3.0,
+}
 
 
 def tiny_weights(seed: int = 0) -> dict[str, np.ndarray]:
@@ -55,7 +76,8 @@ def tiny_weights(seed: int = 0) -> dict[str, np.ndarray]:
             w = rng.standard_normal(shape, dtype=np.float32)
         else:
             w = rng.standard_normal(shape, dtype=np.float32) * np.float32(
-                _GAIN[kind] / np.sqrt(shape[1]))
+                _GAIN[kind] / np.sqrt(shape[1])
+            )
         weights[name] = w
     return weights
 

@@ -31,17 +31,28 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import tiktoken
 
-__all__ = ["Tokenizer", "UnrepresentableText", "get_tokenizer", "register_tokenizer",
-           "tokenizer_for", "logprobs_text", "bpe_tokenizer", "load_folder_tokenizer", "write_ranks",
-           "read_ranks", "CL100K_SHA256"]
+__all__ = [
+    "Tokenizer",
+    "UnrepresentableText",
+    "get_tokenizer",
+    "register_tokenizer",
+    "tokenizer_for",
+    "logprobs_text",
+    "bpe_tokenizer",
+    "load_folder_tokenizer",
+    "write_ranks",
+    "read_ranks",
+    "CL100K_SHA256",
+]
 
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 
@@ -60,7 +71,8 @@ class UnrepresentableText(ValueError):
         super().__init__(
             f"the character {char!r} (U+{ord(char):04X}, UTF-8 bytes {hexed}) at index "
             f"{index} cannot be encoded: tokenizer {tokenizer} has no token holding its "
-            "bytes")
+            "bytes"
+        )
 
 
 class Tokenizer:
@@ -75,8 +87,13 @@ class Tokenizer:
     tokens, and :meth:`encode` refuses text that needs them.
     """
 
-    def __init__(self, encoding: "tiktoken.Encoding", *, end_ids: Iterable[int] = (),
-                 vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        encoding: tiktoken.Encoding,
+        *,
+        end_ids: Iterable[int] = (),
+        vocab_size: int | None = None,
+    ) -> None:
         self.encoding = encoding
         self.name: str = encoding.name
         limit = encoding.max_token_value + 1 if vocab_size is None else vocab_size
@@ -94,12 +111,13 @@ class Tokenizer:
         )
         self._bytes = self._all_token_bytes()  # id -> bytes, None for non-tokens
         self.max_id: int = max(i for i, b in enumerate(self._bytes) if b is not None)
-        del self._bytes[self.max_id + 1:]
+        del self._bytes[self.max_id + 1 :]
         self._is_token = np.array([b is not None for b in self._bytes])  # [n_ids] bool
         self._text: dict[int, str] = {}
         #: byte values no token holds (their ids are placeholders >= vocab_size)
         self.missing_bytes: frozenset[int] = frozenset(
-            b for b in range(256) if encoding.encode_single_token(bytes([b])) >= limit)
+            b for b in range(256) if encoding.encode_single_token(bytes([b])) >= limit
+        )
 
     def _all_token_bytes(self) -> list[bytes | None]:
         table: list[bytes | None] = []
@@ -187,7 +205,7 @@ def register_tokenizer(name: str, factory: Callable[[], Tokenizer]) -> None:
     get_tokenizer.cache_clear()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
     """The tokenizer registered under ``name`` (``cl100k_base`` is built in)."""
     try:
@@ -229,8 +247,9 @@ def tokenizer_for(config: Any) -> Tokenizer:
     spec = config.tokenizer
     if isinstance(spec, str):
         return get_tokenizer(spec)
-    return _cached_folder_tokenizer(os.fspath(config.path), json.dumps(spec, sort_keys=True),
-                                    tuple(config.eos_token_ids))
+    return _cached_folder_tokenizer(
+        os.fspath(config.path), json.dumps(spec, sort_keys=True), tuple(config.eos_token_ids)
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -238,8 +257,9 @@ def _cached_folder_tokenizer(folder: str, spec: str, end_ids: tuple[int, ...]) -
     return load_folder_tokenizer(folder, json.loads(spec), end_ids=end_ids)
 
 
-def load_folder_tokenizer(folder: str | os.PathLike, spec: Mapping[str, Any], *,
-                          end_ids: Iterable[int] = ()) -> Tokenizer:
+def load_folder_tokenizer(
+    folder: str | os.PathLike, spec: Mapping[str, Any], *, end_ids: Iterable[int] = ()
+) -> Tokenizer:
     """The byte-level BPE described by ``spec`` (``refsampler.json``'s ``tokenizer`` object).
 
     Every problem raises ``ValueError`` naming the field, or the file and its line.
@@ -258,17 +278,31 @@ def load_folder_tokenizer(folder: str | os.PathLike, spec: Mapping[str, Any], *,
     pattern = field("pattern", str, "a regular expression")
     specials = field("special_tokens", dict, "an object {token text: id}")
     vocab_size = field("vocab_size", int, "a positive integer")
-    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size
-               for i in specials.values()):
+    if not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size
+        for i in specials.values()
+    ):
         raise ValueError(f"{where}: 'special_tokens' ids must be integers in [0, {vocab_size})")
     ranks = read_ranks(file, expected_sha256=sha)
-    return bpe_tokenizer(name, ranks, pattern=pattern, special_tokens=specials,
-                         vocab_size=vocab_size, end_ids=end_ids)
+    return bpe_tokenizer(
+        name,
+        ranks,
+        pattern=pattern,
+        special_tokens=specials,
+        vocab_size=vocab_size,
+        end_ids=end_ids,
+    )
 
 
-def bpe_tokenizer(name: str, ranks: Mapping[bytes, int], *, pattern: str,
-                  special_tokens: Mapping[str, int], vocab_size: int,
-                  end_ids: Iterable[int] = ()) -> Tokenizer:
+def bpe_tokenizer(
+    name: str,
+    ranks: Mapping[bytes, int],
+    *,
+    pattern: str,
+    special_tokens: Mapping[str, int],
+    vocab_size: int,
+    end_ids: Iterable[int] = (),
+) -> Tokenizer:
     """A :class:`Tokenizer` over byte-level BPE ``ranks`` (token bytes -> id = rank).
 
     Single bytes that no token holds get placeholder ranks ``vocab_size, vocab_size + 1, ..``
@@ -283,37 +317,42 @@ def bpe_tokenizer(name: str, ranks: Mapping[bytes, int], *, pattern: str,
 
     for token, rank in ranks.items():
         if not 0 <= rank < vocab_size:
-            raise ValueError(f"tokenizer {name}: rank {rank} of {token!r} is outside "
-                             f"[0, {vocab_size})")
+            raise ValueError(
+                f"tokenizer {name}: rank {rank} of {token!r} is outside [0, {vocab_size})"
+            )
     full = dict(ranks)
     placeholder = vocab_size
     for b in range(256):
         if bytes([b]) not in full:
             full[bytes([b])] = placeholder
             placeholder += 1
-    encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=full,
-                                 special_tokens=dict(special_tokens))
+    encoding = tiktoken.Encoding(
+        name=name, pat_str=pattern, mergeable_ranks=full, special_tokens=dict(special_tokens)
+    )
     return Tokenizer(encoding, end_ids=end_ids, vocab_size=vocab_size)
 
 
 def write_ranks(path: str | os.PathLike, ranks: Mapping[bytes, int]) -> str:
     """Write ``ranks`` in tiktoken's format (one ``base64 rank`` line each, by rank); return
     the file's sha256."""
-    lines = b"".join(base64.b64encode(token) + b" %d\n" % rank
-                     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    lines = b"".join(
+        base64.b64encode(token) + b" %d\n" % rank
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+    )
     Path(path).write_bytes(lines)
     return hashlib.sha256(lines).hexdigest()
 
 
-def read_ranks(path: str | os.PathLike, *, expected_sha256: str | None = None
-               ) -> dict[bytes, int]:
+def read_ranks(path: str | os.PathLike, *, expected_sha256: str | None = None) -> dict[bytes, int]:
     """Read a tiktoken rank file, checking its sha256 first when one is given."""
     data = Path(path).read_bytes()
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
-            raise ValueError(f"{path}: sha256 is {actual}, expected {expected_sha256} (the "
-                             "file changed after the model folder was written)")
+            raise ValueError(
+                f"{path}: sha256 is {actual}, expected {expected_sha256} (the "
+                "file changed after the model folder was written)"
+            )
     ranks: dict[bytes, int] = {}
     for number, line in enumerate(data.splitlines(), 1):
         if not line:
@@ -322,6 +361,7 @@ def read_ranks(path: str | os.PathLike, *, expected_sha256: str | None = None
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError:
-            raise ValueError(f"{path}:{number}: expected 'base64 rank', got {line[:60]!r}"
-                             ) from None
+            raise ValueError(
+                f"{path}:{number}: expected 'base64 rank', got {line[:60]!r}"
+            ) from None
     return ranks

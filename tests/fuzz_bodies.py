@@ -54,45 +54,113 @@ def parsed(obj: Any) -> Any:
     return obj
 
 
-_SPECIAL = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1E400", "0e-999",
-            "1" + "0" * 400, "-1" + "0" * 400, "4.9e-324", "1e-300", "-0.0", "-0"]  # fmt: skip
+_SPECIAL = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-1e999",
+    "1E400",
+    "0e-999",
+    "1" + "0" * 400,
+    "-1" + "0" * 400,
+    "4.9e-324",
+    "1e-300",
+    "-0.0",
+    "-0",
+]
 _LITERALS = st.sampled_from([None, True, False, "", "x", "1", "\ud800", [], {}, [1], {"a": 1}])
 _NUMBERS = st.one_of(
-    st.sampled_from([0, 1, -1, 2, 3, 5, 6, 20, 21, 127, 128, 129, 2**63 - 1, 2**63,
-                     -(2**63), -(2**63) - 1, 10**30, 0.5, 1.0, 2.0, 2.5, -2.5, 1e-38, 1e-45,
-                     5e-324, 1e-300, math.nan, math.inf, -math.inf]),
+    st.sampled_from(
+        [
+            0,
+            1,
+            -1,
+            2,
+            3,
+            5,
+            6,
+            20,
+            21,
+            127,
+            128,
+            129,
+            2**63 - 1,
+            2**63,
+            -(2**63),
+            -(2**63) - 1,
+            10**30,
+            0.5,
+            1.0,
+            2.0,
+            2.5,
+            -2.5,
+            1e-38,
+            1e-45,
+            5e-324,
+            1e-300,
+            math.nan,
+            math.inf,
+            -math.inf,
+        ]
+    ),
     st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(_SPECIAL).map(Raw),
-)  # fmt: skip
+)
 _TEXTS = st.one_of(
-    st.sampled_from(["", "x", "Hello", "<|endoftext|>", "<|fim_prefix|>", "😊", "\x00",
-                     "\ud800", "a\udfffb", "é" * 3, "a" * 300]),
+    st.sampled_from(
+        [
+            "",
+            "x",
+            "Hello",
+            "<|endoftext|>",
+            "<|fim_prefix|>",
+            "😊",
+            "\x00",
+            "\ud800",
+            "a\udfffb",
+            "é" * 3,
+            "a" * 300,
+        ]
+    ),
     st.text(max_size=12),
-)  # fmt: skip
+)
 
 
 def _nested(leaf: st.SearchStrategy) -> st.SearchStrategy:
-    return st.recursive(leaf, lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(_TEXTS, inner, max_size=3)),
-        max_leaves=6)  # fmt: skip
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(_TEXTS, inner, max_size=3)
+        ),
+        max_leaves=6,
+    )
 
 
 _ANY = _nested(st.one_of(_LITERALS, _NUMBERS, _TEXTS))
-_IDS = st.one_of(st.integers(0, 1000), st.sampled_from(
-    [100256, 100257, 100258, 100261, 100275, 100276, 100277, 2**31, -1, 10**30]),
-    st.sampled_from(["1" + "0" * 400]).map(Raw), st.booleans(), st.floats())  # fmt: skip
+_IDS = st.one_of(
+    st.integers(0, 1000),
+    st.sampled_from([100256, 100257, 100258, 100261, 100275, 100276, 100277, 2**31, -1, 10**30]),
+    st.sampled_from(["1" + "0" * 400]).map(Raw),
+    st.booleans(),
+    st.floats(),
+)
 
 
-_VALID_TEXT = st.one_of(st.sampled_from(["", "x", "Hello", "<|endoftext|>", "😊", "é" * 3]),
-                        st.text(st.characters(exclude_categories=["Cs"]), max_size=8))  # fmt: skip
+_VALID_TEXT = st.one_of(
+    st.sampled_from(["", "x", "Hello", "<|endoftext|>", "😊", "é" * 3]),
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=8),
+)
 _VALID_IDS = st.one_of(st.integers(0, 1000), st.sampled_from([100255, 100257, 100258]))
 _VALID: dict[str, st.SearchStrategy] = {
     "model": st.just(MODEL),
-    "prompt": st.one_of(_VALID_TEXT, st.lists(_VALID_TEXT, min_size=1, max_size=3),
-                        st.lists(_VALID_IDS, min_size=1, max_size=4),
-                        st.lists(st.lists(_VALID_IDS, min_size=1, max_size=3), min_size=1,
-                                 max_size=2)),  # fmt: skip
+    "prompt": st.one_of(
+        _VALID_TEXT,
+        st.lists(_VALID_TEXT, min_size=1, max_size=3),
+        st.lists(_VALID_IDS, min_size=1, max_size=4),
+        st.lists(st.lists(_VALID_IDS, min_size=1, max_size=3), min_size=1, max_size=2),
+    ),
     "suffix": st.one_of(st.none(), _VALID_TEXT),
     "max_tokens": st.sampled_from([0, 1, 2, 3, None]),
     "temperature": st.one_of(st.floats(0, 2), st.sampled_from([0, 1e-300, 5e-324, 1e-40])),
@@ -101,12 +169,16 @@ _VALID: dict[str, st.SearchStrategy] = {
     "best_of": st.integers(1, 4),
     "logprobs": st.one_of(st.none(), st.integers(0, 5)),
     "echo": st.booleans(),
-    "stop": st.one_of(st.none(), _VALID_TEXT.filter(bool),
-                      st.lists(_VALID_TEXT.filter(bool), min_size=1, max_size=4)),  # fmt: skip
+    "stop": st.one_of(
+        st.none(),
+        _VALID_TEXT.filter(bool),
+        st.lists(_VALID_TEXT.filter(bool), min_size=1, max_size=4),
+    ),
     "presence_penalty": st.floats(-2, 2),
     "frequency_penalty": st.floats(-2, 2),
-    "logit_bias": st.dictionaries(st.integers(0, 100255).map(str), st.floats(-100, 100),
-                                  max_size=4),  # fmt: skip
+    "logit_bias": st.dictionaries(
+        st.integers(0, 100255).map(str), st.floats(-100, 100), max_size=4
+    ),
     "seed": st.integers(-(2**63), 2**63 - 1),
     "stream": st.booleans(),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
@@ -121,15 +193,33 @@ _PROMPTS = st.one_of(
     st.lists(st.one_of(_TEXTS, _IDS), min_size=1, max_size=3),  # mixed forms
     _ANY,
 )
-_BIAS_KEYS = st.one_of(st.integers(0, 100300).map(str), st.sampled_from(
-    ["-1", "05", "100256", "100257", "100258", "1" * 30, "1" * 5000, "\ud800", "AI", " 5",
-     "５", "1.5", ""]), _TEXTS)  # fmt: skip
+_BIAS_KEYS = st.one_of(
+    st.integers(0, 100300).map(str),
+    st.sampled_from(
+        [
+            "-1",
+            "05",
+            "100256",
+            "100257",
+            "100258",
+            "1" * 30,
+            "1" * 5000,
+            "\ud800",
+            "AI",
+            " 5",
+            "５",
+            "1.5",
+            "",
+        ]
+    ),
+    _TEXTS,
+)
 _BAD: dict[str, st.SearchStrategy] = {
-    "model": st.one_of(st.sampled_from(["gpt-4", "\ud800", "", MODEL + " "]), _LITERALS,
-                       _NUMBERS),  # fmt: skip
+    "model": st.one_of(st.sampled_from(["gpt-4", "\ud800", "", MODEL + " "]), _LITERALS, _NUMBERS),
     "prompt": _PROMPTS,
-    "logit_bias": st.one_of(st.dictionaries(_BIAS_KEYS, st.one_of(_NUMBERS, _ANY),
-                                            min_size=1, max_size=4), _ANY),  # fmt: skip
+    "logit_bias": st.one_of(
+        st.dictionaries(_BIAS_KEYS, st.one_of(_NUMBERS, _ANY), min_size=1, max_size=4), _ANY
+    ),
     "stop": st.one_of(_TEXTS, st.lists(_TEXTS, max_size=6), _ANY),
     "stream_options": _ANY,
 }
@@ -150,18 +240,30 @@ def body_objects(draw: st.DrawFn) -> dict[str, Any]:
     wrong = set(draw(st.lists(st.sampled_from(names), max_size=3))) if names else set()
     obj = {name: draw(_bad(name) if name in wrong else _VALID[name]) for name in names}
     if draw(st.integers(0, 9)) == 0:
-        obj[draw(st.one_of(st.sampled_from(["top_k", "mo\ud800", "", "x" * 500]), _TEXTS))] = (
-            draw(_ANY))  # fmt: skip
+        obj[draw(st.one_of(st.sampled_from(["top_k", "mo\ud800", "", "x" * 500]), _TEXTS))] = draw(
+            _ANY
+        )
     return obj
 
 
-_WHOLE = st.sampled_from([
-    b"", b"{", b"[]", b"null", b"5", b'"x"', b"{not json}", b'{"model": }', b"\xff\xfe",
-    b"[" * 50_000 + b"]" * 50_000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
-    b'{"model":"' + MODEL.encode() + b'","prompt":"\xff\xc3"}',  # invalid UTF-8 inside
-    b"\xef\xbb\xbf" + json.dumps({"model": MODEL, "prompt": "bom"}).encode(),
-    json.dumps({"model": MODEL, "prompt": "utf16", "max_tokens": 1}).encode("utf-16"),
-])  # fmt: skip
+_WHOLE = st.sampled_from(
+    [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b"5",
+        b'"x"',
+        b"{not json}",
+        b'{"model": }',
+        b"\xff\xfe",
+        b"[" * 50_000 + b"]" * 50_000,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        b'{"model":"' + MODEL.encode() + b'","prompt":"\xff\xc3"}',  # invalid UTF-8 inside
+        b"\xef\xbb\xbf" + json.dumps({"model": MODEL, "prompt": "bom"}).encode(),
+        json.dumps({"model": MODEL, "prompt": "utf16", "max_tokens": 1}).encode("utf-16"),
+    ]
+)
 
 
 @st.composite

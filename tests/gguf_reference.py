@@ -26,14 +26,17 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 #: byte values the tiny vocabulary has no token for (as SmolLM2 has 21)
 MISSING_BYTES = frozenset([0x04, 0x06, 0xC0, 0xC1, 0xF1, *range(0xF5, 0x100)])
 
-CORPUS = """\
+CORPUS = (
+    """\
 The capital of France is Paris. The capital of Italy is Rome; the capital of Spain is Madrid.
 In 2024 there were 12 or 123 or 1234 things, and it's the 2nd time we've said it: 2024, 2024!
 def f(x):
     return x + 1  # two  spaces  here   and there    too
 It's, they're, we'll, I'd, you've, I'm -- don't stop; "quoted" (paren) [bracket] {brace}
 Ünïcödé wörds, ça va? naïve café, 東京 and 😀 emoji 😀 again.
-""" * 3
+"""
+    * 3
+)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -53,8 +56,10 @@ def train_vocab(n_merges: int = 160) -> tuple[list[str], list[int], list[str]]:
     """tokens, token types and merges: 3 control tokens, the byte tokens (minus
     MISSING_BYTES), then one token per merge learnt on CORPUS, so ids are ranks."""
     enc = bytes_to_unicode()
-    words = Counter(tuple(enc[b] for b in piece.encode())
-                    for piece in regex.findall(GPT2_PATTERN + r"|\s+", CORPUS))
+    words = Counter(
+        tuple(enc[b] for b in piece.encode())
+        for piece in regex.findall(GPT2_PATTERN + r"|\s+", CORPUS)
+    )
     base = sorted(enc[b] for b in range(256) if b not in MISSING_BYTES)
     words = Counter({w: c for w, c in words.items() if all(s in base for s in w)})
     tokens = SPECIALS + base
@@ -92,16 +97,32 @@ def train_vocab(n_merges: int = 160) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-TINY_DIMS = dict(width=64, ffn=96, layers=2, heads=4, kv_heads=2, context=96,
-                 theta=100000.0, eps=1e-5)
-_GAIN = {"attn_q": 2.0, "attn_k": 2.0, "attn_v": 1.0, "attn_output": 1.0, "ffn_gate": 1.5,
-         "ffn_up": 1.5, "ffn_down": 2.0, "output": 3.0}
+TINY_DIMS = dict(
+    width=64, ffn=96, layers=2, heads=4, kv_heads=2, context=96, theta=100000.0, eps=1e-5
+)
+_GAIN = {
+    "attn_q": 2.0,
+    "attn_k": 2.0,
+    "attn_v": 1.0,
+    "attn_output": 1.0,
+    "ffn_gate": 1.5,
+    "ffn_up": 1.5,
+    "ffn_down": 2.0,
+    "output": 3.0,
+}
 
 
-def write_tiny_gguf(path: Path, qtype: str = "F32", *, tied: bool = False, seed: int = 0,
-                    arch: str = "llama", pre: str = "smollm",
-                    extra_tensors: dict[str, np.ndarray] | None = None,
-                    replace: dict[str, np.ndarray] | None = None) -> Path:
+def write_tiny_gguf(
+    path: Path,
+    qtype: str = "F32",
+    *,
+    tied: bool = False,
+    seed: int = 0,
+    arch: str = "llama",
+    pre: str = "smollm",
+    extra_tensors: dict[str, np.ndarray] | None = None,
+    replace: dict[str, np.ndarray] | None = None,
+) -> Path:
     """A random Llama GGUF; matrices stored as ``qtype``, norms F32 (as llama.cpp does).
     ``extra_tensors`` are added as they are; ``replace`` swaps generated tensors by name."""
     import gguf
@@ -202,8 +223,7 @@ def forward(path: Path, tokens) -> np.ndarray:
 
     r = GGUFReader(str(path))
     meta = {k: f.contents() for k, f in r.fields.items() if k.startswith("llama.")}
-    W = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float64)
-         for t in r.tensors}
+    W = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float64) for t in r.tensors}
     H, Hkv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
     theta, eps = meta["llama.rope.freq_base"], meta["llama.attention.layer_norm_rms_epsilon"]
     tokens = np.asarray(tokens)
@@ -243,7 +263,7 @@ def _split(pieces: list[str], pattern: str) -> list[str]:
         pos = 0
         for m in regex.finditer(pattern, piece):
             if m.start() > pos:
-                out.append(piece[pos:m.start()])
+                out.append(piece[pos : m.start()])
             out.append(m.group())
             pos = m.end()
         if pos < len(piece):
@@ -265,10 +285,12 @@ def reference_encode(text: str, tokens: list[str], merges: list[str]) -> list[in
         for piece in _split(_split([chunk], r"\p{N}"), GPT2_PATTERN):
             symbols = [enc[b] for b in piece.encode()]
             while len(symbols) > 1:
-                best = min(range(len(symbols) - 1),
-                           key=lambda i: rank.get((symbols[i], symbols[i + 1]), 1 << 30))
+                best = min(
+                    range(len(symbols) - 1),
+                    key=lambda i: rank.get((symbols[i], symbols[i + 1]), 1 << 30),
+                )
                 if (symbols[best], symbols[best + 1]) not in rank:
                     break
-                symbols[best:best + 2] = [symbols[best] + symbols[best + 1]]
+                symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
             out.extend(ids[s] for s in symbols)
     return out

@@ -8,7 +8,7 @@ logits with the same seed, is checked to make every choice the runtime made.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,8 +35,14 @@ class ReplayCache:
 
 
 class ReplayDecoder:
-    def __init__(self, config, vocab_size: int, logits: Callable[[int, int], np.ndarray],
-                 tokens: Sequence[Sequence[int]], n: int) -> None:
+    def __init__(
+        self,
+        config,
+        vocab_size: int,
+        logits: Callable[[int, int], np.ndarray],
+        tokens: Sequence[Sequence[int]],
+        n: int,
+    ) -> None:
         self.config, self.vocab_size = config, vocab_size
         self.logits, self.tokens, self.n = logits, tokens, n
 

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from sampler import RequestError, processors as P
+from sampler import RequestError
+from sampler import processors as P
 from sampler.adapters import core
 from sampler.step import Row, sample_step
 
@@ -42,15 +43,22 @@ def test_rows_draw_as_the_engine_does():
     same tokens as sample_step fed those uniforms, whatever the other rows are."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((4, 500)).astype(np.float32) * 2  # [4, V]
-    params = [core.sampling_params(seed=9, top_p=0.8, temperature=0.7, logprobs=1),
-              core.sampling_params(seed=9, temperature=0.0, logit_bias={"3": 50})]
+    params = [
+        core.sampling_params(seed=9, top_p=0.8, temperature=0.7, logprobs=1),
+        core.sampling_params(seed=9, temperature=0.0, logit_bias={"3": 50}),
+    ]
     seqs = core.Sequences.for_prompts(params, n=2)
     assert seqs.keys == [(0, 0), (0, 1), (1, 0), (1, 1)]
     out = seqs.step(z)
-    gens = [np.random.Generator(np.random.PCG64(np.random.SeedSequence(9, spawn_key=k)))
-            for k in seqs.keys]  # fmt: skip
-    want = sample_step(z, [Row(params[0]), Row(params[0]), Row(params[1]), Row(params[1])],
-                       [g.random() for g in gens])  # fmt: skip
+    gens = [
+        np.random.Generator(np.random.PCG64(np.random.SeedSequence(9, spawn_key=k)))
+        for k in seqs.keys
+    ]
+    want = sample_step(
+        z,
+        [Row(params[0]), Row(params[0]), Row(params[1]), Row(params[1])],
+        [g.random() for g in gens],
+    )
     np.testing.assert_array_equal(out.tokens, want.tokens)
     assert out.tokens[2] == out.tokens[3] == 3  # greedy rows with the bias
     assert len(seqs.records[0]) == 1 and seqs.records[2] is None
@@ -69,8 +77,10 @@ def test_unseeded_rows_of_a_request_share_fresh_entropy_but_not_draws():
 def test_process_is_steps_0_to_4_and_greedy_rows_keep_their_argmax():
     rng = np.random.default_rng(1)
     z = rng.standard_normal((2, 30)).astype(np.float32)
-    params = [core.sampling_params(temperature=0.6, top_p=0.7, frequency_penalty=1.0),
-              core.sampling_params(temperature=0.0, logit_bias={"4": 30})]
+    params = [
+        core.sampling_params(temperature=0.6, top_p=0.7, frequency_penalty=1.0),
+        core.sampling_params(temperature=0.0, logit_bias={"4": 30}),
+    ]
     seqs = core.Sequences(params, seed_keys=[(0, 0), (1, 0)], mask_ids=[5, 6])
     seqs.observe([2, 9])
     seqs.observe([2, 9])
@@ -97,9 +107,11 @@ def test_logprobs_object_keeps_the_end_token_last_and_offsets_in_characters():
 
 
 def test_importing_the_adapters_package_imports_no_runtime():
-    code = ("import sys, sampler.adapters, sampler.adapters.core, sampler.adapters.genai, "
-            "sampler.adapters.llama_cpp\n"
-            "print(' '.join(m for m in ('torch', 'transformers', 'vllm', 'llama_cpp', "
-            "'onnxruntime_genai', 'onnxruntime') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, sampler.adapters, sampler.adapters.core, sampler.adapters.genai, "
+        "sampler.adapters.llama_cpp\n"
+        "print(' '.join(m for m in ('torch', 'transformers', 'vllm', 'llama_cpp', "
+        "'onnxruntime_genai', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

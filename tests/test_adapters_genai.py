@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 og = pytest.importorskip("onnxruntime_genai")  # the `genai` extra (also in `test`)
@@ -33,20 +32,30 @@ def test_prepare_writes_a_config_genai_loads(folders):
     og.Model(str(out))
 
 
-FIELDS = dict(temperature=0.9, top_p=0.85, presence_penalty=0.5, frequency_penalty=0.7,
-              logit_bias={"11": 3.0, "1917": -2}, logprobs=2)  # fmt: skip
+FIELDS = dict(
+    temperature=0.9,
+    top_p=0.85,
+    presence_penalty=0.5,
+    frequency_penalty=0.7,
+    logit_bias={"11": 3.0, "1917": -2},
+    logprobs=2,
+)
 
 
-@pytest.mark.parametrize("prompts,n,seed", [
-    ([[9906, 11, 1917]], 1, 11),                          # B = 1
-    ([[9906, 11, 1917, 13], [40, 1093]], 2, -5),          # B = 4, prompts of two lengths
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "prompts,n,seed",
+    [
+        ([[9906, 11, 1917]], 1, 11),  # B = 1
+        ([[9906, 11, 1917, 13], [40, 1093]], 2, -5),  # B = 4, prompts of two lengths
+    ],
+)
 def test_genai_with_our_sampler_equals_the_engine(folders, prompts, n, seed):
     model_dir, out = folders
     engine = Engine.load(model_dir)
     tok = engine.tokenizer
-    gens = genai.generate(str(out), prompts, n=n, max_tokens=8, seed=seed,
-                          mask_ids=engine.info.masked_ids, **FIELDS)  # fmt: skip
+    gens = genai.generate(
+        str(out), prompts, n=n, max_tokens=8, seed=seed, mask_ids=engine.info.masked_ids, **FIELDS
+    )
     resp = engine.complete(prompt=prompts, n=n, max_tokens=8, seed=seed, **FIELDS)
     assert len(gens) == len(resp["choices"]) == len(prompts) * n
     for g in gens:
@@ -54,8 +63,9 @@ def test_genai_with_our_sampler_equals_the_engine(folders, prompts, n, seed):
         base = len(tok.decode_bytes(prompts[g.prompt]).decode("utf-8", "replace"))
         assert choice["text"] == completion_text(g.tokens, tok.token_bytes, [EOT])
         assert choice["finish_reason"] == g.finish_reason
-        assert choice["logprobs"] == logprobs_object(g.logprobs, tok.token_bytes,
-                                                     end_ids=[EOT], offset=base)  # fmt: skip
+        assert choice["logprobs"] == logprobs_object(
+            g.logprobs, tok.token_bytes, end_ids=[EOT], offset=base
+        )
     if n > 1:  # candidates of one prompt differ: their generators differ
         assert gens[0].tokens != gens[1].tokens
 
@@ -65,13 +75,17 @@ def test_greedy_and_an_end_token(folders):
     with "stop" and the end token last, like the engine."""
     model_dir, out = folders
     engine = Engine.load(model_dir)
-    gens = genai.generate(str(out), [[9906], [40, 1093, 1521]],
-                          [{"temperature": 0, "logit_bias": {str(EOT): 100}},
-                           {"temperature": 0}], max_tokens=4,
-                          mask_ids=engine.info.masked_ids)  # fmt: skip
+    gens = genai.generate(
+        str(out),
+        [[9906], [40, 1093, 1521]],
+        [{"temperature": 0, "logit_bias": {str(EOT): 100}}, {"temperature": 0}],
+        max_tokens=4,
+        mask_ids=engine.info.masked_ids,
+    )
     assert gens[0].tokens == [EOT] and gens[0].finish_reason == "stop"
-    want = engine.complete(prompt=[[40, 1093, 1521]], temperature=0, max_tokens=4,
-                           logprobs=0)["choices"][0]  # fmt: skip
+    want = engine.complete(prompt=[[40, 1093, 1521]], temperature=0, max_tokens=4, logprobs=0)[
+        "choices"
+    ][0]
     assert gens[1].finish_reason == want["finish_reason"] == "length"
     tok = engine.tokenizer
     assert completion_text(gens[1].tokens, tok.token_bytes, [EOT]) == want["text"]

@@ -12,13 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")  # in the test extra: runs in CI (see pyproject.toml)
 transformers = pytest.importorskip("transformers")
 
+from replay import ReplayDecoder  # noqa: E402
+
 from sampler import Engine, RequestError  # noqa: E402
 from sampler import processors as P  # noqa: E402
 from sampler.adapters import hf  # noqa: E402
 from sampler.adapters.core import completion_text, logprobs_object, masked_ids  # noqa: E402
 from sampler.model import ModelConfig  # noqa: E402
 from sampler.tokenizer import get_tokenizer  # noqa: E402
-from replay import ReplayDecoder  # noqa: E402
 
 V = 100_277  # cl100k_base's width, so the engine's tokenizer and mask apply
 EOT = 100_257
@@ -64,9 +65,19 @@ def test_process_mode_equals_our_processors_and_counts_generated_tokens_only():
     generated = [[7, 8, 8], [5]]
     ids = torch.tensor([prompt[0] + generated[0], prompt[1] + generated[1] + [0, 0]])
     proc = hf.OpenAILogitsProcessor(
-        [{"temperature": 0.7, "top_p": 0.8, "presence_penalty": 0.4, "frequency_penalty": 0.3,
-          "logit_bias": {"3": 2.5}}, {"temperature": 1.3, "top_p": 0.5}],
-        prompt_length=4, draw=False)  # fmt: skip
+        [
+            {
+                "temperature": 0.7,
+                "top_p": 0.8,
+                "presence_penalty": 0.4,
+                "frequency_penalty": 0.3,
+                "logit_bias": {"3": 2.5},
+            },
+            {"temperature": 1.3, "top_p": 0.5},
+        ],
+        prompt_length=4,
+        draw=False,
+    )
     # walk the generation as HF does: first call at the prompt, then one column per step
     for width in range(4, 8):
         out = proc(ids[:, :width], torch.from_numpy(z.copy()))
@@ -85,7 +96,8 @@ def test_scores_are_not_modified_unless_inplace():
     assert torch.equal(z, before) and out is not z
     assert (torch.isfinite(out).sum(dim=1) == 1).all()  # draw mode: one token left
     same = hf.OpenAILogitsProcessor(temperature=0.5, inplace=True, draw=False)(
-        torch.zeros(2, 3, dtype=torch.long), z)
+        torch.zeros(2, 3, dtype=torch.long), z
+    )
     assert same is z and torch.equal(z, before / 0.5)
 
 
@@ -105,8 +117,16 @@ def gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=EOT, eos_token_id=EOT, tie_word_embeddings=False)  # fmt: skip
+    cfg = GPT2Config(
+        vocab_size=V,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=EOT,
+        eos_token_id=EOT,
+        tie_word_embeddings=False,
+    )
     model = GPT2LMHeadModel(cfg).eval()  # random weights, built from the config: no download
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 0.4)  # logits with std ~2: neither flat nor one-hot
@@ -124,26 +144,49 @@ class _Recorder:
         return scores
 
 
-FIELDS = dict(temperature=0.8, top_p=0.9, presence_penalty=0.6, frequency_penalty=0.4,
-              logit_bias={"1917": 4.0, "13": -3}, logprobs=3)  # fmt: skip
+FIELDS = dict(
+    temperature=0.8,
+    top_p=0.9,
+    presence_penalty=0.6,
+    frequency_penalty=0.4,
+    logit_bias={"1917": 4.0, "13": -3},
+    logprobs=3,
+)
 
 
-@pytest.mark.parametrize("prompts,n,seed", [([[9906, 11, 1917]], 1, 7),
-                                            ([[9906, 11, 1917], [40, 1093, 1521]], 2, 2024)])
+@pytest.mark.parametrize(
+    "prompts,n,seed", [([[9906, 11, 1917]], 1, 7), ([[9906, 11, 1917], [40, 1093, 1521]], 2, 2024)]
+)
 def test_generate_equals_the_engine_fed_the_same_logits(gpt2, prompts, n, seed):
     tok = get_tokenizer("cl100k_base")
     mask = masked_ids(tok, V, [EOT])
     rec = _Recorder()
-    gens = hf.generate(gpt2, prompts, n=n, max_new_tokens=6, seed=seed, mask_ids=mask,
-                       logits_processor=[rec], **FIELDS)  # fmt: skip
+    gens = hf.generate(
+        gpt2,
+        prompts,
+        n=n,
+        max_new_tokens=6,
+        seed=seed,
+        mask_ids=mask,
+        logits_processor=[rec],
+        **FIELDS,
+    )
     assert len(gens) == len(prompts) * n
     for p in range(len(prompts)):  # HF computed the same row for each copy of a prompt
         for c in range(1, n):
             np.testing.assert_array_equal(rec.steps[0][p * n + c], rec.steps[0][p * n])
     width = max(len(g.tokens) for g in gens)
     tokens = np.array([g.tokens + [EOT] * (width - len(g.tokens)) for g in gens])
-    config = ModelConfig(name="hf-replay", onnx="-", tokenizer="cl100k_base", context_length=64,
-                         eos_token_ids=(EOT,), fim=None, path=Path("."), digest="replay")
+    config = ModelConfig(
+        name="hf-replay",
+        onnx="-",
+        tokenizer="cl100k_base",
+        context_length=64,
+        eos_token_ids=(EOT,),
+        fim=None,
+        path=Path("."),
+        digest="replay",
+    )
     decoder = ReplayDecoder(config, V, lambda s, t: rec.steps[t][s], tokens, n)
     engine = Engine(decoder, tok)
     resp = engine.complete(prompt=prompts, n=n, max_tokens=6, seed=seed, **FIELDS)
@@ -152,8 +195,9 @@ def test_generate_equals_the_engine_fed_the_same_logits(gpt2, prompts, n, seed):
         base = len(tok.decode_bytes(prompts[g.prompt]).decode("utf-8", "replace"))
         assert choice["text"] == completion_text(g.tokens, tok.token_bytes, [EOT])
         assert choice["finish_reason"] == g.finish_reason
-        assert choice["logprobs"] == logprobs_object(g.logprobs, tok.token_bytes, end_ids=[EOT],
-                                                     offset=base)  # fmt: skip
+        assert choice["logprobs"] == logprobs_object(
+            g.logprobs, tok.token_bytes, end_ids=[EOT], offset=base
+        )
 
 
 def test_draw_mode_survives_hf_sampling_and_warpers_after_it(gpt2):
@@ -161,13 +205,21 @@ def test_draw_mode_survives_hf_sampling_and_warpers_after_it(gpt2):
     tokens are still the processor's: one finite token survives any warper."""
     ids = torch.tensor([[9906, 11, 1917]])
     want = hf.generate(gpt2, ids, max_new_tokens=5, seed=3, temperature=0.9, top_p=0.8)[0]
-    proc = hf.OpenAILogitsProcessor(seed=3, temperature=0.9, top_p=0.8, prompt_length=3,
-                                    end_ids=[EOT])  # fmt: skip
+    proc = hf.OpenAILogitsProcessor(
+        seed=3, temperature=0.9, top_p=0.8, prompt_length=3, end_ids=[EOT]
+    )
     torch.manual_seed(123)
-    out = gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                        temperature=0.5, top_k=20, top_p=0.7, max_new_tokens=5,
-                        logits_processor=transformers.LogitsProcessorList([proc]),
-                        pad_token_id=EOT)  # fmt: skip
+    out = gpt2.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        temperature=0.5,
+        top_k=20,
+        top_p=0.7,
+        max_new_tokens=5,
+        logits_processor=transformers.LogitsProcessorList([proc]),
+        pad_token_id=EOT,
+    )
     assert out[0, 3:].tolist() == want.tokens
 
 
@@ -181,9 +233,14 @@ def test_a_processor_that_changes_the_choice_is_caught(gpt2):
     ids = torch.tensor([[9906, 11, 1917]])
     proc = hf.OpenAILogitsProcessor(seed=3, prompt_length=3, end_ids=[EOT])
     with pytest.raises(RuntimeError, match="changed the choice"):
-        gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                      max_new_tokens=3, pad_token_id=EOT,
-                      logits_processor=transformers.LogitsProcessorList([proc, Flip()]))
+        gpt2.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=3,
+            pad_token_id=EOT,
+            logits_processor=transformers.LogitsProcessorList([proc, Flip()]),
+        )
 
 
 def test_generation_config_that_would_run_first_is_refused(gpt2):

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf_reference as ref
 import numpy as np
 import pytest
+from replay import ReplayDecoder
 
 from sampler import Engine
 from sampler import processors as P
 from sampler.adapters import llama_cpp as A
 from sampler.adapters.core import completion_text, logprobs_object
 from sampler.model import load_config
-
-import gguf_reference as ref
-from replay import ReplayDecoder
 
 
 # --- without llama-cpp-python: the processor's contract ------------------------------------
@@ -30,8 +29,13 @@ def test_penalties_count_generated_tokens_only_and_scores_are_a_strided_view():
     rec = np.zeros(40, dtype=[("id", np.intc), ("logit", np.single), ("p", np.single)])
     rec["logit"] = z  # llama-cpp-python hands the processor such a field view
     prompt = [3, 3, 9]
-    proc = A.LogitsProcessor(draw=False, presence_penalty=0.5, frequency_penalty=0.25,
-                             temperature=0.5, logit_bias={"9": 1.0})  # fmt: skip
+    proc = A.LogitsProcessor(
+        draw=False,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        temperature=0.5,
+        logit_bias={"9": 1.0},
+    )
     for generated in ([], [3], [3, 4]):
         out = proc(np.array(prompt + generated, np.intc), rec["logit"])
     want = P.logit_bias(z[None], [{9: 1.0}])
@@ -46,8 +50,10 @@ def test_logprobs_from_scores_is_the_engines_logprobs_object():
     got = A.logprobs_from_scores(z, [1, 2], 1, texts.__getitem__, offset=4)
     assert got["tokens"] == ["bytes:\\xc3", "bytes:\\xa9"]
     assert got["text_offset"] == [4, 4]  # both bytes start the one character é
-    assert got["top_logprobs"][0] == {"a": pytest.approx(np.log(0.6)),
-                                      "bytes:\\xc3": pytest.approx(np.log(0.3))}  # fmt: skip
+    assert got["top_logprobs"][0] == {
+        "a": pytest.approx(np.log(0.6)),
+        "bytes:\\xc3": pytest.approx(np.log(0.3)),
+    }
     assert got["token_logprobs"][1] == pytest.approx(np.log(0.6))
 
 
@@ -74,8 +80,14 @@ class _Recorder:
         return scores
 
 
-FIELDS = dict(temperature=0.9, top_p=0.9, presence_penalty=0.8, frequency_penalty=0.5,
-              logit_bias={"100": 2.0}, logprobs=2)  # fmt: skip
+FIELDS = dict(
+    temperature=0.9,
+    top_p=0.9,
+    presence_penalty=0.8,
+    frequency_penalty=0.5,
+    logit_bias={"100": 2.0},
+    logprobs=2,
+)
 
 
 @pytest.mark.parametrize("prompts,n,seed", [([[5, 6, 7]], 1, 4), ([[5, 6, 7], [40, 41]], 2, 9)])
@@ -86,17 +98,27 @@ def test_llama_with_our_step_equals_the_engine_fed_the_same_logits(tiny, prompts
     for p, prompt in enumerate(prompts):
         for c in range(n):  # one candidate at a time, to record each one's logits
             rec = _Recorder()
-            g = A.generate(llm, prompt, n=c + 1, max_tokens=6, seed=seed, prompt_index=p,
-                           mask_ids=real.info.masked_ids, end_ids=ends,
-                           logits_processor=[rec], **FIELDS)[c]  # fmt: skip
+            g = A.generate(
+                llm,
+                prompt,
+                n=c + 1,
+                max_tokens=6,
+                seed=seed,
+                prompt_index=p,
+                mask_ids=real.info.masked_ids,
+                end_ids=ends,
+                logits_processor=[rec],
+                **FIELDS,
+            )[c]
             gens.append(g)
-            steps.append(rec.steps[-len(g.tokens):])
+            steps.append(rec.steps[-len(g.tokens) :])
     for p in range(len(prompts)):  # llama.cpp gave every candidate the same first row
         for c in range(1, n):
             np.testing.assert_array_equal(steps[p * n + c][0], steps[p * n][0])
     cfg = load_config(real.decoder.config.path)
-    decoder = ReplayDecoder(cfg, real.vocab_size, lambda s, t: steps[s][t],
-                            [g.tokens for g in gens], n)
+    decoder = ReplayDecoder(
+        cfg, real.vocab_size, lambda s, t: steps[s][t], [g.tokens for g in gens], n
+    )
     engine = Engine(decoder, tok)
     resp = engine.complete(prompt=prompts, n=n, max_tokens=6, seed=seed, **FIELDS)
     for g in gens:
@@ -104,8 +126,9 @@ def test_llama_with_our_step_equals_the_engine_fed_the_same_logits(tiny, prompts
         base = len(tok.decode_bytes(prompts[g.prompt]).decode("utf-8", "replace"))
         assert choice["text"] == completion_text(g.tokens, tok.token_bytes, ends)
         assert choice["finish_reason"] == g.finish_reason
-        assert choice["logprobs"] == logprobs_object(g.logprobs, tok.token_bytes, end_ids=ends,
-                                                     offset=base)  # fmt: skip
+        assert choice["logprobs"] == logprobs_object(
+            g.logprobs, tok.token_bytes, end_ids=ends, offset=base
+        )
 
 
 def test_logprobs_from_llama_scores_equal_the_processors_records(tiny):

@@ -14,7 +14,7 @@ import importlib
 import sys
 import types
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -75,8 +75,10 @@ class SamplingParams:  # the fields of vLLM's that the adapter reads
 @pytest.fixture
 def vllm_adapter(monkeypatch):
     """``sampler.adapters.vllm`` imported against the fake interface (restored after)."""
-    mods = {name: types.ModuleType(name) for name in
-            ("vllm", "vllm.v1", "vllm.v1.sample", "vllm.v1.sample.logits_processor")}  # fmt: skip
+    mods = {
+        name: types.ModuleType(name)
+        for name in ("vllm", "vllm.v1", "vllm.v1.sample", "vllm.v1.sample.logits_processor")
+    }
     lp = mods["vllm.v1.sample.logits_processor"]
     lp.LogitsProcessor, lp.BatchUpdate = _LogitsProcessor, _BatchUpdate
     lp.MoveDirectionality = _MoveDirectionality
@@ -154,8 +156,9 @@ def _run(decoder, proc, requests: list[_Request], *, admit_late: int) -> None:
             proc.update_state(None)
 
 
-FIELDS = dict(temperature=0.8, top_p=0.9, presence_penalty=0.7, frequency_penalty=0.6,
-              logit_bias={"11": 2.5})  # fmt: skip
+FIELDS = dict(
+    temperature=0.8, top_p=0.9, presence_penalty=0.7, frequency_penalty=0.6, logit_bias={"11": 2.5}
+)
 
 
 def test_a_persistent_batch_draws_the_engines_tokens(vllm_adapter, tiny_model_dir):
@@ -171,23 +174,30 @@ def test_a_persistent_batch_draws_the_engines_tokens(vllm_adapter, tiny_model_di
     seeded = {**FIELDS, "seed": 77}
     reqs = [
         _Request(p1, SamplingParams(extra_args={"openai": {**FIELDS, "seed": 4}}), 3),
-        _Request(p2, SamplingParams(extra_args={"openai": {"temperature": 0,
-                                                           "logit_bias": {"13": 3}}}), 6),
+        _Request(
+            p2,
+            SamplingParams(extra_args={"openai": {"temperature": 0, "logit_bias": {"13": 3}}}),
+            6,
+        ),
         _Request(p3, SamplingParams(), 4),  # not ours: vLLM's plain greedy
         # n = 2 with a seed: vLLM's children carry seeds 77 and 78
         _Request(p2, SamplingParams(n=2, seed=77, extra_args={"openai": seeded}), 5),
         _Request(p2, SamplingParams(n=2, seed=78, extra_args={"openai": seeded}), 5),
-    ]  # fmt: skip
+    ]
     _run(engine.decoder, proc, reqs, admit_late=3)
 
     want0 = engine.complete(prompt=[p1], max_tokens=3, seed=4, logprobs=0, **FIELDS)
-    want1 = engine.complete(prompt=[p2], max_tokens=6, temperature=0, logit_bias={"13": 3},
-                            logprobs=0)  # fmt: skip
+    want1 = engine.complete(
+        prompt=[p2], max_tokens=6, temperature=0, logit_bias={"13": 3}, logprobs=0
+    )
     want3 = engine.complete(prompt=[p2], n=2, max_tokens=5, seed=77, logprobs=0, **FIELDS)
-    for req, choice in [(reqs[0], want0["choices"][0]), (reqs[1], want1["choices"][0]),
-                        (reqs[3], want3["choices"][0]), (reqs[4], want3["choices"][1])]:
-        assert [engine.tokenizer.token_text(t) for t in req.output] == \
-            choice["logprobs"]["tokens"]
+    for req, choice in [
+        (reqs[0], want0["choices"][0]),
+        (reqs[1], want1["choices"][0]),
+        (reqs[3], want3["choices"][0]),
+        (reqs[4], want3["choices"][1]),
+    ]:
+        assert [engine.tokenizer.token_text(t) for t in req.output] == choice["logprobs"]["tokens"]
     assert reqs[3].output != reqs[4].output  # the two children drew as two candidates
     # the request without extra_args got vLLM's own greedy tokens on the raw logits
     logits, cache = engine.decoder.prefill([p3])
@@ -225,8 +235,9 @@ def test_process_mode_returns_the_distribution(vllm_adapter):
 
     proc = vllm_adapter.OpenAILogitsProcessor(None, torch.device("cpu"), False)
     out: list[int] = [3, 3]
-    sp = SamplingParams(extra_args={"openai": {"draw": False, "temperature": 0.5,
-                                               "frequency_penalty": 1.0}})  # fmt: skip
+    sp = SamplingParams(
+        extra_args={"openai": {"draw": False, "temperature": 0.5, "frequency_penalty": 1.0}}
+    )
     proc.update_state(_BatchUpdate(2, [], [(1, sp, [3, 3, 3], out)], []))
     z = torch.randn(2, 10)
     before = z.clone()

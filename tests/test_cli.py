@@ -23,11 +23,38 @@ def test_complete_streams_text(capsys):
 
 def test_json_has_every_flag_applied(capsys):
     code, out, _ = run(
-        capsys, "complete", "Hi", "--json", "--max-tokens", "3", "--temperature", "0.5",
-        "--top-p", "0.9", "--n", "2", "--best-of", "3", "--logprobs", "2", "--echo",
-        "--stop", "zz", "--stop", "yy", "--seed", "3", "--presence-penalty", "0.5",
-        "--frequency-penalty", "0.5", "--logit-bias", "100257=-100", "--logit-bias", "11=2",
-    )  # fmt: skip
+        capsys,
+        "complete",
+        "Hi",
+        "--json",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0.5",
+        "--top-p",
+        "0.9",
+        "--n",
+        "2",
+        "--best-of",
+        "3",
+        "--logprobs",
+        "2",
+        "--echo",
+        "--stop",
+        "zz",
+        "--stop",
+        "yy",
+        "--seed",
+        "3",
+        "--presence-penalty",
+        "0.5",
+        "--frequency-penalty",
+        "0.5",
+        "--logit-bias",
+        "100257=-100",
+        "--logit-bias",
+        "11=2",
+    )
     assert code == 0
     resp = json.loads(out)
     assert len(resp["choices"]) == 2

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sampler import reference as ref
 from sampler import Engine, RequestError
+from sampler import reference as ref
 from sampler.decoder import Decoder
 from sampler.tokenizer import get_tokenizer
 
@@ -21,8 +21,11 @@ EOT = 100257
 def engine(request, tiny_model_dir):
     """The tiny model in both graph kinds: the HF/Optimum cache I/O (exact attention) and
     GroupQueryAttention with the cache updated in place."""
-    folder = tiny_model_dir if request.param == "exact" else request.getfixturevalue(
-        "tiny_gqa_model_dir")
+    folder = (
+        tiny_model_dir
+        if request.param == "exact"
+        else request.getfixturevalue("tiny_gqa_model_dir")
+    )
     return Engine(Decoder.load(folder), TOK)
 
 
@@ -31,14 +34,18 @@ def full_logits(tiny_model_dir):
     """Logits of every position of a sequence, from a plain ORT session with no cache."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(tiny_model_dir / "model.onnx"),
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = ort.InferenceSession(
+        str(tiny_model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     pasts = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
 
     def run(tokens):
         ids = np.array([tokens], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}  # fmt: skip
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+        }
         for i in pasts:
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
         return sess.run(["logits"], feeds)[0][0]  # [S, V]
@@ -57,8 +64,20 @@ def uniforms(seed, p, c, n):
     return [rng.random() for _ in range(n)]
 
 
-def reference_tokens(full_logits, prompt, *, seed, max_tokens, temperature=1.0, top_p=1.0,
-                     presence=0.0, frequency=0.0, bias=None, p=0, c=0):  # fmt: skip
+def reference_tokens(
+    full_logits,
+    prompt,
+    *,
+    seed,
+    max_tokens,
+    temperature=1.0,
+    top_p=1.0,
+    presence=0.0,
+    frequency=0.0,
+    bias=None,
+    p=0,
+    c=0,
+):
     """The slow path: full-sequence logits each step, reference processors, same uniforms."""
     seq, out = list(prompt), []
     for u in uniforms(seed, p, c, max_tokens):
@@ -75,20 +94,30 @@ def reference_tokens(full_logits, prompt, *, seed, max_tokens, temperature=1.0, 
 
 
 # --- the slow reference, token for token ----------------------------------------------------
-@pytest.mark.parametrize("params", [
-    dict(temperature=1.0),
-    dict(temperature=0.7, top_p=0.9),
-    dict(temperature=1.3, top_p=0.5, presence=0.8, frequency=0.6),
-    dict(temperature=0.0, presence=1.5, frequency=2.0),
-    dict(temperature=1.0, top_p=0.3, bias={220: 8.0, 13: 5.0, 11: -100.0}),
-    dict(temperature=0.5, top_p=0.0),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(temperature=1.0),
+        dict(temperature=0.7, top_p=0.9),
+        dict(temperature=1.3, top_p=0.5, presence=0.8, frequency=0.6),
+        dict(temperature=0.0, presence=1.5, frequency=2.0),
+        dict(temperature=1.0, top_p=0.3, bias={220: 8.0, 13: 5.0, 11: -100.0}),
+        dict(temperature=0.5, top_p=0.0),
+    ],
+)
 def test_tokens_equal_slow_reference(engine, full_logits, params):
     prompt = TOK.encode("The quick brown fox")
-    body = {"prompt": prompt, "max_tokens": 12, "seed": 1234, "logprobs": 0, "n": 2,
-            "temperature": params["temperature"], "top_p": params.get("top_p", 1.0),
-            "presence_penalty": params.get("presence", 0.0),
-            "frequency_penalty": params.get("frequency", 0.0)}  # fmt: skip
+    body = {
+        "prompt": prompt,
+        "max_tokens": 12,
+        "seed": 1234,
+        "logprobs": 0,
+        "n": 2,
+        "temperature": params["temperature"],
+        "top_p": params.get("top_p", 1.0),
+        "presence_penalty": params.get("presence", 0.0),
+        "frequency_penalty": params.get("frequency", 0.0),
+    }
     if params.get("bias"):
         body["logit_bias"] = {str(k): v for k, v in params["bias"].items()}
     resp = engine.complete(body)
@@ -116,8 +145,11 @@ def test_echo_scoring_equals_full_sequence_log_softmax(engine, full_logits):
         assert len(lp["top_logprobs"][i]) <= 2
     assert choice["text"] == TOK.decode_bytes(prompt).decode()
     assert choice["finish_reason"] == "length"
-    assert resp["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 0,
-                             "total_tokens": len(prompt)}  # fmt: skip
+    assert resp["usage"] == {
+        "prompt_tokens": len(prompt),
+        "completion_tokens": 0,
+        "total_tokens": len(prompt),
+    }
 
 
 def test_echo_with_generation_concatenates(engine):
@@ -211,8 +243,7 @@ def test_same_seed_same_output_different_seed_differs(engine):
 
 
 def test_no_seed_draws_fresh_entropy(engine):
-    texts = {engine.complete(prompt="Fresh", max_tokens=16)["choices"][0]["text"]
-             for _ in range(3)}  # fmt: skip
+    texts = {engine.complete(prompt="Fresh", max_tokens=16)["choices"][0]["text"] for _ in range(3)}
     assert len(texts) > 1
 
 
@@ -232,10 +263,10 @@ def test_choice_k_unchanged_when_n_grows(engine):
 
 def test_best_of_returns_top_mean_logprob(engine):
     bias = {str(EOT): -100}  # no end token: every candidate runs to max_tokens
-    all5 = engine.complete(prompt="Best", max_tokens=6, seed=11, n=5, logprobs=0,
-                           logit_bias=bias)  # fmt: skip
-    best2 = engine.complete(prompt="Best", max_tokens=6, seed=11, n=2, best_of=5, logprobs=0,
-                            logit_bias=bias)  # fmt: skip
+    all5 = engine.complete(prompt="Best", max_tokens=6, seed=11, n=5, logprobs=0, logit_bias=bias)
+    best2 = engine.complete(
+        prompt="Best", max_tokens=6, seed=11, n=2, best_of=5, logprobs=0, logit_bias=bias
+    )
     assert all(c["finish_reason"] == "length" for c in all5["choices"])
     means = [np.mean(c["logprobs"]["token_logprobs"]) for c in all5["choices"]]
     order = sorted(range(5), key=lambda i: (-means[i], i))[:2]
@@ -254,15 +285,22 @@ def test_multiple_prompts_index_and_usage(engine):
 def test_batch_independence_of_a_prompts_choices(engine):
     """Prompt 0's choices do not depend on the other prompts in the request."""
     a = engine.complete(prompt=["Same start", "short"], max_tokens=10, seed=5, n=2, logprobs=2)
-    b = engine.complete(prompt=["Same start", "a much longer other prompt than the first"],
-                        max_tokens=10, seed=5, n=2, logprobs=2)  # fmt: skip
+    b = engine.complete(
+        prompt=["Same start", "a much longer other prompt than the first"],
+        max_tokens=10,
+        seed=5,
+        n=2,
+        logprobs=2,
+    )
     assert a["choices"][:2] == b["choices"][:2]  # bit for bit, logprobs included
     g1 = engine.complete(prompt="Greedy one", max_tokens=10, temperature=0, logprobs=1)
-    g2 = engine.complete(prompt=["x y z w", "Greedy one"], max_tokens=10, temperature=0,
-                         logprobs=1)  # fmt: skip
+    g2 = engine.complete(prompt=["x y z w", "Greedy one"], max_tokens=10, temperature=0, logprobs=1)
     assert g1["choices"][0]["text"] == g2["choices"][1]["text"]
-    np.testing.assert_allclose(g1["choices"][0]["logprobs"]["token_logprobs"],
-                               g2["choices"][1]["logprobs"]["token_logprobs"], atol=1e-5)
+    np.testing.assert_allclose(
+        g1["choices"][0]["logprobs"]["token_logprobs"],
+        g2["choices"][1]["logprobs"]["token_logprobs"],
+        atol=1e-5,
+    )
 
 
 # --- stop and end of text -------------------------------------------------------------------
@@ -281,8 +319,7 @@ def test_stop_string_trims_and_logprobs_follow(engine):
 
 
 def test_end_of_text_finishes_with_stop(engine):
-    r = engine.complete(prompt="End", max_tokens=5, seed=1, logprobs=1,
-                        logit_bias={str(EOT): 100})  # fmt: skip
+    r = engine.complete(prompt="End", max_tokens=5, seed=1, logprobs=1, logit_bias={str(EOT): 100})
     ch = r["choices"][0]
     assert ch["text"] == "" and ch["finish_reason"] == "stop"
     # never in the text, but in the logprobs arrays, so that a scorer reading the last
@@ -297,8 +334,14 @@ def test_end_of_text_finishes_with_stop(engine):
 def test_echo_scoring_with_one_generated_token_keeps_the_end_token_last(engine, full_logits):
     """lm-evaluation-harness sends echo + max_tokens 1 and drops the last entry."""
     prompt = TOK.encode("Scored text")
-    r = engine.complete(prompt=prompt, echo=True, max_tokens=1, logprobs=1, temperature=0,
-                        logit_bias={str(EOT): 100})  # fmt: skip
+    r = engine.complete(
+        prompt=prompt,
+        echo=True,
+        max_tokens=1,
+        logprobs=1,
+        temperature=0,
+        logit_bias={str(EOT): 100},
+    )
     lp = r["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(prompt) + 1 and lp["tokens"][-1] == "<|endoftext|>"
     logits = full_logits(prompt)
@@ -315,12 +358,12 @@ def test_max_tokens_zero_without_echo(engine):
 
 # --- suffix -----------------------------------------------------------------------------------
 def test_suffix_returns_the_middle_only(engine):
-    r = engine.complete(prompt="def f(x):\n    ", suffix="\n    return y", max_tokens=4,
-                        seed=3)  # fmt: skip
+    r = engine.complete(prompt="def f(x):\n    ", suffix="\n    return y", max_tokens=4, seed=3)
     prompt_tokens = 3 + len(TOK.encode("def f(x):\n    ")) + len(TOK.encode("\n    return y"))
     assert r["usage"]["prompt_tokens"] == prompt_tokens
-    r2 = engine.complete(prompt=TOK.encode("def f(x):\n    "), suffix="\n    return y",
-                         max_tokens=4, seed=3)  # fmt: skip
+    r2 = engine.complete(
+        prompt=TOK.encode("def f(x):\n    "), suffix="\n    return y", max_tokens=4, seed=3
+    )
     assert r2["choices"] == r["choices"]
     stopped = engine.complete(prompt="a", suffix="b", max_tokens=4, logit_bias={str(EOT): 100})
     assert stopped["choices"][0]["text"] == ""
@@ -343,7 +386,8 @@ def collect(chunks, n_choices):
             last = c["finish_reason"] is not None and lps[i] is None
             assert c["logprobs"]["tokens"] or last, (
                 "logprobs are null in a chunk without tokens (but a choice's last chunk, "
-                "when no chunk before it carried any)")  # fmt: skip
+                "when no chunk before it carried any)"
+            )
             lps[i] = lps[i] or {k: [] for k in c["logprobs"]}
             for k in lps[i]:
                 lps[i][k] += c["logprobs"][k]
@@ -351,7 +395,9 @@ def collect(chunks, n_choices):
     return texts, lps, finish
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     temperature=st.sampled_from([0.0, 0.8, 1.5]),
     top_p=st.sampled_from([1.0, 0.7]),
@@ -364,11 +410,21 @@ def collect(chunks, n_choices):
     seed=st.integers(0, 2**32),
     prompt=st.sampled_from(["Streaming", "", "😊 and ", "a" * 5, "a b c d e f"]),
 )
-def test_stream_equals_non_stream(engine, temperature, top_p, n, logprobs, echo, stop,
-                                  max_tokens, presence, seed, prompt):  # fmt: skip
-    body = dict(prompt=prompt, temperature=temperature, top_p=top_p, n=n, logprobs=logprobs,
-                echo=echo, stop=stop, max_tokens=max_tokens, presence_penalty=presence,
-                seed=seed)  # fmt: skip
+def test_stream_equals_non_stream(
+    engine, temperature, top_p, n, logprobs, echo, stop, max_tokens, presence, seed, prompt
+):
+    body = dict(
+        prompt=prompt,
+        temperature=temperature,
+        top_p=top_p,
+        n=n,
+        logprobs=logprobs,
+        echo=echo,
+        stop=stop,
+        max_tokens=max_tokens,
+        presence_penalty=presence,
+        seed=seed,
+    )
     full = engine.complete(body)
     texts, lps, finish = collect(engine.complete({**body, "stream": True}), n)
     for i, choice in enumerate(full["choices"]):
@@ -384,8 +440,15 @@ def test_stream_and_non_stream_agree_on_an_empty_logprobs_object(engine):
     """Issue 13 D: a stop string at the very start keeps no token. The response has empty
     logprobs arrays; the stream's last chunk of each choice carries the same empty object
     (no earlier chunk carried logprobs), so joining the chunks gives the response."""
-    body = {"prompt": "a b c d e f", "max_tokens": 15, "seed": -130700380326, "n": 3,
-            "logprobs": 0, "stop": [" ", "a"], "temperature": 0}  # fmt: skip
+    body = {
+        "prompt": "a b c d e f",
+        "max_tokens": 15,
+        "seed": -130700380326,
+        "n": 3,
+        "logprobs": 0,
+        "stop": [" ", "a"],
+        "temperature": 0,
+    }
     full = engine.complete(body)
     empty = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     assert [c["logprobs"] for c in full["choices"]] == [empty] * 3
@@ -396,8 +459,16 @@ def test_stream_and_non_stream_agree_on_an_empty_logprobs_object(engine):
 
 
 def test_stream_chunk_shape_and_usage(engine):
-    chunks = list(engine.complete(prompt="Chunks", max_tokens=5, seed=1, n=2, stream=True,
-                                  stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        engine.complete(
+            prompt="Chunks",
+            max_tokens=5,
+            seed=1,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     ids = {c["id"] for c in chunks}
     assert len(ids) == 1 and re.fullmatch(r"cmpl-[A-Za-z0-9]{29}", ids.pop())
     for c in chunks[:-1]:
@@ -420,8 +491,7 @@ def test_stream_errors_raise_before_iteration(engine):
 # --- shape, keyword form, errors ----------------------------------------------------------------
 def test_response_shape(engine):
     r = engine.complete({"model": "tiny-random-cl100k", "prompt": "Shape", "max_tokens": 2})
-    assert set(r) == {"id", "object", "created", "model", "system_fingerprint", "choices",
-                      "usage"}  # fmt: skip
+    assert set(r) == {"id", "object", "created", "model", "system_fingerprint", "choices", "usage"}
     assert r["object"] == "text_completion" and isinstance(r["created"], int)
     assert r["model"] == "tiny-random-cl100k"
     assert re.fullmatch(r"fp_[0-9a-f]{10}", r["system_fingerprint"])
@@ -462,11 +532,17 @@ def test_requests_joining_a_running_batch_equal_their_solo_runs(engine):
     taken out; every seeded choice still equals the request run alone."""
     from sampler.scheduler import Scheduler
 
-    bodies = [dict(prompt="Once upon a time", max_tokens=12, seed=3, n=2, temperature=1.0,
-                   stream=True),
-              dict(prompt=["The", "A much longer prompt about the sea and"], max_tokens=5,
-                   seed=4, logprobs=2, top_p=0.9),
-              dict(prompt="x", max_tokens=8, seed=5, best_of=3, n=2, presence_penalty=1.0)]
+    bodies = [
+        dict(prompt="Once upon a time", max_tokens=12, seed=3, n=2, temperature=1.0, stream=True),
+        dict(
+            prompt=["The", "A much longer prompt about the sea and"],
+            max_tokens=5,
+            seed=4,
+            logprobs=2,
+            top_p=0.9,
+        ),
+        dict(prompt="x", max_tokens=8, seed=5, best_of=3, n=2, presence_penalty=1.0),
+    ]
     sched = Scheduler(engine)
     responses: dict[int, object] = {}
     later = []
@@ -477,10 +553,13 @@ def test_requests_joining_a_running_batch_equal_their_solo_runs(engine):
             if kind == "chunks":
                 responses.setdefault(k, []).extend(payload)
                 if k == 0 and not later:  # the first request is running: add the rest
-                    later.extend(sched.submit(engine.parse(**b), sink_for(i))
-                                 for i, b in enumerate(bodies[1:], start=1))
+                    later.extend(
+                        sched.submit(engine.parse(**b), sink_for(i))
+                        for i, b in enumerate(bodies[1:], start=1)
+                    )
             elif kind in ("response", "error"):
                 responses[k] = payload
+
         return sink
 
     try:
@@ -502,4 +581,5 @@ def test_requests_joining_a_running_batch_equal_their_solo_runs(engine):
         solo = engine.complete(**bodies[k])
         assert [c["text"] for c in responses[k]["choices"]] == [c["text"] for c in solo["choices"]]
         assert [c["logprobs"] for c in responses[k]["choices"]] == [
-            c["logprobs"] for c in solo["choices"]]
+            c["logprobs"] for c in solo["choices"]
+        ]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sampler import reference as ref
 from sampler import Engine
+from sampler import reference as ref
 from sampler.registry import resolve
 from sampler.tokenizer import get_tokenizer
 
@@ -25,9 +25,31 @@ LOW_LOGIT = -40.0
 GOLDEN_PROMPT = "import os\n\n\ndef "
 GOLDEN_PARAMS = {"max_tokens": 24, "temperature": 0.8, "top_p": 0.95, "seed": 1234}
 GOLDEN_TOKENS: list[str] = [
-    '0', ' print', "('", 'from', ' f', ' import', '_helper', ' import', '_helper', '\n', 'from',
-    ' test', '.support', ' import', '_helper', '\n', 'from', ' test', ' import', ' test', '\n',
-    'from', ' test', '.support']
+    "0",
+    " print",
+    "('",
+    "from",
+    " f",
+    " import",
+    "_helper",
+    " import",
+    "_helper",
+    "\n",
+    "from",
+    " test",
+    ".support",
+    " import",
+    "_helper",
+    "\n",
+    "from",
+    " test",
+    " import",
+    " test",
+    "\n",
+    "from",
+    " test",
+    ".support",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +64,18 @@ def full_logits():
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(FOLDER / "model.onnx"), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(FOLDER / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
     pasts = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
 
     def run(tokens):
         ids = np.array([tokens], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+        }
         for i in pasts:
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
         return sess.run(["logits"], feeds)[0][0]  # [S, V]
@@ -72,7 +98,9 @@ def reference_tokens(full_logits, prompt, *, seed, max_tokens, temperature, top_
     seq, out = list(prompt), []
     for _ in range(max_tokens):
         u = gen.random()
-        tok = ref.step(masked(full_logits(seq)[-1]), temperature=temperature, top_p=top_p, uniform=u)
+        tok = ref.step(
+            masked(full_logits(seq)[-1]), temperature=temperature, top_p=top_p, uniform=u
+        )
         out.append(tok)
         if tok == EOT:
             break
@@ -90,8 +118,7 @@ def test_sha256_matches_the_model_card(engine):
     (stated,) = set(re.findall(r"sha256 `([0-9a-f]{64})`", card))
     assert hashlib.sha256((FOLDER / "model.onnx").read_bytes()).hexdigest() == stated
     assert engine.decoder.config.digest == stated
-    assert engine.vocab_size == 100_277 and engine.info.fim == (FIM_PREFIX, FIM_MIDDLE,
-                                                                FIM_SUFFIX)
+    assert engine.vocab_size == 100_277 and engine.info.fim == (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
 
 
 def test_suffix_returns_the_middle_only_and_stops_at_end_of_text(engine, full_logits):
@@ -101,14 +128,18 @@ def test_suffix_returns_the_middle_only_and_stops_at_end_of_text(engine, full_lo
     r = engine.complete(prompt=prefix, suffix=suffix, max_tokens=16, temperature=0.7, seed=24)
     (choice,) = r["choices"]
     seq = [FIM_PREFIX, *TOK.encode(prefix), FIM_SUFFIX, *TOK.encode(suffix), FIM_MIDDLE]
-    expected = reference_tokens(full_logits, seq, seed=24, max_tokens=16, temperature=0.7,
-                                top_p=1.0)
+    expected = reference_tokens(
+        full_logits, seq, seed=24, max_tokens=16, temperature=0.7, top_p=1.0
+    )
     assert expected[-1] == EOT  # the model ends the middle by itself
     assert choice["finish_reason"] == "stop"
     assert choice["text"] == TOK.decode_bytes(expected[:-1]).decode()
     assert choice["text"] and not choice["text"].startswith(prefix)
-    assert r["usage"] == {"prompt_tokens": len(seq), "completion_tokens": len(expected),
-                          "total_tokens": len(seq) + len(expected)}
+    assert r["usage"] == {
+        "prompt_tokens": len(seq),
+        "completion_tokens": len(expected),
+        "total_tokens": len(seq) + len(expected),
+    }
 
 
 def test_golden_seeded_completion(engine):
@@ -120,9 +151,14 @@ def test_golden_equals_slow_reference(engine, full_logits):
     """The golden is what the slow full-sequence reference draws (checked when frozen, and
     cheap enough to keep checking)."""
     p = GOLDEN_PARAMS
-    expected = reference_tokens(full_logits, TOK.encode(GOLDEN_PROMPT), seed=p["seed"],
-                                max_tokens=p["max_tokens"], temperature=p["temperature"],
-                                top_p=p["top_p"])
+    expected = reference_tokens(
+        full_logits,
+        TOK.encode(GOLDEN_PROMPT),
+        seed=p["seed"],
+        max_tokens=p["max_tokens"],
+        temperature=p["temperature"],
+        top_p=p["top_p"],
+    )
     assert [TOK.token_text(t) for t in expected if t != EOT] == GOLDEN_TOKENS
 
 
@@ -132,8 +168,9 @@ def test_unseen_ids_hold_the_fixed_low_logit_and_logit_bias_reaches_them(engine,
     allowed = np.setdiff1d(unseen, MASKED)
     assert allowed.size > 1000
     target = int(allowed[0])
-    r = engine.complete(prompt="x = ", max_tokens=1, temperature=0, logprobs=1,
-                        logit_bias={str(target): 100})
+    r = engine.complete(
+        prompt="x = ", max_tokens=1, temperature=0, logprobs=1, logit_bias={str(target): 100}
+    )
     assert r["choices"][0]["logprobs"]["tokens"] == [TOK.token_text(target)]
 
 
@@ -145,9 +182,16 @@ def test_wrap_compact_vocab_maps_ids_and_spreads_the_other_slot():
     from sampler.onnx_vocab import full_to_compact, wrap_compact_vocab
 
     n, kept = 40, np.array([7, 3, 30, 12, 0])  # compact ids 0..4, "other" is 5
-    cfg = LlamaConfig(vocab_size=len(kept) + 1, hidden_size=16, intermediate_size=32,
-                      num_layers=1, num_heads=2, num_kv_heads=1, max_position=32,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(kept) + 1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        max_position=32,
+        tie_word_embeddings=True,
+    )
     inner = build_llama(random_weights(cfg, np.random.default_rng(1)), cfg)
     logq = np.full(n, -np.inf)
     logq[[1, 2, 39]] = np.log([0.5, 0.3, 0.2])  # seen but not kept; the rest unseen
@@ -156,10 +200,13 @@ def test_wrap_compact_vocab_maps_ids_and_spreads_the_other_slot():
     def run(model, ids):
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         ids = np.asarray([ids], np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
-                 "past_key_values.0.key": np.zeros((1, 1, 0, 8), np.float32),
-                 "past_key_values.0.value": np.zeros((1, 1, 0, 8), np.float32)}
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+            "past_key_values.0.key": np.zeros((1, 1, 0, 8), np.float32),
+            "past_key_values.0.value": np.zeros((1, 1, 0, 8), np.float32),
+        }
         return sess.run(["logits"], feeds)[0][0].astype(np.float64)
 
     full_ids = [12, 5, 39, 0, 21]  # 5, 39 and 21 are not kept: they enter as "other"
@@ -187,8 +234,15 @@ def test_wrap_compact_vocab_refuses_bad_tables():
         full_to_compact(np.array([3, 3]), 10)
     with pytest.raises(ValueError, match="lie in"):
         full_to_compact(np.array([3, 10]), 10)
-    cfg = LlamaConfig(vocab_size=4, hidden_size=8, intermediate_size=16, num_layers=1,
-                      num_heads=2, num_kv_heads=1, max_position=16)
+    cfg = LlamaConfig(
+        vocab_size=4,
+        hidden_size=8,
+        intermediate_size=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        max_position=16,
+    )
     inner = build_llama(random_weights(cfg, np.random.default_rng(0)), cfg)
     kept = np.array([5, 1, 7])
     with pytest.raises(ValueError, match="shape"):

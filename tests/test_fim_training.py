@@ -31,8 +31,9 @@ def enc():
 
 
 CODE = "".join(f"def f{i}(x):\n    y = x + {i}\n    return y * 2\n\n" for i in range(60))
-PROSE = " ".join(f"The {w} walked to the river and sat down." for w in
-                 ["cat", "dog", "fox", "owl", "ant"] * 40)
+PROSE = " ".join(
+    f"The {w} walked to the river and sat down." for w in ["cat", "dog", "fox", "owl", "ant"] * 40
+)
 
 
 def write_corpus(folder: Path, enc) -> Path:
@@ -41,26 +42,54 @@ def write_corpus(folder: Path, enc) -> Path:
     docs, source, test = [], [], []
     for s, text in enumerate([CODE, PROSE]):
         for d in range(3):
-            docs.append(enc.encode_ordinary(text[d * 7:]))
+            docs.append(enc.encode_ordinary(text[d * 7 :]))
             source.append(s)
             test.append(d == 2)
     offsets = np.cumsum([0] + [len(d) for d in docs])
-    np.savez(folder / "tokens.npz", tokens=np.concatenate(docs).astype(np.int32),
-             offsets=offsets, source=np.array(source), test=np.array(test))
+    np.savez(
+        folder / "tokens.npz",
+        tokens=np.concatenate(docs).astype(np.int32),
+        offsets=offsets,
+        source=np.array(source),
+        test=np.array(test),
+    )
     (folder / "manifest.json").write_text(json.dumps({"sources": ["stdlib", "kjv"]}))
     return folder
 
 
 def config(corpus: Path, out: Path, **over) -> dict:
-    cfg = {"seed": 1, "corpus": str(corpus), "out": str(out), "compact_vocab": 64,
-           "mixture": {"stdlib": 0.7, "kjv": 0.3}, "fim_rate": 0.5, "fim_min_chars": 8,
-           "fim_window": [8, 24],
-           "model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1,
-                     "num_heads": 2, "num_kv_heads": 1, "rope_theta": 10000.0,
-                     "rms_norm_eps": 1e-5, "context_length": 32},
-           "batch_rows": 2, "steps": 3, "time_budget_seconds": None, "warmup_steps": 1,
-           "lr": 1e-3, "min_lr_ratio": 0.1, "weight_decay": 0.1, "grad_clip": 1.0,
-           "eval_every": 2, "eval_windows": 2, "checkpoint_seconds": 1000, "threads": 1}
+    cfg = {
+        "seed": 1,
+        "corpus": str(corpus),
+        "out": str(out),
+        "compact_vocab": 64,
+        "mixture": {"stdlib": 0.7, "kjv": 0.3},
+        "fim_rate": 0.5,
+        "fim_min_chars": 8,
+        "fim_window": [8, 24],
+        "model": {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5,
+            "context_length": 32,
+        },
+        "batch_rows": 2,
+        "steps": 3,
+        "time_budget_seconds": None,
+        "warmup_steps": 1,
+        "lr": 1e-3,
+        "min_lr_ratio": 0.1,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "eval_every": 2,
+        "eval_windows": 2,
+        "checkpoint_seconds": 1000,
+        "threads": 1,
+    }
     cfg.update(over)
     return cfg
 
@@ -94,15 +123,14 @@ def test_without_line_rate_the_character_spans_and_draws_are_unchanged(T):
 def test_packed_rows_and_whole_fim_samples(T, enc, tmp_path):
     corpus = T.Corpus(write_corpus(tmp_path, enc))
     for whole in (False, True):
-        cfg = config(tmp_path, tmp_path / "out", fim_rate=0.9, fim_line_rate=0.5,
-                     fim_whole=whole)
+        cfg = config(tmp_path, tmp_path / "out", fim_rate=0.9, fim_line_rate=0.5, fim_whole=whole)
         sampler = T.Sampler(corpus, cfg, np.random.default_rng(3), test=False, enc=enc)
         cut = 0
         for _ in range(200):
             row = sampler.row()
             assert len(row) == 33
             starts = [k for k, t in enumerate(row) if t == T.FIM_PREFIX]
-            if starts and T.EOT not in row[starts[-1]:]:
+            if starts and T.EOT not in row[starts[-1] :]:
                 cut += 1  # the last FIM sample lost its end
         assert (cut == 0) if whole else (cut > 0)
 
@@ -127,8 +155,16 @@ def test_a_later_phase_resumes_weights_and_moments_and_refuses_another_model(T, 
     assert log1[-1]["event"] == "done" and log1[-1]["steps_done"] == 3
     first = torch.load(tmp_path / "p1" / "ckpt.pt", weights_only=False)
 
-    cfg2 = config(tmp_path, tmp_path / "p2", seed=2, init=str(tmp_path / "p1" / "ckpt.pt"),
-                  fim_line_rate=0.5, fim_whole=True, steps=1, weight_decay=0.0)
+    cfg2 = config(
+        tmp_path,
+        tmp_path / "p2",
+        seed=2,
+        init=str(tmp_path / "p1" / "ckpt.pt"),
+        fim_line_rate=0.5,
+        fim_whole=True,
+        steps=1,
+        weight_decay=0.0,
+    )
     log2 = run_main(T, cfg2, tmp_path, "p2")
     assert log2[0]["init_step"] == 3
     second = torch.load(tmp_path / "p2" / "ckpt.pt", weights_only=False)
@@ -136,8 +172,9 @@ def test_a_later_phase_resumes_weights_and_moments_and_refuses_another_model(T, 
     steps = [s["step"] for s in second["opt"]["state"].values()]
     assert all(float(s) == 4.0 for s in steps)
     assert [g["weight_decay"] for g in second["opt"]["param_groups"]] == [0.0, 0.0]
-    assert not all(torch.equal(a, b) for a, b in zip(first["model"].values(),
-                                                      second["model"].values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(first["model"].values(), second["model"].values())
+    )
 
     other = config(tmp_path, tmp_path / "p3", init=str(tmp_path / "p1" / "ckpt.pt"))
     other["model"]["rope_theta"] = 500.0

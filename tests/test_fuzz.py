@@ -15,13 +15,13 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-
 from fuzz_bodies import MODEL, bodies
+from hypothesis import HealthCheck, assume, given, settings
+from serving import running
+
 from sampler import Engine
 from sampler.errors import RequestError, encodable
 from sampler.server import ServerConfig, create_app
-from serving import running
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
 SLOW_EXAMPLES = 5000
@@ -56,8 +56,9 @@ def _cheap(engine: Engine, obj) -> bool:
 def _post(url, raw: bytes) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     try:
-        conn.request("POST", "/v1/completions", body=raw,
-                     headers={"Content-Type": "application/json"})  # fmt: skip
+        conn.request(
+            "POST", "/v1/completions", body=raw, headers={"Content-Type": "application/json"}
+        )
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -87,7 +88,7 @@ def check_over_http(url, obj, raw: bytes) -> int:
         events = [e for e in payload.decode().split("\n\n") if e]
         assert events[-1] == "data: [DONE]", events[-3:]
         for e in events[:-1]:
-            assert "error" not in json.loads(e[len("data: "):]), e
+            assert "error" not in json.loads(e[len("data: ") :]), e
     else:
         assert json.loads(payload)["object"] == "text_completion"
     return status
@@ -126,8 +127,10 @@ def test_no_body_gets_a_5xx_over_http(server, engine):
 @pytest.mark.slow
 def test_no_body_gets_a_5xx_over_http_5000(server, engine):
     seen = _fuzz_http(server, engine, SLOW_EXAMPLES)
-    print(f"\n{sum(seen.values())} requests (with hypothesis's shrinking and replays): "
-          + ", ".join(f"{k}: {v}" for k, v in sorted(seen.items())))
+    print(
+        f"\n{sum(seen.values())} requests (with hypothesis's shrinking and replays): "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(seen.items()))
+    )
 
 
 @settings(max_examples=EXAMPLES, **_SETTINGS)

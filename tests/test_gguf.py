@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 
+import gguf_reference as ref
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gguf_reference as ref
 from sampler import cli
 from sampler.convert import convert_gguf, read_gguf
-from sampler.gguf_vocab import byte_decoder, gguf_vocab
+from sampler.decoder import Decoder
 from sampler.engine import Engine
 from sampler.errors import RequestError
-from sampler.decoder import Decoder
+from sampler.gguf_vocab import byte_decoder, gguf_vocab
 from sampler.model import load_config
 from sampler.tokenizer import tokenizer_for
 
@@ -87,7 +87,8 @@ def test_float16_weights(tmp_path):
     # F16 values survive float16 storage exactly
     assert np.abs(all_logits(a, tokens) - all_logits(b, tokens)).max() < 1e-5
     assert (tmp_path / "b" / "model.onnx").stat().st_size < (
-        0.6 * (tmp_path / "a" / "model.onnx").stat().st_size)
+        0.6 * (tmp_path / "a" / "model.onnx").stat().st_size
+    )
 
 
 def test_unpermutation_is_needed(tmp_path, monkeypatch):
@@ -108,12 +109,14 @@ def test_unsupported_files_say_what_they_found(tmp_path):
     src = ref.write_tiny_gguf(tmp_path / "p.gguf", pre="deepseek-llm")
     with pytest.raises(ValueError, match="tokenizer.ggml.pre is 'deepseek-llm'"):
         convert_gguf(src, tmp_path / "p")
-    src = ref.write_tiny_gguf(tmp_path / "r.gguf",
-                              extra_tensors={"rope_freqs.weight": np.ones(8, np.float32)})
+    src = ref.write_tiny_gguf(
+        tmp_path / "r.gguf", extra_tensors={"rope_freqs.weight": np.ones(8, np.float32)}
+    )
     with pytest.raises(ValueError, match="rope_freqs.weight.*RoPE frequency scaling"):
         convert_gguf(src, tmp_path / "r")
-    src = ref.write_tiny_gguf(tmp_path / "i.gguf",
-                              extra_tensors={"blk.0.attn_q.bias": np.ones(64, np.float32)})
+    src = ref.write_tiny_gguf(
+        tmp_path / "i.gguf", extra_tensors={"blk.0.attn_q.bias": np.ones(64, np.float32)}
+    )
     with pytest.raises(ValueError, match="unexpected tensor 'blk.0.attn_q.bias'"):
         convert_gguf(src, tmp_path / "i")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
@@ -123,8 +126,9 @@ def test_unsupported_files_say_what_they_found(tmp_path):
 
 
 def test_unsupported_tensor_type(tmp_path):
-    src = ref.write_tiny_gguf(tmp_path / "t.gguf",
-                              replace={"output_norm.weight": np.ones(64, np.int32)})
+    src = ref.write_tiny_gguf(
+        tmp_path / "t.gguf", replace={"output_norm.weight": np.ones(64, np.int32)}
+    )
     with pytest.raises(ValueError, match="'output_norm.weight' has type I32, which gguf.quants"):
         convert_gguf(src, tmp_path / "t")
 
@@ -133,8 +137,12 @@ def test_vocab_checks():
     with pytest.raises(ValueError, match="only 'gpt2'"):
         gguf_vocab(["a"], [1], [], model="llama")
     with pytest.raises(ValueError, match="not in merge order"):
-        gguf_vocab(["<|endoftext|>", "a", "b", "c", "bc", "ab"], [3, 1, 1, 1, 1, 1],
-                   ["a b", "b c"], pre="smollm")
+        gguf_vocab(
+            ["<|endoftext|>", "a", "b", "c", "bc", "ab"],
+            [3, 1, 1, 1, 1, 1],
+            ["a b", "b c"],
+            pre="smollm",
+        )
     with pytest.raises(ValueError, match="no merge's result"):
         gguf_vocab(["<|endoftext|>", "a", "b", "ab"], [3, 1, 1, 1], [], pre="smollm")
     with pytest.raises(ValueError, match="no end-of-text token"):
@@ -147,8 +155,16 @@ def test_vocab_checks():
 def test_read_gguf_hyper_parameters(tmp_path):
     model = read_gguf(ref.write_tiny_gguf(tmp_path / "m.gguf", tied=True))
     c = model.config
-    assert (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
-            c.head_dim, c.rope_theta, c.max_position) == (2, 64, 96, 4, 2, 16, 1e5, 96)
+    assert (
+        c.num_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.rope_theta,
+        c.max_position,
+    ) == (2, 64, 96, 4, 2, 16, 1e5, 96)
     assert c.tie_word_embeddings and abs(c.rms_norm_eps - 1e-5) < 1e-12
 
 
@@ -181,9 +197,11 @@ def test_ids_are_ranks_and_placeholders_are_not_tokens(tok):
         assert tok.token_bytes(i) == bytes(decode[c] for c in TOKENS[i])
     assert tok.max_id == len(TOKENS) - 1 and tok.n_vocab == len(TOKENS)
     assert tok.missing_bytes == ref.MISSING_BYTES
-    assert not tok.is_token(len(TOKENS)) and tok.special_ids == {0: "<|endoftext|>",
-                                                                 1: "<|im_start|>",
-                                                                 2: "<|im_end|>"}
+    assert not tok.is_token(len(TOKENS)) and tok.special_ids == {
+        0: "<|endoftext|>",
+        1: "<|im_start|>",
+        2: "<|im_end|>",
+    }
 
 
 _TEXT = st.lists(
@@ -192,8 +210,9 @@ _TEXT = st.lists(
         st.sampled_from(["<|im_end|>", "<|endoftext|>", "'s", "'re", "  1", " \n ", "Paris"]),
         # assigned code points only: tiktoken's and regex's Unicode tables (like llama.cpp's)
         # are of different Unicode versions, and may class a newer character differently
-        st.characters(max_codepoint=0x3FFFF, exclude_characters="\x04\x06",
-                      exclude_categories=("Cs", "Cn")),
+        st.characters(
+            max_codepoint=0x3FFFF, exclude_characters="\x04\x06", exclude_categories=("Cs", "Cn")
+        ),
     ),
     max_size=30,
 ).map("".join)
@@ -206,8 +225,14 @@ def test_encode_equals_llama_cpp_style_reference(tok, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(alphabet=st.characters(max_codepoint=0x3FFFF, exclude_characters="\x04\x06",
-                                           exclude_categories=("Cs",)), max_size=60))
+@given(
+    text=st.text(
+        alphabet=st.characters(
+            max_codepoint=0x3FFFF, exclude_characters="\x04\x06", exclude_categories=("Cs",)
+        ),
+        max_size=60,
+    )
+)
 def test_round_trip(tok, text):
     assert tok.decode_bytes(tok.encode(text)).decode("utf-8") == text
 
@@ -233,7 +258,8 @@ def test_cli_convert_end_to_end(tmp_path, capsys):
     assert manifest["eos_token_ids"] == [0, 2] and manifest["fim"] is None
     assert manifest["tokenizer"]["file"] == "tokenizer.tiktoken"
     assert {"model.onnx", "refsampler.json", "tokenizer.tiktoken"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
 
     engine = Engine.load(out)
     assert engine.name == "tiny.Q8_0"
@@ -286,7 +312,8 @@ def test_folder_tokenizer_is_checked(folder, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     (copy / "tokenizer.tiktoken").write_bytes(
-        (copy / "tokenizer.tiktoken").read_bytes().replace(b" 300\n", b" 301\n"))
+        (copy / "tokenizer.tiktoken").read_bytes().replace(b" 300\n", b" 301\n")
+    )
     with pytest.raises(ValueError, match="tokenizer.tiktoken: sha256 is .* changed after"):
         Engine.load(copy)
     manifest = json.loads((copy / "refsampler.json").read_text())

@@ -3,8 +3,17 @@
 import subprocess
 import sys
 
-HEAVY = ("onnxruntime", "onnx", "tiktoken", "starlette", "uvicorn", "torch", "transformers",
-         "gguf", "tqdm")
+HEAVY = (
+    "onnxruntime",
+    "onnx",
+    "tiktoken",
+    "starlette",
+    "uvicorn",
+    "torch",
+    "transformers",
+    "gguf",
+    "tqdm",
+)
 
 
 def test_import_sampler_is_light():

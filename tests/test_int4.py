@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
+import gguf_reference as ref
 import numpy as np
 import pytest
 
-import gguf_reference as ref
 from sampler import cli
 from sampler.convert import convert_gguf, llama_int4_weights, llama_weights, read_gguf
 from sampler.decoder import Decoder
@@ -38,12 +38,13 @@ def run_graph(model, tokens) -> np.ndarray:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     S = len(tokens)
-    feeds = {"input_ids": np.array([tokens], np.int64),
-             "attention_mask": np.ones((1, S), np.int64),
-             "position_ids": np.arange(S, dtype=np.int64)[None]}
+    feeds = {
+        "input_ids": np.array([tokens], np.int64),
+        "attention_mask": np.ones((1, S), np.int64),
+        "position_ids": np.arange(S, dtype=np.int64)[None],
+    }
     for i in sess.get_inputs():
         if i.name.startswith("past_key_values."):
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
@@ -83,16 +84,26 @@ def _random_int4(rng, rows: int, cols: int, kind: str) -> Int4Matrix:
     nb = cols // 32
     q = rng.integers(0, 16, (rows, nb, 32)).astype(np.uint8)
     d = (rng.random((rows, nb)) * 0.02 / np.sqrt(cols) * 8 + 1e-3).astype(np.float16)
-    m = None if kind == "Q4_0" else (-8 * d.astype(np.float32)
-                                      + rng.standard_normal((rows, nb)).astype(np.float32) * 0.01)
+    m = (
+        None
+        if kind == "Q4_0"
+        else (-8 * d.astype(np.float32) + rng.standard_normal((rows, nb)).astype(np.float32) * 0.01)
+    )
     return Int4Matrix(kind, q, d.astype(np.float32), None if m is None else m.astype(np.float32))
 
 
 def test_mixed_block_types_and_dense_fallback():
     """Q/K/V of mixed Q4_0/Q4_1 share one MatMulNBits; a dense part makes the group dense;
     with a float dtype the same dict builds exactly the graph of the dequantised weights."""
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position=64)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_position=64,
+    )
     rng = np.random.default_rng(3)
     weights = random_weights(cfg, rng)
     mixed: dict = dict(weights)
@@ -104,8 +115,9 @@ def test_mixed_block_types_and_dense_fallback():
             rows, cols = weights[name].shape
             mixed[name] = _random_int4(rng, rows, cols, ("Q4_0", "Q4_1")[(i + j) % 2])
     dense = {k: v.dense() if isinstance(v, Int4Matrix) else v for k, v in mixed.items()}
-    assert (build_llama(mixed, cfg).SerializeToString()
-            == build_llama(dense, cfg).SerializeToString())
+    assert (
+        build_llama(mixed, cfg).SerializeToString() == build_llama(dense, cfg).SerializeToString()
+    )
 
     int4 = build_llama(mixed, cfg, weight_dtype="int4")
     ops = [n.op_type for n in int4.graph.node]
@@ -118,8 +130,15 @@ def test_mixed_block_types_and_dense_fallback():
 
 
 def test_accuracy_level_is_passed_and_checked():
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=1,
-                      num_heads=2, num_kv_heads=1, max_position=16)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        max_position=16,
+    )
     rng = np.random.default_rng(0)
     w: dict = random_weights(cfg, rng)
     w["layers.0.o_proj"] = _random_int4(rng, 32, 32, "Q4_1")

@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llama_reference as ref
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import llama_reference as ref
 from sampler.decoder import Decoder
 from sampler.kvcache import KVCache, SharedKVCache
 from sampler.model import FimTokens, load_config
@@ -22,15 +22,28 @@ from sampler.onnx_llama import LlamaConfig, build_llama, random_weights, save_mo
 from sampler.tiny import TINY_BUILD_VERSION, build_tiny_random
 
 EXACT = 1e-5  # incremental vs full, batched vs alone: same float32 math, different blocking
-CFG = LlamaConfig(vocab_size=700, hidden_size=32, intermediate_size=48, num_layers=2,
-                  num_heads=4, num_kv_heads=2, max_position=128)
+CFG = LlamaConfig(
+    vocab_size=700,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_position=128,
+)
 WEIGHTS = random_weights(CFG, np.random.default_rng(11), scale=2.0)
 
 
 def manifest(**overrides) -> dict:
-    return {"format": "refsampler-model/1", "name": "test-model", "onnx": "model.onnx",
-            "tokenizer": "cl100k_base", "context_length": 128, "eos_token_ids": [1],
-            "fim": {"prefix": 2, "middle": 3, "suffix": 4}} | overrides
+    return {
+        "format": "refsampler-model/1",
+        "name": "test-model",
+        "onnx": "model.onnx",
+        "tokenizer": "cl100k_base",
+        "context_length": 128,
+        "eos_token_ids": [1],
+        "fim": {"prefix": 2, "middle": 3, "suffix": 4},
+    } | overrides
 
 
 def write_model(folder: Path, model=None, **overrides) -> Path:
@@ -86,7 +99,11 @@ def decode(dec: Decoder, cache: KVCache, steps: list[list[int]]) -> tuple[list, 
 def test_load_config_reads_every_field(model_dir):
     cfg = load_config(model_dir)
     assert (cfg.name, cfg.onnx, cfg.tokenizer, cfg.context_length) == (
-        "test-model", "model.onnx", "cl100k_base", 128)
+        "test-model",
+        "model.onnx",
+        "cl100k_base",
+        128,
+    )
     assert cfg.eos_token_ids == (1,) and cfg.fim == FimTokens(prefix=2, middle=3, suffix=4)
     assert cfg.path == model_dir and cfg.onnx_path == model_dir / "model.onnx"
     assert cfg.digest == hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
@@ -109,8 +126,9 @@ def test_digest_sidecar_is_used_and_invalidated(tmp_path):
     assert load_config(folder).digest == real
 
 
-@pytest.mark.parametrize("field", ["format", "name", "onnx", "tokenizer", "context_length",
-                                   "eos_token_ids"])
+@pytest.mark.parametrize(
+    "field", ["format", "name", "onnx", "tokenizer", "context_length", "eos_token_ids"]
+)
 def test_missing_field_is_named(tmp_path, model_dir, field):
     (tmp_path / "model.onnx").symlink_to(model_dir / "model.onnx")
     raw = manifest()
@@ -120,12 +138,24 @@ def test_missing_field_is_named(tmp_path, model_dir, field):
         load_config(tmp_path)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("format", "refsampler-model/2"), ("name", ""), ("name", 3), ("onnx", ["model.onnx"]),
-    ("onnx", "absent.onnx"), ("tokenizer", 5), ("context_length", "2048"),
-    ("context_length", 0), ("context_length", True), ("eos_token_ids", 100257),
-    ("eos_token_ids", [-1]), ("fim", {"prefix": 1, "middle": 2}), ("fim", [1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("format", "refsampler-model/2"),
+        ("name", ""),
+        ("name", 3),
+        ("onnx", ["model.onnx"]),
+        ("onnx", "absent.onnx"),
+        ("tokenizer", 5),
+        ("context_length", "2048"),
+        ("context_length", 0),
+        ("context_length", True),
+        ("eos_token_ids", 100257),
+        ("eos_token_ids", [-1]),
+        ("fim", {"prefix": 1, "middle": 2}),
+        ("fim", [1, 2, 3]),
+    ],
+)
 def test_bad_field_is_named(tmp_path, model_dir, field, value):
     (tmp_path / "model.onnx").symlink_to(model_dir / "model.onnx")
     (tmp_path / "refsampler.json").write_text(json.dumps(manifest(**{field: value})))
@@ -175,7 +205,7 @@ def test_incremental_equals_full(dec):
     last, cache = dec.prefill([tokens[:k]])
     steps, cache = decode(dec, cache, [[t] for t in tokens[k:]])
     incremental = np.concatenate([last] + steps)  # logits at positions k-1 .. 29
-    assert np.abs(incremental - full[k - 1:]).max() < incremental_tolerance(dec)
+    assert np.abs(incremental - full[k - 1 :]).max() < incremental_tolerance(dec)
     assert cache.lengths.tolist() == [30] and cache.length == 30
 
 
@@ -183,9 +213,11 @@ def test_chunked_prefill_equals_unchunked(dec):
     prompts = prompts_from(2, [11, 4, 9])
     seen = {3: {}, 256: {}}
     for chunk, store in seen.items():
+
         def collect(p, pos, lg, store=store):
             assert not lg.flags.writeable and lg.shape == (len(pos), 700)
             store.setdefault(p, []).append((pos.copy(), lg.copy()))
+
         last, cache = dec.prefill(prompts, on_logits=collect, chunk_size=chunk)
         store["last"], store["next"] = last, dec.step(cache, np.array([5, 6, 7]))[0]
     small, big = seen[3], seen[256]
@@ -238,17 +270,22 @@ def test_input_errors(dec):
 
 
 @settings(max_examples=15, deadline=None)
-@given(lengths=st.lists(st.integers(1, 12), min_size=2, max_size=4),
-       chunk=st.sampled_from([2, 5, 256]), n_steps=st.integers(1, 4),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=2, max_size=4),
+    chunk=st.sampled_from([2, 5, 256]),
+    n_steps=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_batched_rows_equal_rows_alone(dec, lengths, chunk, n_steps, seed):
     prompts = prompts_from(seed, lengths)
     rng = np.random.default_rng(seed)
     steps = rng.integers(0, CFG.vocab_size, (n_steps, len(prompts))).tolist()
     per_position: dict[int, dict[int, np.ndarray]] = {}
     batch_last, cache = dec.prefill(
-        prompts, chunk_size=chunk,
-        on_logits=lambda p, pos, lg: per_position.setdefault(p, {}).update(zip(pos, lg)))
+        prompts,
+        chunk_size=chunk,
+        on_logits=lambda p, pos, lg: per_position.setdefault(p, {}).update(zip(pos, lg)),
+    )
     batch_steps, _ = decode(dec, cache, steps)
     # the rows alone are prefilled in one chunk: under GQA a last chunk of one token runs
     # the one-query kernel, which rounds differently (chunk size, not batch, dependence;
@@ -312,8 +349,16 @@ def test_exact_attention_makes_padding_bit_exact(tmp_path):
     without other, longer rows, even past MLAS's K blocking (long contexts). This relies on
     ORT's CPU GEMM giving each output element the same K order whatever M is, which holds
     for MLAS; the 1e-5 tests above are the contract if some CPU ever breaks it."""
-    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=32, max_position=1024)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        max_position=1024,
+    )
     w = random_weights(cfg, np.random.default_rng(12), scale=2.0)
     dec = Decoder.load(write_model(tmp_path, build_llama(w, cfg), context_length=1024))
     rng = np.random.default_rng(13)
@@ -321,16 +366,29 @@ def test_exact_attention_makes_padding_bit_exact(tmp_path):
     alone, alone_cache = dec.prefill([prompt], chunk_size=100)
     batched, batched_cache = dec.prefill([prompt, longer], chunk_size=100)
     np.testing.assert_array_equal(batched[0], alone[0])
-    np.testing.assert_array_equal(dec.step(batched_cache, [7, 8])[0][0],
-                                  dec.step(alone_cache, [7])[0][0])
+    np.testing.assert_array_equal(
+        dec.step(batched_cache, [7, 8])[0][0], dec.step(alone_cache, [7])[0][0]
+    )
 
 
 def long_context_decoders(tmp_path) -> dict[str, Decoder]:
-    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=32, max_position=1024)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        max_position=1024,
+    )
     w = random_weights(cfg, np.random.default_rng(12), scale=2.0)
-    return {a: Decoder.load(write_model(tmp_path / a, build_llama(w, cfg, attention=a),
-                                        context_length=1024)) for a in ("exact", "gqa")}
+    return {
+        a: Decoder.load(
+            write_model(tmp_path / a, build_llama(w, cfg, attention=a), context_length=1024)
+        )
+        for a in ("exact", "gqa")
+    }
 
 
 def test_gqa_rows_are_bit_exact_whatever_the_batch(tmp_path):
@@ -388,7 +446,10 @@ def test_merge_rejects_mismatched_caches():
 def test_tiny_model_loads(tiny_model_dir):
     cfg = load_config(tiny_model_dir)
     assert (cfg.name, cfg.tokenizer, cfg.context_length) == (
-        "tiny-random-cl100k", "cl100k_base", 2048)
+        "tiny-random-cl100k",
+        "cl100k_base",
+        2048,
+    )
     assert cfg.eos_token_ids == (100257,) and cfg.fim == FimTokens(100258, 100259, 100260)
     dec = Decoder.load(tiny_model_dir)
     assert (dec.vocab_size, dec.num_layers, dec.num_kv_heads) == (100277, 2, 2)
@@ -411,7 +472,8 @@ def test_tiny_build_is_deterministic_and_idempotent(tiny_model_dir, tmp_path):
     again = build_tiny_random(tmp_path / "again")
     assert load_config(again).digest == load_config(tiny_model_dir).digest
     assert (again / "refsampler.json").read_text() == (
-        tiny_model_dir / "refsampler.json").read_text()
+        tiny_model_dir / "refsampler.json"
+    ).read_text()
     mtime = (again / "model.onnx").stat().st_mtime_ns
     assert build_tiny_random(again) == again  # complete: returned as is, not rebuilt
     assert (again / "model.onnx").stat().st_mtime_ns == mtime
@@ -419,8 +481,15 @@ def test_tiny_build_is_deterministic_and_idempotent(tiny_model_dir, tmp_path):
 
 
 def test_importing_does_not_load_onnx():
-    code = ("import sys, sampler.model, sampler.tiny, sampler.onnx_llama; "
-            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent.parent)
+    code = (
+        "import sys, sampler.model, sampler.tiny, sampler.onnx_llama; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.stdout.strip() == "[]"

@@ -24,7 +24,9 @@ def test_notebook_runs(path: Path) -> None:  # ~5-15 s each: a kernel, the tiny 
     env_ok = os.environ.get("SAMPLER_OFFLINE") and os.environ.get("SAMPLER_HOME")
     assert env_ok, "conftest.py sets SAMPLER_HOME and SAMPLER_OFFLINE: nothing may download"
     client = nbclient.NotebookClient(
-        nb, timeout=120, kernel_name="python3",
+        nb,
+        timeout=120,
+        kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
-    )  # fmt: skip
+    )
     client.execute()  # raises CellExecutionError, naming the cell, on the first error

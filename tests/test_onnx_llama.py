@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import llama_reference as ref
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import llama_reference as ref
 from sampler import onnx_llama
 from sampler.onnx_llama import LlamaConfig, build_llama, random_weights, save_model
 
@@ -20,8 +20,7 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def run(sess, cfg: LlamaConfig, ids, mask=None, positions=None, past=None):
@@ -32,10 +31,13 @@ def run(sess, cfg: LlamaConfig, ids, mask=None, positions=None, past=None):
         empty = np.zeros((B, cfg.num_kv_heads, 0, cfg.head_dim), np.float32)
         past = [empty] * (2 * cfg.num_layers)
     P = past[0].shape[2]
-    feeds = {"input_ids": ids,
-             "attention_mask": np.ones((B, P + S), np.int64) if mask is None else mask,
-             "position_ids": (np.broadcast_to(np.arange(P, P + S), (B, S)) if positions is None
-                              else positions).astype(np.int64)}
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones((B, P + S), np.int64) if mask is None else mask,
+        "position_ids": (
+            np.broadcast_to(np.arange(P, P + S), (B, S)) if positions is None else positions
+        ).astype(np.int64),
+    }
     for i in range(cfg.num_layers):
         feeds[f"past_key_values.{i}.key"] = past[2 * i]
         feeds[f"past_key_values.{i}.value"] = past[2 * i + 1]
@@ -44,9 +46,17 @@ def run(sess, cfg: LlamaConfig, ids, mask=None, positions=None, past=None):
 
 
 def small_config(**overrides) -> LlamaConfig:
-    base = dict(vocab_size=500, hidden_size=32, intermediate_size=48, num_layers=2,
-                num_heads=4, num_kv_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
-                max_position=256)
+    base = dict(
+        vocab_size=500,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_position=256,
+    )
     return LlamaConfig(**base | overrides)
 
 
@@ -56,14 +66,18 @@ def test_matches_reference(tied, exact):
     cfg = small_config(tie_word_embeddings=tied)
     w = random_weights(cfg, np.random.default_rng(1))
     tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, 23)
-    logits, presents = run(session(build_llama(w, cfg, attention="exact" if exact else "fast")), cfg, tokens)
+    logits, presents = run(
+        session(build_llama(w, cfg, attention="exact" if exact else "fast")), cfg, tokens
+    )
     assert logits.shape == (1, 23, cfg.vocab_size) and logits.dtype == np.float32
     assert presents[0].shape == (1, cfg.num_kv_heads, 23, cfg.head_dim)
     assert np.abs(logits[0] - ref.forward(w, cfg, tokens)).max() < 1e-4
 
 
-@pytest.mark.parametrize("heads,head_dim,tied", [((4, 2), 8, False), ((4, 1), 8, True),
-                                                  ((2, 2), 16, False), ((6, 3), 24, True)])
+@pytest.mark.parametrize(
+    "heads,head_dim,tied",
+    [((4, 2), 8, False), ((4, 1), 8, True), ((2, 2), 16, False), ((6, 3), 24, True)],
+)
 def test_gqa_graph_matches_reference(tmp_path, heads, head_dim, tied):
     """The GroupQueryAttention graph (in-place cache, run by the Decoder) against the
     float64 reference, prefill and steps."""
@@ -71,22 +85,41 @@ def test_gqa_graph_matches_reference(tmp_path, heads, head_dim, tied):
 
     from sampler.decoder import Decoder
 
-    cfg = LlamaConfig(vocab_size=400, hidden_size=24, intermediate_size=40, num_layers=2,
-                      num_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim,
-                      tie_word_embeddings=tied, max_position=64)
+    cfg = LlamaConfig(
+        vocab_size=400,
+        hidden_size=24,
+        intermediate_size=40,
+        num_layers=2,
+        num_heads=heads[0],
+        num_kv_heads=heads[1],
+        head_dim=head_dim,
+        tie_word_embeddings=tied,
+        max_position=64,
+    )
     rng = np.random.default_rng(head_dim)
     w = random_weights(cfg, rng, scale=2.0)
     save_model(build_llama(w, cfg, attention="gqa"), tmp_path / "model.onnx")
-    (tmp_path / "refsampler.json").write_text(json.dumps(
-        {"format": "refsampler-model/1", "name": "g", "onnx": "model.onnx",
-         "tokenizer": "cl100k_base", "context_length": 64, "eos_token_ids": [1], "fim": None}))
+    (tmp_path / "refsampler.json").write_text(
+        json.dumps(
+            {
+                "format": "refsampler-model/1",
+                "name": "g",
+                "onnx": "model.onnx",
+                "tokenizer": "cl100k_base",
+                "context_length": 64,
+                "eos_token_ids": [1],
+                "fim": None,
+            }
+        )
+    )
     dec = Decoder.load(tmp_path)
     assert dec.shared_cache
     tokens = rng.integers(0, cfg.vocab_size, 21)
     expected = ref.forward(w, cfg, tokens)  # [S, V]
     got = np.full(expected.shape, np.nan, np.float32)
-    last, cache = dec.prefill([tokens[:15].tolist()],
-                              on_logits=lambda p, pos, lg: got.__setitem__(pos, lg))
+    last, cache = dec.prefill(
+        [tokens[:15].tolist()], on_logits=lambda p, pos, lg: got.__setitem__(pos, lg)
+    )
     for t in tokens[15:]:
         logits, cache = dec.step(cache, [int(t)])
         got[cache.length - 1] = logits[0]
@@ -104,16 +137,32 @@ def test_unknown_attention_and_unsupported_gqa_are_refused():
 
 
 @settings(max_examples=12, deadline=None)
-@given(vocab=st.integers(300, 1000), heads=st.sampled_from([(4, 2), (4, 1), (2, 2), (6, 3)]),
-       head_dim=st.sampled_from([4, 8, 16]), ffn=st.integers(8, 64),
-       theta=st.sampled_from([1e4, 1e5, 500.0]), eps=st.sampled_from([1e-5, 1e-6]),
-       tied=st.booleans(), seq=st.integers(1, 20), seed=st.integers(0, 2**32 - 1))
+@given(
+    vocab=st.integers(300, 1000),
+    heads=st.sampled_from([(4, 2), (4, 1), (2, 2), (6, 3)]),
+    head_dim=st.sampled_from([4, 8, 16]),
+    ffn=st.integers(8, 64),
+    theta=st.sampled_from([1e4, 1e5, 500.0]),
+    eps=st.sampled_from([1e-5, 1e-6]),
+    tied=st.booleans(),
+    seq=st.integers(1, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_random_configs_match_reference(vocab, heads, head_dim, ffn, theta, eps, tied, seq, seed):
     # head_dim need not be hidden/heads (it is a free parameter of the architecture)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=24, intermediate_size=ffn, num_layers=2,
-                      num_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim,
-                      rope_theta=theta, rms_norm_eps=eps, tie_word_embeddings=tied,
-                      max_position=64)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=24,
+        intermediate_size=ffn,
+        num_layers=2,
+        num_heads=heads[0],
+        num_kv_heads=heads[1],
+        head_dim=head_dim,
+        rope_theta=theta,
+        rms_norm_eps=eps,
+        tie_word_embeddings=tied,
+        max_position=64,
+    )
     rng = np.random.default_rng(seed)
     w = random_weights(cfg, rng, scale=2.0)
     tokens = rng.integers(0, vocab, seq)
@@ -129,8 +178,9 @@ def test_fp16_weights_match_reference_on_rounded_weights(tied):
     dtypes = {t.name: t.data_type for t in model.graph.initializer}
     assert dtypes["layers.0.qkv_proj.T"] == onnx.TensorProto.FLOAT16
     assert dtypes["layers.0.input_layernorm"] == onnx.TensorProto.FLOAT  # vectors stay fp32
-    rounded = {k: v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v
-               for k, v in w.items()}
+    rounded = {
+        k: v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v for k, v in w.items()
+    }
     tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, 17)
     logits, presents = run(session(model), cfg, tokens)
     assert presents[0].dtype == np.float32
@@ -152,10 +202,13 @@ def test_graph_is_valid_standard_onnx():
     onnx.checker.check_model(model, full_check=True)
     assert {o.domain for o in model.opset_import} == {""}
     assert [i.name for i in model.graph.input] == [
-        "input_ids", "attention_mask", "position_ids"] + [
-        f"past_key_values.{i}.{p}" for i in range(2) for p in ("key", "value")]
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+    ] + [f"past_key_values.{i}.{p}" for i in range(2) for p in ("key", "value")]
     assert [o.name for o in model.graph.output] == ["logits"] + [
-        f"present.{i}.{p}" for i in range(2) for p in ("key", "value")]
+        f"present.{i}.{p}" for i in range(2) for p in ("key", "value")
+    ]
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa
     assert dims(model.graph.input[3]) == ["batch", 2, "past_sequence_length", 8]
     assert dims(model.graph.output[1]) == ["batch", 2, "total_sequence_length", 8]

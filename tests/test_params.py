@@ -10,8 +10,9 @@ from sampler.params import INT64_MAX, INT64_MIN, ModelInfo, Request, parse_reque
 from sampler.tokenizer import get_tokenizer
 
 TOK = get_tokenizer("cl100k_base")
-INFO = ModelInfo("m", TOK, context_length=64, end_ids=(100257,), vocab_size=100277,
-                 fim=(100258, 100259, 100260))  # fmt: skip
+INFO = ModelInfo(
+    "m", TOK, context_length=64, end_ids=(100257,), vocab_size=100277, fim=(100258, 100259, 100260)
+)
 NO_FIM = ModelInfo("m", TOK, context_length=64, end_ids=(100257,), vocab_size=100277)
 
 
@@ -37,13 +38,17 @@ def check(b, param, code, message=None, status=400, info=INFO):
 
 
 def below(param, lo, got, kind):
-    return (f"Invalid '{param}': {kind} below minimum value. Expected a value >= {lo}, "
-            f"but got {got} instead.")  # fmt: skip
+    return (
+        f"Invalid '{param}': {kind} below minimum value. Expected a value >= {lo}, "
+        f"but got {got} instead."
+    )
 
 
 def above(param, hi, got, kind):
-    return (f"Invalid '{param}': {kind} above maximum value. Expected a value <= {hi}, "
-            f"but got {got} instead.")  # fmt: skip
+    return (
+        f"Invalid '{param}': {kind} above maximum value. Expected a value <= {hi}, "
+        f"but got {got} instead."
+    )
 
 
 def type_msg(param, expected, got):
@@ -67,8 +72,9 @@ NUMERIC = [
 def test_numeric_below_range(param, lo, hi, kind, default):
     got = lo - 1 if kind == "integer" else lo - 0.5
     extra = {"n": 1} if param == "best_of" else {}
-    check(body(**{param: got}, **extra), param, f"{kind}_below_min_value",
-          below(param, lo, got, kind))  # fmt: skip
+    check(
+        body(**{param: got}, **extra), param, f"{kind}_below_min_value", below(param, lo, got, kind)
+    )
 
 
 @pytest.mark.parametrize("param,lo,hi,kind,default", NUMERIC)
@@ -87,8 +93,12 @@ def test_numeric_wrong_type(param, lo, hi, kind, default, bad):
 
 @pytest.mark.parametrize("param", ["n", "best_of", "logprobs", "seed", "max_tokens"])
 def test_integer_rows_refuse_decimals(param):
-    check(body(**{param: 2.0}), param, "invalid_type",
-          type_msg(param, "an integer", "a decimal number"))  # fmt: skip
+    check(
+        body(**{param: 2.0}),
+        param,
+        "invalid_type",
+        type_msg(param, "an integer", "a decimal number"),
+    )
 
 
 @pytest.mark.parametrize("param", ["temperature", "top_p", "presence_penalty", "frequency_penalty"])
@@ -116,8 +126,12 @@ def test_numeric_bounds_are_inclusive(param, lo, hi, kind, default):
 
 # --- max_tokens -----------------------------------------------------------------------------
 def test_max_tokens_below_range():
-    check(body(max_tokens=-1), "max_tokens", "integer_below_min_value",
-          below("max_tokens", 0, -1, "integer"))  # fmt: skip
+    check(
+        body(max_tokens=-1),
+        "max_tokens",
+        "integer_below_min_value",
+        below("max_tokens", 0, -1, "integer"),
+    )
 
 
 def test_max_tokens_above_range_is_the_context_check():
@@ -131,8 +145,12 @@ def test_max_tokens_above_range_is_the_context_check():
 
 
 def test_max_tokens_wrong_type_and_null():
-    check(body(max_tokens=True), "max_tokens", "invalid_type",
-          type_msg("max_tokens", "an integer", "a boolean"))  # fmt: skip
+    check(
+        body(max_tokens=True),
+        "max_tokens",
+        "invalid_type",
+        type_msg("max_tokens", "an integer", "a boolean"),
+    )
     assert parse_request(body(max_tokens=None), INFO).max_tokens == 16
 
 
@@ -144,8 +162,13 @@ def test_context_check_uses_default_max_tokens():
 
 # --- model ----------------------------------------------------------------------------------
 def test_model_unknown_is_404():
-    check(body(model="gpt-9"), "model", "model_not_found",
-          "The model `gpt-9` does not exist or you do not have access to it.", status=404)  # fmt: skip
+    check(
+        body(model="gpt-9"),
+        "model",
+        "model_not_found",
+        "The model `gpt-9` does not exist or you do not have access to it.",
+        status=404,
+    )
 
 
 def test_model_wrong_type_and_null_and_missing():
@@ -158,8 +181,10 @@ def test_model_wrong_type_and_null_and_missing():
 
 # --- prompt ---------------------------------------------------------------------------------
 def test_prompt_below_range_empty_arrays():
-    msg = ("Invalid 'prompt': empty array. Expected an array with minimum length 1, but got an "
-           "empty array instead.")  # fmt: skip
+    msg = (
+        "Invalid 'prompt': empty array. Expected an array with minimum length 1, but got an "
+        "empty array instead."
+    )
     check(body(prompt=[]), "prompt", "empty_array", msg)
     check(body(prompt=[[1, 2], []]), "prompt", "empty_array", msg)
 
@@ -179,8 +204,12 @@ def test_prompt_wrong_types_and_null():
     for bad in (3, True, {"a": 1}, [1, "a"], [[1], "a"], [[1, "x"]], [1.5], [[True]]):
         e = check(body(prompt=bad), "prompt", "invalid_type")
         assert e.message.startswith("Invalid type for 'prompt': expected a string, an array of")
-    check(body(prompt=None), "prompt", "missing_required_parameter",
-          "Missing required parameter: 'prompt'.")  # fmt: skip
+    check(
+        body(prompt=None),
+        "prompt",
+        "missing_required_parameter",
+        "Missing required parameter: 'prompt'.",
+    )
 
 
 def test_prompt_lone_surrogate_refused():
@@ -253,17 +282,25 @@ def test_best_of_defaults_to_n_even_above_20():
 
 # --- stop -------------------------------------------------------------------------------------
 def test_stop_below_range():
-    check(body(stop=[]), "stop", "empty_array",
-          "Invalid 'stop': empty array. Expected an array with minimum length 1, but got an "
-          "empty array instead.")  # fmt: skip
+    check(
+        body(stop=[]),
+        "stop",
+        "empty_array",
+        "Invalid 'stop': empty array. Expected an array with minimum length 1, but got an "
+        "empty array instead.",
+    )
     check(body(stop=""), "stop", "invalid_value")
     check(body(stop=["a", ""]), "stop", "invalid_value")
 
 
 def test_stop_above_range():
-    check(body(stop=list("abcde")), "stop", "array_above_max_length",
-          "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
-          "array with length 5 instead.")  # fmt: skip
+    check(
+        body(stop=list("abcde")),
+        "stop",
+        "array_above_max_length",
+        "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
+        "array with length 5 instead.",
+    )
 
 
 def test_stop_wrong_type_and_null():
@@ -275,39 +312,64 @@ def test_stop_wrong_type_and_null():
 
 # --- logit_bias -------------------------------------------------------------------------------
 def test_logit_bias_value_below_and_above_range():
-    check(body(logit_bias={"42": -100.5}), "logit_bias", "decimal_below_min_value",
-          below("logit_bias[42]", -100, -100.5, "decimal"))  # fmt: skip
-    check(body(logit_bias={"42": 101}), "logit_bias", "decimal_above_max_value",
-          above("logit_bias[42]", 100, 101, "decimal"))  # fmt: skip
+    check(
+        body(logit_bias={"42": -100.5}),
+        "logit_bias",
+        "decimal_below_min_value",
+        below("logit_bias[42]", -100, -100.5, "decimal"),
+    )
+    check(
+        body(logit_bias={"42": 101}),
+        "logit_bias",
+        "decimal_above_max_value",
+        above("logit_bias[42]", 100, 101, "decimal"),
+    )
     ids, values = parse_request(body(logit_bias={"42": -100, "7": 100}), INFO).sampling.logit_bias
     assert ids.tolist() == [42, 7] and values.tolist() == [-100.0, 100.0]
 
 
 def test_logit_bias_keys():
-    check(body(logit_bias={"AI": 1}), "logit_bias", "invalid_value",
-          "Invalid key in 'logit_bias': AI. You should only be submitting non-negative "
-          "integers.")  # fmt: skip
+    check(
+        body(logit_bias={"AI": 1}),
+        "logit_bias",
+        "invalid_value",
+        "Invalid key in 'logit_bias': AI. You should only be submitting non-negative integers.",
+    )
     check(body(logit_bias={"-5": 1}), "logit_bias", "invalid_value")
-    check(body(logit_bias={"100265": 1}), "logit_bias", "invalid_value",
-          "Invalid key in 'logit_bias': 100265. Maximum value is 100257.")  # fmt: skip
+    check(
+        body(logit_bias={"100265": 1}),
+        "logit_bias",
+        "invalid_value",
+        "Invalid key in 'logit_bias': 100265. Maximum value is 100257.",
+    )
     e = check(body(logit_bias={"100256": 1}), "logit_bias", "invalid_value")
     assert "not a token" in e.message
-    assert parse_request(body(logit_bias={"100257": 5}), INFO).sampling.logit_bias[0].tolist() == [100257]
+    assert parse_request(body(logit_bias={"100257": 5}), INFO).sampling.logit_bias[0].tolist() == [
+        100257
+    ]
 
 
 def test_logit_bias_wrong_type_and_null():
     check(body(logit_bias=[1]), "logit_bias", "invalid_type")
     # param is the field the body has; the message says which key
-    check(body(logit_bias={"5": "x"}), "logit_bias", "invalid_type",
-          "Invalid type for 'logit_bias[5]': expected a number, but got a string instead.")
+    check(
+        body(logit_bias={"5": "x"}),
+        "logit_bias",
+        "invalid_type",
+        "Invalid type for 'logit_bias[5]': expected a number, but got a string instead.",
+    )
     assert parse_request(body(logit_bias=None), INFO).sampling.logit_bias is None
     assert parse_request(body(logit_bias={}), INFO).sampling.logit_bias is None
 
 
 # --- stream_options ---------------------------------------------------------------------------
 def test_stream_options_only_with_stream():
-    check(body(stream_options={"include_usage": True}), "stream_options", None,
-          "The 'stream_options' parameter is only allowed when 'stream' is enabled.")  # fmt: skip
+    check(
+        body(stream_options={"include_usage": True}),
+        "stream_options",
+        None,
+        "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+    )
     check(body(stream=False, stream_options={"include_usage": True}), "stream_options", None)
 
 
@@ -316,8 +378,10 @@ def test_stream_options_wrong_type_unknown_key_and_null():
     check(body(stream=True, stream_options={"include_usage": 1}), "stream_options", None)
     check(body(stream=True, stream_options={"other": True}), "stream_options", None)
     assert parse_request(body(stream=True, stream_options=None), INFO).include_usage is False
-    assert parse_request(body(stream=True, stream_options={"include_usage": True}),
-                         INFO).include_usage is True  # fmt: skip
+    assert (
+        parse_request(body(stream=True, stream_options={"include_usage": True}), INFO).include_usage
+        is True
+    )
 
 
 # --- user, unknown fields, body -------------------------------------------------------------------
@@ -338,7 +402,9 @@ def test_body_not_an_object():
 
 
 def test_logprobs_mode_extension():
-    assert parse_request(body(logprobs_mode="processed"), INFO).sampling.logprobs_mode == "processed"
+    assert (
+        parse_request(body(logprobs_mode="processed"), INFO).sampling.logprobs_mode == "processed"
+    )
     assert parse_request(body(logprobs_mode=None), INFO).sampling.logprobs_mode == "raw"
     check(body(logprobs_mode="both"), "logprobs_mode", "invalid_value")
     check(body(logprobs_mode=1), "logprobs_mode", "invalid_type")
@@ -363,7 +429,9 @@ def test_huge_logit_bias_values_and_keys():
     assert e.message == f"Invalid key in 'logit_bias': {key[:80]}…. Maximum value is 100257."
     e = check(body(logit_bias={HUGE: 1}), "logit_bias", "invalid_value")  # (the library form)
     assert "Maximum value is 100257" in e.message
-    assert parse_request(body(logit_bias={"0" * 30 + "5": 1}), INFO).sampling.logit_bias[0].tolist() == [5]
+    assert parse_request(body(logit_bias={"0" * 30 + "5": 1}), INFO).sampling.logit_bias[
+        0
+    ].tolist() == [5]
 
 
 def test_huge_token_id_in_a_prompt():

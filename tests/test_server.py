@@ -15,10 +15,10 @@ import urllib.request
 
 import openai
 import pytest
+from serving import running
 
 from sampler import Engine
 from sampler.server import ServerConfig, create_app
-from serving import running
 
 KEY = "test-key"
 MODEL = "tiny-random-cl100k"
@@ -48,8 +48,9 @@ def client(base):
 def http(method, url, body=None, headers=None, raw=False):
     """(status, parsed JSON or text) with the standard library, for what the SDK hides."""
     data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {KEY}", **(headers or {})})  # fmt: skip
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Authorization": f"Bearer {KEY}", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             text = resp.read().decode()
@@ -76,8 +77,9 @@ def test_non_stream_equals_library(client, engine):
 def test_stream_with_usage_equals_non_stream(client):
     body = dict(model=MODEL, prompt="Stream me", max_tokens=10, seed=5, n=2, logprobs=1)
     full = dump(client.completions.create(**body))
-    chunks = list(client.completions.create(**body, stream=True,
-                                            stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        client.completions.create(**body, stream=True, stream_options={"include_usage": True})
+    )
     texts = ["", ""]
     for ch in chunks[:-1]:
         (c,) = ch.choices
@@ -88,26 +90,32 @@ def test_stream_with_usage_equals_non_stream(client):
 
 
 def test_sse_framing(base):
-    status, text = http("POST", base + "/v1/completions",
-                        {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True}, raw=True)  # fmt: skip
+    status, text = http(
+        "POST",
+        base + "/v1/completions",
+        {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True},
+        raw=True,
+    )
     assert status == 200
     events = text.split("\n\n")
     assert events[-1] == "" and events[-2] == "data: [DONE]"
     assert all(e.startswith("data: {") for e in events[:-2])
-    assert json.loads(events[0][len("data: "):])["object"] == "text_completion"
+    assert json.loads(events[0][len("data: ") :])["object"] == "text_completion"
 
 
 def test_multiple_prompts_and_n(client):
-    r = dump(client.completions.create(model=MODEL, prompt=["a", "b c", "d"], n=2, max_tokens=4,
-                                       seed=1))  # fmt: skip
+    r = dump(
+        client.completions.create(model=MODEL, prompt=["a", "b c", "d"], n=2, max_tokens=4, seed=1)
+    )
     assert [c["index"] for c in r["choices"]] == list(range(6))
     assert r["usage"]["completion_tokens"] == 24
 
 
 def test_echo_logprobs_max_tokens_zero(client, engine):
     prompt = [9906, 1917, 0, 11]
-    r = dump(client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=0,
-                                       logprobs=1))  # fmt: skip
+    r = dump(
+        client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=0, logprobs=1)
+    )
     lp = r["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == 4 and lp["token_logprobs"][0] is None
     assert r["choices"][0]["finish_reason"] == "length"
@@ -132,8 +140,9 @@ def test_async_client(base):
     async def go():
         client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
         r = await client.completions.create(model=MODEL, prompt="Async", max_tokens=4, seed=2)
-        stream = await client.completions.create(model=MODEL, prompt="Async", max_tokens=4,
-                                                 seed=2, stream=True)  # fmt: skip
+        stream = await client.completions.create(
+            model=MODEL, prompt="Async", max_tokens=4, seed=2, stream=True
+        )
         text = "".join([c.choices[0].text async for c in stream])
         await client.close()
         return r.choices[0].text, text
@@ -156,8 +165,17 @@ def test_models_and_health(client, base):
 
 # --- concurrency ---------------------------------------------------------------------------------
 def test_concurrent_seeded_streams_equal_their_solo_twins(client, app, engine):
-    bodies = [dict(prompt=f"Concurrent request number {i}" + " more" * i, max_tokens=12 + i,
-                   seed=100 + i, logprobs=1, temperature=0.8, top_p=0.9) for i in range(8)]  # fmt: skip
+    bodies = [
+        dict(
+            prompt=f"Concurrent request number {i}" + " more" * i,
+            max_tokens=12 + i,
+            seed=100 + i,
+            logprobs=1,
+            temperature=0.8,
+            top_p=0.9,
+        )
+        for i in range(8)
+    ]
     solo = [engine.complete(model=MODEL, **b) for b in bodies]
     results: list = [None] * 8
     steps_before = app.state.models[MODEL].scheduler.steps
@@ -188,8 +206,9 @@ def test_concurrent_seeded_streams_equal_their_solo_twins(client, app, engine):
 def test_client_disconnect_frees_its_sequences(base, app):
     sched = app.state.models[MODEL].scheduler
     client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
-    stream = client.completions.create(model=MODEL, prompt="Long", max_tokens=1500, stream=True,
-                                       logit_bias={"100257": -100})  # fmt: skip
+    stream = client.completions.create(
+        model=MODEL, prompt="Long", max_tokens=1500, stream=True, logit_bias={"100257": -100}
+    )
     for _, _chunk in zip(range(3), stream):
         pass
     assert sched.load["running"] == 1
@@ -222,8 +241,9 @@ def test_unknown_model_is_not_found(client):
 
 def test_api_key(base):
     for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
-        status, body = http("POST", base + "/v1/completions", {"model": MODEL, "prompt": "x"},
-                            headers=headers)  # fmt: skip
+        status, body = http(
+            "POST", base + "/v1/completions", {"model": MODEL, "prompt": "x"}, headers=headers
+        )
         assert status == 401 and set(body["error"]) == {"message", "type", "param", "code"}
     status, _ = http("GET", base + "/health", headers={"Authorization": ""})
     assert status == 200  # health needs no key
@@ -239,7 +259,9 @@ def test_routes_methods_body_size_and_json(base):
     big = {"model": MODEL, "prompt": "x" * (2**20 + 10)}
     status, body = http("POST", base + "/v1/completions", big)
     assert status == 413 and body["error"]["type"] == "invalid_request_error"
-    status, body = http("POST", base + "/v1/completions", {"model": MODEL, "prompt": "x", "top_k": 1})
+    status, body = http(
+        "POST", base + "/v1/completions", {"model": MODEL, "prompt": "x", "top_k": 1}
+    )
     assert status == 400 and body["error"]["param"] == "top_k"  # 422 never
 
 
@@ -270,10 +292,14 @@ def test_internal_error_is_500_with_its_text(engine, monkeypatch):
         status, body = http("POST", url + "/v1/completions", {"model": MODEL, "prompt": "x"})
         assert status == 500 and body["error"]["type"] == "server_error"
         assert "boom in the step" in body["error"]["message"]
-        status, text = http("POST", url + "/v1/completions",
-                            {"model": MODEL, "prompt": "x", "stream": True}, raw=True)  # fmt: skip
+        status, text = http(
+            "POST",
+            url + "/v1/completions",
+            {"model": MODEL, "prompt": "x", "stream": True},
+            raw=True,
+        )
         assert status == 200  # the stream had begun: the error is sent in-band
-        event = json.loads(text.strip().split("\n\n")[-1][len("data: "):])
+        event = json.loads(text.strip().split("\n\n")[-1][len("data: ") :])
         assert "boom in the step" in event["error"]["message"]
         monkeypatch.undo()
 
@@ -290,8 +316,11 @@ def test_every_500_is_logged_with_its_traceback_and_request_id(engine, monkeypat
     with running(app) as url, caplog.at_level("ERROR", logger="sampler"):
         monkeypatch.setattr(engine_module.Batch, "advance", broken)
         for stream in (False, True):
-            req = urllib.request.Request(url + "/v1/completions", method="POST", data=json.dumps(
-                {"model": MODEL, "prompt": "x", "stream": stream}).encode())  # fmt: skip
+            req = urllib.request.Request(
+                url + "/v1/completions",
+                method="POST",
+                data=json.dumps({"model": MODEL, "prompt": "x", "stream": stream}).encode(),
+            )
             try:
                 with urllib.request.urlopen(req, timeout=30) as resp:
                     rid, text = resp.headers["x-request-id"], resp.read().decode()
@@ -325,9 +354,19 @@ def test_a_failing_row_fails_only_its_own_request(engine, monkeypatch):
             raise IndexError("injected failure of one row")
         return real(logits, rows, uniforms, **kw)
 
-    bodies = [dict(prompt=f"Innocent {i}", max_tokens=150, seed=i, n=1 + i % 2, logprobs=1,
-                   temperature=0.9, stream=bool(i % 2), logit_bias={"100257": -100})
-              for i in range(4)]  # fmt: skip
+    bodies = [
+        dict(
+            prompt=f"Innocent {i}",
+            max_tokens=150,
+            seed=i,
+            n=1 + i % 2,
+            logprobs=1,
+            temperature=0.9,
+            stream=bool(i % 2),
+            logit_bias={"100257": -100},
+        )
+        for i in range(4)
+    ]
     solo = [engine.complete(model=MODEL, **{**b, "stream": False}) for b in bodies]
     monkeypatch.setattr(engine_module, "sample_step", poisoned)
     app = create_app(engine)
@@ -375,12 +414,15 @@ def test_hostile_bodies_get_clean_400s(base):
     deep = b"[" * 100_000 + b"]" * 100_000
     status, body = http("POST", base + "/v1/completions", deep)
     assert status == 400 and "nests arrays or objects too deeply" in body["error"]["message"]
-    for raw, param in ((b'{"model":"tiny-random-cl100k","prompt":"x","mo\\ud800":1}', "mo\\ud800"),
-                       (b'{"model":"\\ud800","prompt":"x"}', "model"),
-                       (b'{"model":"tiny-random-cl100k","prompt":"x","logit_bias":{"\\ud800":1}}',
-                        "logit_bias"),
-                       (b'{"model":"tiny-random-cl100k","prompt":"x","presence_penalty":1' +
-                        b"0" * 400 + b"}", "presence_penalty")):  # fmt: skip
+    for raw, param in (
+        (b'{"model":"tiny-random-cl100k","prompt":"x","mo\\ud800":1}', "mo\\ud800"),
+        (b'{"model":"\\ud800","prompt":"x"}', "model"),
+        (b'{"model":"tiny-random-cl100k","prompt":"x","logit_bias":{"\\ud800":1}}', "logit_bias"),
+        (
+            b'{"model":"tiny-random-cl100k","prompt":"x","presence_penalty":1' + b"0" * 400 + b"}",
+            "presence_penalty",
+        ),
+    ):
         status, body = http("POST", base + "/v1/completions", raw)
         assert status in (400, 404) and body["error"]["param"] == param, body
 
@@ -393,33 +435,47 @@ def test_a_temperature_below_float32s_range_is_the_greedy_limit(client):
     for extra in ({}, {"top_p": 0.5, "logprobs": 2}):
         r = client.completions.create(temperature=1e-300, **common, **extra)
         assert r.choices[0].text == greedy
-    r = client.completions.create(temperature=1e-300, logprobs=1, **common,
-                                  extra_body={"logprobs_mode": "processed"})  # fmt: skip
+    r = client.completions.create(
+        temperature=1e-300, logprobs=1, **common, extra_body={"logprobs_mode": "processed"}
+    )
     assert r.choices[0].logprobs.token_logprobs == [0.0] * 4
 
 
 def test_busy_answers_429_with_retry_after(engine):
     app = create_app(engine, ServerConfig(max_waiting=0))
     with running(app) as url:
-        req = urllib.request.Request(url + "/v1/completions", method="POST", data=json.dumps(
-            {"model": MODEL, "prompt": "x", "max_tokens": 2}).encode())  # fmt: skip
+        req = urllib.request.Request(
+            url + "/v1/completions",
+            method="POST",
+            data=json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 2}).encode(),
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=30)
         assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
         assert e.value.headers["x-request-id"].startswith("req_")
 
 
-# --- the command -----------------------------------------------------------------------------------
+# --- the command ---------------------------------------------------------------------------
 def test_sampler_serve_command(tiny_model_dir):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sampler.cli", "serve", "--model", str(tiny_model_dir),
-         "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sampler.cli",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -431,7 +487,10 @@ def test_sampler_serve_command(tiny_model_dir):
         assert status == 200 and body["status"] == "ok"
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         name = client.models.list().data[0].id
-        assert client.completions.create(model=name, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+        assert (
+            client.completions.create(model=name, prompt="hi", max_tokens=2).usage.completion_tokens
+            == 2
+        )
     finally:
         proc.terminate()
         proc.wait(20)

@@ -33,7 +33,7 @@ def _fence_examples(text: str) -> str:
             indent = line[: len(line) - len(stripped)]
             block = []
             while i < len(lines) and lines[i].strip():
-                block.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
+                block.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
                 i += 1
             if out and out[-1].strip():
                 out.append("")

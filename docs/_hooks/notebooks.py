@@ -77,7 +77,7 @@ def _notebook_link(target: str) -> str:
     if "://" in path or path.startswith("mailto:"):
         return target
     if path.startswith("../docs/"):
-        path = "../" + path[len("../docs/"):]
+        path = "../" + path[len("../docs/") :]
     elif path.endswith(".ipynb") and "/" not in path:
         path = path[: -len(".ipynb")] + ".md"
     return path + sep + anchor

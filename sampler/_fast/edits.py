@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Container, NamedTuple
+from collections.abc import Container
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 if TYPE_CHECKING:
     from ..processors import TokenCounts
+
 
 class Edits(NamedTuple):
     """Steps 1–2 as one sparse edit: ``z[ids] = (z[ids] + add) - sub`` in float32.
@@ -22,8 +24,11 @@ class Edits(NamedTuple):
     where: Container[int]
 
     @classmethod
-    def of(cls, bias: tuple[np.ndarray, np.ndarray] | None,
-           penalty: tuple[np.ndarray, np.ndarray] | None) -> "Edits | None":  # fmt: skip
+    def of(
+        cls,
+        bias: tuple[np.ndarray, np.ndarray] | None,
+        penalty: tuple[np.ndarray, np.ndarray] | None,
+    ) -> Edits | None:
         """The edit of a bias and a penalty given as ``(ids, values)`` pairs (or None)."""
         parts = [x for x in (bias, penalty) if x is not None and len(x[0])]
         if not parts:
@@ -58,8 +63,7 @@ class RowEdits:
         self.n = ids.size
         self.seen = 0  # tokens of counts.added already applied
 
-    def update(self, counts: TokenCounts, presence: float,
-               frequency: float) -> Edits | None:  # fmt: skip
+    def update(self, counts: TokenCounts, presence: float, frequency: float) -> Edits | None:
         if presence != 0.0 or frequency != 0.0:
             f, p = float(frequency), float(presence)  # float64, as TokenCounts.amounts
             for token in counts.added[self.seen :]:
@@ -76,8 +80,9 @@ class RowEdits:
             at = self.pos[token] = self.n
             if self.n == self.ids.size:  # grow geometrically: amortised O(1) per token
                 cap = max(16, 2 * self.n)
-                self.ids, self.add, self.sub = (np.resize(a, cap) for a in
-                                                (self.ids, self.add, self.sub))  # fmt: skip
+                self.ids, self.add, self.sub = (
+                    np.resize(a, cap) for a in (self.ids, self.add, self.sub)
+                )
             self.ids[at], self.add[at] = token, 0.0
             self.n += 1
         self.sub[at] = amount

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def scaled_max_overflows(row_max: float, t: np.float32) -> bool:
     """Whether ``float32(row_max / t)`` is not finite (``t`` itself 0 included): then the
     step-3 row is the limit :func:`limit_row` instead of ``z / t``. Division rounds

@@ -16,6 +16,7 @@ import numpy as np
 
 from .sizes import FIRST_THRESHOLD, LISTED, SMALL
 
+
 def nucleus(
     e: np.ndarray,
     total: float | None,
@@ -73,8 +74,11 @@ def nucleus_cut(
     (np.float32(0.4), 1, 1)
     """
     target = p * total
-    f32, f64 = scratch if scratch is not None else (np.empty(e.size, np.float32),
-                                                    np.empty(e.size, np.float64))  # fmt: skip
+    f32, f64 = (
+        scratch
+        if scratch is not None
+        else (np.empty(e.size, np.float32), np.empty(e.size, np.float64))
+    )
     for t in _thresholds(p, total, e.size):
         above_t = e >= t  # [V]
         n = int(np.count_nonzero(above_t))

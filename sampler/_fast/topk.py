@@ -14,6 +14,7 @@ import numpy as np
 
 from .sizes import BLOCK
 
+
 def top_k_ids(row: np.ndarray, k: int, *, block: int = BLOCK) -> np.ndarray:
     """The ids of the ``k`` largest values of one row, largest first, ties to the lower id.
 

@@ -5,5 +5,8 @@ import importlib.util
 
 _RUNTIMES = {"vllm.py": ("vllm",), "hf.py": ("torch", "transformers")}
 
-collect_ignore = [name for name, mods in _RUNTIMES.items()
-                  if any(importlib.util.find_spec(m) is None for m in mods)]  # fmt: skip
+collect_ignore = [
+    name
+    for name, mods in _RUNTIMES.items()
+    if any(importlib.util.find_spec(m) is None for m in mods)
+]

@@ -30,19 +30,20 @@ token text, ``text_offset``, the end token kept last).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import processors
+from .._fast.draw import Workspace
 from ..errors import RequestError
 from ..params import INT64_MAX, SAMPLING_FIELDS, SamplingParams
 from ..params import sampling_params as _validate
 from ..seeds import generator, request_entropy
-from ..tokenizer import logprobs_text as token_text
-from .._fast.draw import Workspace
 from ..step import Row, StepOutput, sample_step
+from ..tokenizer import logprobs_text as token_text
 
 __all__ = [
     "SAMPLING_FIELDS",
@@ -60,7 +61,6 @@ __all__ = [
     "completion_text",
     "logprobs_object",
 ]
-
 
 
 def sampling_params(
@@ -82,10 +82,10 @@ def sampling_params(
 
     >>> sampling_params({"temperature": 0.7}, seed=3).seed
     3
-    >>> sampling_params(top_p=1.5)
+    >>> sampling_params(top_p=1.5)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
       ...
-    sampler.errors.RequestError: Invalid 'top_p': decimal above maximum value. Expected a value <= 1, but got 1.5 instead.
+    sampler.errors.RequestError: Invalid 'top_p': decimal above maximum value. Expected ...
     """
     if isinstance(fields, SamplingParams):
         if more:
@@ -93,8 +93,9 @@ def sampling_params(
         _check_bias_ids(fields.logit_bias, vocab_size)
         return fields
     if fields is not None and not isinstance(fields, Mapping):
-        raise TypeError(f"sampling_params: expected a mapping of request fields, got "
-                        f"{type(fields).__name__}")
+        raise TypeError(
+            f"sampling_params: expected a mapping of request fields, got {type(fields).__name__}"
+        )
     body = {**(fields or {}), **more}
     for name in body:
         if name not in SAMPLING_FIELDS:
@@ -108,12 +109,17 @@ def _check_bias_ids(bias: tuple[np.ndarray, np.ndarray] | None, vocab_size: int 
         return
     top = int(bias[0].max())
     if top >= vocab_size:
-        raise RequestError(f"Invalid key in 'logit_bias': {top}. Maximum value is "
-                           f"{vocab_size - 1}.", param="logit_bias", code="invalid_value")
+        raise RequestError(
+            f"Invalid key in 'logit_bias': {top}. Maximum value is {vocab_size - 1}.",
+            param="logit_bias",
+            code="invalid_value",
+        )
 
 
 def per_prompt(
-    params: SamplingParams | Mapping[str, Any] | Sequence[SamplingParams | Mapping[str, Any]]
+    params: SamplingParams
+    | Mapping[str, Any]
+    | Sequence[SamplingParams | Mapping[str, Any]]
     | None,
     prompts: int,
     *,
@@ -138,8 +144,7 @@ def fresh_entropy() -> int:
     return request_entropy(None)
 
 
-def masked_ids(tokenizer: Any, vocab_size: int, end_ids: Iterable[int] | None = None
-               ) -> np.ndarray:  # fmt: skip
+def masked_ids(tokenizer: Any, vocab_size: int, end_ids: Iterable[int] | None = None) -> np.ndarray:
     """Step 0's ids for a ``vocab_size``-wide row (spec §3): a tokenizer name such as
     ``"cl100k_base"`` or a :class:`sampler.tokenizer.Tokenizer`. Needed to match the
     engine exactly; other runtimes' vocabularies may need none."""
@@ -202,13 +207,13 @@ class Sequences:
         if entropy is None or isinstance(entropy, (int, np.integer)):
             shared = fresh_entropy() if entropy is None else int(entropy)
             entropy = [shared] * len(self.params)
-        self.entropy = [p.seed if p.seed is not None else e
-                        for p, e in zip(self.params, entropy)]  # fmt: skip
+        self.entropy = [p.seed if p.seed is not None else e for p, e in zip(self.params, entropy)]
         self.rows = [Row(p) for p in self.params]
         self.rngs = [generator(e, *k) for e, k in zip(self.entropy, self.keys)]
         self.mask = None if mask_ids is None else np.asarray(mask_ids, dtype=np.int64)
         self.records: list[list[TokenLogprob] | None] = [
-            [] if p.logprobs is not None else None for p in self.params]
+            [] if p.logprobs is not None else None for p in self.params
+        ]
         self._ws: Workspace | None = None
         self._buf: np.ndarray | None = None
 
@@ -227,8 +232,9 @@ class Sequences:
         for p in self.params:
             _check_bias_ids(p.logit_bias, vocab_size)
 
-    def observe(self, tokens: Sequence[int] | np.ndarray,
-                rows: Sequence[int] | np.ndarray | None = None) -> None:  # fmt: skip
+    def observe(
+        self, tokens: Sequence[int] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None
+    ) -> None:
         """Count newly generated tokens (one per row, for ``rows`` or every row)."""
         idx = range(len(self.rows)) if rows is None else rows
         for b, t in zip(idx, np.asarray(tokens).tolist()):
@@ -248,8 +254,13 @@ class Sequences:
         z[:, self.mask] = -np.inf
         return z
 
-    def step(self, logits: np.ndarray, rows: Sequence[int] | np.ndarray | None = None,
-             *, observe: bool = True) -> StepOutput:  # fmt: skip
+    def step(
+        self,
+        logits: np.ndarray,
+        rows: Sequence[int] | np.ndarray | None = None,
+        *,
+        observe: bool = True,
+    ) -> StepOutput:
         """Draw one token for each row (or for ``rows``) of ``logits`` [B, V] (float32; not
         modified): one uniform from each row's generator, :func:`sampler.sample_step`, the
         logprobs recorded, and (``observe``) the token counted for the row's penalties."""
@@ -316,8 +327,9 @@ class _Texts:
         return text
 
 
-def completion_text(tokens: Sequence[int], token_bytes: Callable[[int], bytes],
-                    end_ids: Iterable[int] = ()) -> str:  # fmt: skip
+def completion_text(
+    tokens: Sequence[int], token_bytes: Callable[[int], bytes], end_ids: Iterable[int] = ()
+) -> str:
     """The ``text`` of a choice: the tokens' bytes up to the first end id, decoded as the
     engine does (bytes that cannot form UTF-8 become U+FFFD).
 
@@ -367,8 +379,7 @@ def logprobs_object(
         else:
             rel = tracker.add(token_bytes(e.token))
         top = top_dict(texts, e.top_ids, e.top_logprobs, e.token, e.logprob)  # type: ignore
-        rows.append(TokenEntry(texts.token_text(e.token), reported(e.logprob), top,
-                               offset + rel))
+        rows.append(TokenEntry(texts.token_text(e.token), reported(e.logprob), top, offset + rel))
         if e.token in ends:
             break
     return entries_object(rows)

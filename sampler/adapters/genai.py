@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .core import Generated, SamplingParams, Sequences, fresh_entropy, force, per_prompt
+from .core import Generated, SamplingParams, Sequences, force, fresh_entropy, per_prompt
 
 __all__ = ["generate", "prepare", "genai_config", "GENAI_CONFIG"]
 
@@ -52,16 +53,21 @@ def genai_config(model_dir: str | os.PathLike, *, pad_token_id: int | None = Non
 
     cfg = load_config(model_dir)
     graph = onnx.load(str(cfg.onnx_path), load_external_data=False).graph
-    past = [i for i in graph.input if i.name.startswith("past_key_values.")
-            and i.name.endswith(".key")]  # fmt: skip
+    past = [
+        i for i in graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")
+    ]
     if not past:
-        raise ValueError(f"{cfg.onnx_path}: no past_key_values.N.key inputs; not a decoder "
-                         "with the HF/Optimum KV-cache names")
+        raise ValueError(
+            f"{cfg.onnx_path}: no past_key_values.N.key inputs; not a decoder "
+            "with the HF/Optimum KV-cache names"
+        )
     if any(i.name == "seqlens_k" for i in graph.input):
-        raise ValueError(f"{cfg.onnx_path}: a GroupQueryAttention graph (in-place KV cache, "
-                         "seqlens_k input), which onnxruntime-genai cannot feed from this "
-                         "config; convert the GGUF with `sampler convert ... --attention "
-                         "exact` for genai")
+        raise ValueError(
+            f"{cfg.onnx_path}: a GroupQueryAttention graph (in-place KV cache, "
+            "seqlens_k input), which onnxruntime-genai cannot feed from this "
+            "config; convert the GGUF with `sampler convert ... --attention "
+            "exact` for genai"
+        )
     dims = past[0].type.tensor_type.shape.dim
     kv_heads, head_size = int(dims[1].dim_value), int(dims[3].dim_value)
     logits = next(o for o in graph.output if o.name == "logits")
@@ -71,27 +77,45 @@ def genai_config(model_dir: str | os.PathLike, *, pad_token_id: int | None = Non
         pad_token_id = int(masked[0]) if masked.size else int(cfg.eos_token_ids[0])
     decoder = {
         "filename": cfg.onnx,
-        "session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": 1,
-                            "provider_options": []},  # fmt: skip
+        "session_options": {
+            "log_id": "onnxruntime-genai",
+            "intra_op_num_threads": 1,
+            "provider_options": [],
+        },
         "head_size": head_size,
         "hidden_size": head_size * kv_heads,
         "num_attention_heads": kv_heads,
         "num_key_value_heads": kv_heads,
         "num_hidden_layers": len(past),
-        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                   "position_ids": "position_ids",
-                   "past_key_names": "past_key_values.%d.key",
-                   "past_value_names": "past_key_values.%d.value"},  # fmt: skip
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value"},  # fmt: skip
+        "inputs": {
+            "input_ids": "input_ids",
+            "attention_mask": "attention_mask",
+            "position_ids": "position_ids",
+            "past_key_names": "past_key_values.%d.key",
+            "past_value_names": "past_key_values.%d.value",
+        },
+        "outputs": {
+            "logits": "logits",
+            "present_key_names": "present.%d.key",
+            "present_value_names": "present.%d.value",
+        },
     }
     eos = list(cfg.eos_token_ids)
     return {
-        "model": {"type": "llama", "context_length": cfg.context_length, "vocab_size": vocab,
-                  "eos_token_id": eos[0] if len(eos) == 1 else eos,
-                  "pad_token_id": pad_token_id, "decoder": decoder},  # fmt: skip
-        "search": {"do_sample": False, "num_beams": 1, "max_length": cfg.context_length,
-                   "past_present_share_buffer": False},  # fmt: skip
+        "model": {
+            "type": "llama",
+            "context_length": cfg.context_length,
+            "vocab_size": vocab,
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": pad_token_id,
+            "decoder": decoder,
+        },
+        "search": {
+            "do_sample": False,
+            "num_beams": 1,
+            "max_length": cfg.context_length,
+            "past_present_share_buffer": False,
+        },
     }
 
 
@@ -166,29 +190,40 @@ def generate(
         eos = mcfg.get("eos_token_id")
         end_ids = [] if eos is None else (eos if isinstance(eos, list) else [eos])
     if pad_token_id is None:
-        raise ValueError("generate: pass pad_token_id (or a model folder whose "
-                         "genai_config.json sets it)")
+        raise ValueError(
+            "generate: pass pad_token_id (or a model folder whose genai_config.json sets it)"
+        )
     ends = frozenset(int(e) for e in end_ids)
     for i, p in enumerate(prompts):
         if pad_token_id in p:
-            raise ValueError(f"prompt {i} holds the pad id {pad_token_id}, which genai masks; "
-                             "choose a pad_token_id no prompt uses")
+            raise ValueError(
+                f"prompt {i} holds the pad id {pad_token_id}, which genai masks; "
+                "choose a pad_token_id no prompt uses"
+            )
     per = per_prompt(params, len(prompts), **fields)
     seqs = Sequences.for_prompts(per, n, mask_ids=mask_ids, entropy=fresh_entropy())
     rows = [prompts[p] for p in range(len(prompts)) for _ in range(n)]
     width = max(len(r) for r in rows)
     context = mcfg.get("context_length")
     if context is not None and width + max_tokens > context:
-        raise ValueError(f"generate: {width} prompt tokens + max_tokens {max_tokens} exceed "
-                         f"the context length {context}")
+        raise ValueError(
+            f"generate: {width} prompt tokens + max_tokens {max_tokens} exceed "
+            f"the context length {context}"
+        )
     batch = len(rows)
     ids = np.full((batch, width), pad_token_id, dtype=np.int32)  # right-padded: genai's way
     for b, r in enumerate(rows):
         ids[b, : len(r)] = r
 
     gp = og.GeneratorParams(og_model)
-    gp.set_search_options(batch_size=batch, max_length=width + max_tokens, do_sample=False,
-                          num_beams=1, min_length=0, repetition_penalty=1.0)  # fmt: skip
+    gp.set_search_options(
+        batch_size=batch,
+        max_length=width + max_tokens,
+        do_sample=False,
+        num_beams=1,
+        min_length=0,
+        repetition_penalty=1.0,
+    )
     gen = og.Generator(og_model, gp)
     gen.append_tokens(ids)
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -204,8 +239,10 @@ def generate(
         for i, b in enumerate(active.tolist()):
             t = int(out.tokens[i])
             if t == pad_token_id and t not in ends:
-                raise ValueError(f"row {b} drew the pad id {t}, which genai would mask: put it "
-                                 "in mask_ids (prepare's pad is an id the tokenizer masks)")
+                raise ValueError(
+                    f"row {b} drew the pad id {t}, which genai would mask: put it "
+                    "in mask_ids (prepare's pad is an id the tokenizer masks)"
+                )
             tokens[b].append(t)
             if t in ends:
                 live[b] = False
@@ -220,11 +257,17 @@ def generate(
         got = np.asarray(gen.get_next_tokens()).reshape(-1)  # [B]
         if not np.array_equal(got[live], chosen[live]):
             b = int(np.flatnonzero(got[live] != chosen[live])[0])
-            raise ValueError(f"genai appended {got[live][b]} instead of the drawn token "
-                             f"{chosen[live][b]}: its search is not greedy over the forced row")
+            raise ValueError(
+                f"genai appended {got[live][b]} instead of the drawn token "
+                f"{chosen[live][b]}: its search is not greedy over the forced row"
+            )
     return [
-        Generated(prompt=b // n, candidate=b % n, tokens=tokens[b],
-                  finish_reason="stop" if tokens[b] and tokens[b][-1] in ends else "length",
-                  logprobs=seqs.records[b])  # fmt: skip
+        Generated(
+            prompt=b // n,
+            candidate=b % n,
+            tokens=tokens[b],
+            finish_reason="stop" if tokens[b] and tokens[b][-1] in ends else "length",
+            logprobs=seqs.records[b],
+        )
         for b in range(batch)
     ]

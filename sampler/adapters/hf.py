@@ -20,7 +20,8 @@ Imports torch and transformers (``import sampler`` does not import this module).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,15 +123,18 @@ class OpenAILogitsProcessor(LogitsProcessor):
 
     def _start(self, batch: int, vocab: int, width: int) -> None:
         if batch % self.n:
-            raise ValueError(f"a batch of {batch} rows is not a whole number of prompts "
-                             f"with n={self.n} candidates each")
+            raise ValueError(
+                f"a batch of {batch} rows is not a whole number of prompts "
+                f"with n={self.n} candidates each"
+            )
         prompts = batch // self.n
         params = per_prompt(self._params_arg, prompts, vocab_size=vocab, **self._fields)
         self.sequences = Sequences.for_prompts(params, self.n, mask_ids=self.mask_ids)
         self.prompt_length = width if self.prompt_length is None else self.prompt_length
         if width < self.prompt_length:
-            raise ValueError(f"input_ids has {width} columns, fewer than the prompt length "
-                             f"{self.prompt_length}")
+            raise ValueError(
+                f"input_ids has {width} columns, fewer than the prompt length {self.prompt_length}"
+            )
         self._seen = self.prompt_length
         self._last = None
         self._done = np.zeros(batch, dtype=bool)
@@ -148,7 +152,8 @@ class OpenAILogitsProcessor(LogitsProcessor):
                     f"row {b}: HF appended token {int(new[b, 0])} but this processor drew "
                     f"{int(self._last[b])}. Something after it changed the choice (a "
                     "warper or processor later in the list); pass do_sample=False, or put "
-                    "this processor last.")
+                    "this processor last."
+                )
             self._done |= np.isin(self._last, list(self.end_ids))
         if not self.draw or self._last is None:
             for col in new.T:
@@ -161,8 +166,12 @@ class OpenAILogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         batch, vocab = scores.shape
         width = int(input_ids.shape[1])
-        fresh = (self.sequences is None or len(self.sequences) != batch
-                 or width == self.prompt_length or width < self._seen)  # fmt: skip
+        fresh = (
+            self.sequences is None
+            or len(self.sequences) != batch
+            or width == self.prompt_length
+            or width < self._seen
+        )
         if fresh:
             self._start(batch, vocab, width)
             if width > self._seen:  # a prompt_length shorter than the input: count the rest
@@ -204,13 +213,25 @@ def _write(dest: torch.Tensor, fill) -> None:
 # Fields of a model's generation_config that make HF add a processor BEFORE ours (custom
 # processors come after HF's own, warpers after them): each would change the logits we see.
 _NEUTRAL = {
-    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-    "encoder_no_repeat_ngram_size": 0, "min_new_tokens": 0,
-    "guidance_scale": 1.0, "renormalize_logits": False, "remove_invalid_values": False,
-}  # fmt: skip
-_MUST_BE_UNSET = ("bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens",
-                  "forced_bos_token_id", "forced_eos_token_id",
-                  "exponential_decay_length_penalty", "watermarking_config")  # fmt: skip
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+    "guidance_scale": 1.0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+}
+_MUST_BE_UNSET = (
+    "bad_words_ids",
+    "sequence_bias",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+    "watermarking_config",
+)
 
 
 def _check_generation_config(model: Any) -> None:
@@ -219,10 +240,12 @@ def _check_generation_config(model: Any) -> None:
         return
     bad = [name for name in _MUST_BE_UNSET if getattr(cfg, name, None) not in (None, [], {})]
     if bad:
-        raise ValueError(f"model.generation_config sets {', '.join(bad)}: HF would apply it "
-                         "before the OpenAI step and change the logits it sees. Set "
-                         f"{', '.join(bad)} to None on a copy of the model's "
-                         "generation_config first.")
+        raise ValueError(
+            f"model.generation_config sets {', '.join(bad)}: HF would apply it "
+            "before the OpenAI step and change the logits it sees. Set "
+            f"{', '.join(bad)} to None on a copy of the model's "
+            "generation_config first."
+        )
 
 
 def _eos_ids(model: Any) -> list[int]:
@@ -277,16 +300,25 @@ def generate(
         mask = mask.repeat_interleave(n, dim=0)
     _check_generation_config(model)
     ends = [int(e) for e in end_ids] if end_ids else _eos_ids(model)
-    proc = OpenAILogitsProcessor(params, prompt_length=width, n=n, draw=True,
-                                 mask_ids=mask_ids, end_ids=ends, **fields)  # fmt: skip
+    proc = OpenAILogitsProcessor(
+        params, prompt_length=width, n=n, draw=True, mask_ids=mask_ids, end_ids=ends, **fields
+    )
     pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
     config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-        eos_token_id=ends or None, pad_token_id=pad if pad is not None else (ends or [0])[0],
-        **_NEUTRAL)  # fmt: skip
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=ends or None,
+        pad_token_id=pad if pad is not None else (ends or [0])[0],
+        **_NEUTRAL,
+    )
     with torch.no_grad():
-        seqs = model.generate(ids, attention_mask=mask, generation_config=config,
-                              logits_processor=LogitsProcessorList([*logits_processor, proc]))
+        seqs = model.generate(
+            ids,
+            attention_mask=mask,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([*logits_processor, proc]),
+        )
     new = seqs[:, width:].cpu().numpy()  # [B, T]
     out = []
     end_set = set(ends)
@@ -299,7 +331,13 @@ def generate(
                 reason = "stop"
                 break
         rec = proc.records[b] if proc.records else None
-        out.append(Generated(prompt=b // n, candidate=b % n, tokens=tokens,
-                             finish_reason=reason,
-                             logprobs=None if rec is None else list(rec[: len(tokens)])))
+        out.append(
+            Generated(
+                prompt=b // n,
+                candidate=b % n,
+                tokens=tokens,
+                finish_reason=reason,
+                logprobs=None if rec is None else list(rec[: len(tokens)]),
+            )
+        )
     return out

@@ -19,7 +19,8 @@ array([-inf, -inf,   0.], dtype=float32)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,8 +92,9 @@ class LogitsProcessor:
         return None if self.sequences is None else self.sequences.records[0]
 
     def _start(self, length: int, vocab: int) -> None:
-        seqs = Sequences([self.params], seed_keys=[self.key], mask_ids=self.mask_ids,
-                         entropy=self.entropy)  # fmt: skip
+        seqs = Sequences(
+            [self.params], seed_keys=[self.key], mask_ids=self.mask_ids, entropy=self.entropy
+        )
         seqs.check_vocab(vocab)
         self.sequences = seqs
         self.prompt_length = length if self.prompt_length is None else self.prompt_length
@@ -102,15 +104,16 @@ class LogitsProcessor:
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids).reshape(-1)
         vocab = int(np.shape(scores)[-1])
-        if (self.sequences is None or len(ids) == self.prompt_length
-                or len(ids) < self._seen):  # fmt: skip
+        if self.sequences is None or len(ids) == self.prompt_length or len(ids) < self._seen:
             self._start(len(ids), vocab)
         assert self.sequences is not None
         new = ids[self._seen :].tolist()
         if new and self._last is not None and self.draw:
             if new[0] != self._last:
-                raise RuntimeError(f"llama.cpp appended token {new[0]} but this processor "
-                                   f"drew {self._last}: a sampler before it changed the row")
+                raise RuntimeError(
+                    f"llama.cpp appended token {new[0]} but this processor "
+                    f"drew {self._last}: a sampler before it changed the row"
+                )
             new = new[1:]  # counted when drawn
         for t in new:
             self.sequences.observe([t])
@@ -171,21 +174,41 @@ def generate(
     entropy = fresh_entropy()
     out = []
     for c in range(n):
-        proc = LogitsProcessor(p, prompt_length=len(tokens), mask_ids=mask_ids,
-                               prompt_index=prompt_index, candidate=c, entropy=entropy)  # fmt: skip
+        proc = LogitsProcessor(
+            p,
+            prompt_length=len(tokens),
+            mask_ids=mask_ids,
+            prompt_index=prompt_index,
+            candidate=c,
+            entropy=entropy,
+        )
         got: list[int] = []
         llm.reset()  # evaluate the whole prompt again: a partial re-evaluation (llama's
         # prefix reuse) gives the first step float-different logits than candidate 0 had
         chain = LogitsProcessorList([*logits_processor, proc])
-        for t in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
-                              repeat_penalty=1.0, reset=True, logits_processor=chain):
+        for t in llm.generate(
+            tokens,
+            temp=0.0,
+            top_k=1,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            reset=True,
+            logits_processor=chain,
+        ):
             got.append(int(t))
             if t in ends or len(got) >= max_tokens:
                 break
         rec = proc.records
-        out.append(Generated(prompt=prompt_index, candidate=c, tokens=got,
-                             finish_reason="stop" if got and got[-1] in ends else "length",
-                             logprobs=None if rec is None else list(rec[: len(got)])))  # fmt: skip
+        out.append(
+            Generated(
+                prompt=prompt_index,
+                candidate=c,
+                tokens=got,
+                finish_reason="stop" if got and got[-1] in ends else "length",
+                logprobs=None if rec is None else list(rec[: len(got)]),
+            )
+        )
     return out
 
 
@@ -214,6 +237,8 @@ def logprobs_from_scores(
     norm = log_normalizer(z)  # [n]
     ids, lps = top_logprobs(z, k, lognorm=norm)  # [n, k]
     chosen = z[np.arange(len(tokens)), np.asarray(tokens, dtype=np.int64)].astype(np.float64)
-    entries = [TokenLogprob(int(t), float(chosen[j] - norm[j]), ids[j], lps[j])
-               for j, t in enumerate(tokens)]  # fmt: skip
+    entries = [
+        TokenLogprob(int(t), float(chosen[j] - norm[j]), ids[j], lps[j])
+        for j, t in enumerate(tokens)
+    ]
     return logprobs_object(entries, token_bytes, end_ids=end_ids, offset=offset)

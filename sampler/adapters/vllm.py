@@ -26,8 +26,9 @@ Step 0 (masking ids that are not tokens) needs the vocabulary: subclass and set
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,10 +45,13 @@ _OURS = ("draw", "prompt_index", "candidate")
 
 # vLLM's own fields that must stay neutral on a request this processor handles, with the
 # neutral values accepted; the second group only matters when vLLM samples (draw: false).
-_NEUTRAL = {"presence_penalty": (0.0,), "frequency_penalty": (0.0,),
-            "repetition_penalty": (1.0,), "logit_bias": (None, {})}  # fmt: skip
-_NEUTRAL_PROCESS = {"temperature": (1.0,), "top_p": (1.0,), "top_k": (-1, 0, None),
-                    "min_p": (0.0,)}  # fmt: skip
+_NEUTRAL = {
+    "presence_penalty": (0.0,),
+    "frequency_penalty": (0.0,),
+    "repetition_penalty": (1.0,),
+    "logit_bias": (None, {}),
+}
+_NEUTRAL_PROCESS = {"temperature": (1.0,), "top_p": (1.0,), "top_k": (-1, 0, None), "min_p": (0.0,)}
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,23 @@ def request_spec(sp: Any, vocab_size: int | None = None) -> RequestSpec | None:
         try:
             fields = json.loads(fields)
         except ValueError:
-            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] is a string but not JSON: "
-                             f"{fields[:80]!r}") from None
+            raise ValueError(
+                f"extra_args[{EXTRA_ARGS_KEY!r}] is a string but not JSON: {fields[:80]!r}"
+            ) from None
     if not isinstance(fields, Mapping):
-        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object of OpenAI "
-                         f"sampling fields, got {type(fields).__name__}")
+        raise ValueError(
+            f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object of OpenAI "
+            f"sampling fields, got {type(fields).__name__}"
+        )
     fields = dict(fields)
     draw = fields.pop("draw", True)
     prompt_index = fields.pop("prompt_index", 0)
     candidate = fields.pop("candidate", None)
     if "logprobs" in fields or "logprobs_mode" in fields:
-        raise ValueError("logprobs: use vLLM's own `logprobs` (its default logprobs_mode "
-                         "'raw_logprobs' reports the raw distribution, as OpenAI does)")
+        raise ValueError(
+            "logprobs: use vLLM's own `logprobs` (its default logprobs_mode "
+            "'raw_logprobs' reports the raw distribution, as OpenAI does)"
+        )
     if not isinstance(draw, bool):
         raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]['draw'] must be true or false")
     try:
@@ -92,24 +101,31 @@ def request_spec(sp: Any, vocab_size: int | None = None) -> RequestSpec | None:
     for name, ok in (*_NEUTRAL.items(), *(() if draw else _NEUTRAL_PROCESS.items())):
         value = getattr(sp, name, ok[0])
         if value not in ok:
-            raise ValueError(f"SamplingParams.{name}={value!r} would be applied by vLLM on top "
-                             f"of extra_args[{EXTRA_ARGS_KEY!r}]; leave it at {ok[0]!r} and put "
-                             "OpenAI's fields in extra_args")
+            raise ValueError(
+                f"SamplingParams.{name}={value!r} would be applied by vLLM on top "
+                f"of extra_args[{EXTRA_ARGS_KEY!r}]; leave it at {ok[0]!r} and put "
+                "OpenAI's fields in extra_args"
+            )
     vllm_seed = getattr(sp, "seed", None)
     if candidate is None:
         candidate = 0
         if params.seed is not None and vllm_seed is not None:
             candidate = vllm_seed - params.seed  # vLLM seeds child i of n with seed + i
             if candidate < 0:
-                raise ValueError(f"SamplingParams.seed={vllm_seed} is not the OpenAI seed "
-                                 f"{params.seed} (+ a child index): give vLLM the same seed")
+                raise ValueError(
+                    f"SamplingParams.seed={vllm_seed} is not the OpenAI seed "
+                    f"{params.seed} (+ a child index): give vLLM the same seed"
+                )
         elif (getattr(sp, "n", 1) or 1) > 1 and params.seed is not None:
-            raise ValueError("n > 1 with an OpenAI seed: also set SamplingParams.seed to it, "
-                             "so that vLLM's children (seeded seed + i) draw as candidates i")
+            raise ValueError(
+                "n > 1 with an OpenAI seed: also set SamplingParams.seed to it, "
+                "so that vLLM's children (seeded seed + i) draw as candidates i"
+            )
     for name, value in (("prompt_index", prompt_index), ("candidate", candidate)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}][{name!r}] must be an integer "
-                             f">= 0, got {value!r}")
+            raise ValueError(
+                f"extra_args[{EXTRA_ARGS_KEY!r}][{name!r}] must be an integer >= 0, got {value!r}"
+            )
     return RequestSpec(params, draw, (prompt_index, candidate))
 
 
