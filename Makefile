@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine with only Python and pip:
 #   make demo   -- a real completion on the default model
-#   make test   -- the whole suite (with the notebooks and a strict docs build)
+#   make test   -- ruff, mypy, then the whole suite (with the notebooks and a strict docs build)
 #   make docs   -- serve the documentation site locally (mkdocs serve)
 #   make notebooks -- re-execute notebooks/ and save their outputs
 PYTHON ?= python3
@@ -22,6 +22,9 @@ demo: $(STAMP)
 	$(VENV)/bin/sampler complete "The capital of France is" --max-tokens 24 --temperature 0
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest -n 2 -q
 
 docs: $(STAMP)

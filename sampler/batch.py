@@ -187,9 +187,10 @@ class Batch:
         uniforms = [s.rng.random() for s in self.seqs]
         outs = self._choose(uniforms)
         for b, s in enumerate(self.seqs):
-            if outs[b] is None:
+            picked = outs[b]
+            if picked is None:
                 continue
-            token, raw_lp, rep_lp, top = outs[b]
+            token, raw_lp, rep_lp, top = picked
             try:
                 s.accept(token, raw_lp, rep_lp, top, eng.tokenizer, eng.end_ids)
             except Exception as exc:  # a bug, met by this sequence alone
@@ -214,6 +215,7 @@ class Batch:
         choices are the ones the batched step would have made) and the rows that still
         raise are failed."""
         rows = [s.row for s in self.seqs]
+        assert self.logits is not None
         try:
             out = sample_step(self.logits, rows, uniforms, workspace=self._workspace)
             return [_picked(out, b) for b in range(len(rows))]

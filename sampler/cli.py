@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 __all__ = ["main"]
 
@@ -175,13 +175,13 @@ def _complete(args: argparse.Namespace) -> int:
             json.dump(engine.complete(body), sys.stdout, indent=2, ensure_ascii=False)
             print()
         elif streamable and (body.get("n") or 1) == 1:
-            for chunk in engine.complete({**body, "stream": True}):
+            for chunk in cast(Iterator[dict], engine.complete({**body, "stream": True})):
                 for choice in chunk["choices"]:
                     sys.stdout.write(choice["text"])
                     sys.stdout.flush()
             print()
         else:
-            for choice in engine.complete(body)["choices"]:
+            for choice in cast(dict, engine.complete(body))["choices"]:
                 print(f"--- choice {choice['index']} ({choice['finish_reason']}) ---")
                 print(choice["text"])
     except RequestError as err:

@@ -90,18 +90,23 @@ class Decoder:
         return cls(session, config)
 
     def empty_cache(self, batch: int, capacity: int = 0) -> KVCache | SharedKVCache:
-        if self.shared_cache:
-            return SharedKVCache.empty(
-                batch,
-                num_layers=self.num_layers,
-                capacity=capacity,
-                num_kv_heads=self.num_kv_heads,
-                head_dim=self.head_dim,
-                dtype=self.kv_dtype,
-            )
+        """An empty cache of the kind this graph takes (``capacity``: GQA buffers only)."""
+        return self._empty_shared(batch, capacity) if self.shared_cache else self._empty(batch)
+
+    def _empty(self, batch: int) -> KVCache:
         return KVCache.empty(
             batch,
             num_layers=self.num_layers,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.kv_dtype,
+        )
+
+    def _empty_shared(self, batch: int, capacity: int) -> SharedKVCache:
+        return SharedKVCache.empty(
+            batch,
+            num_layers=self.num_layers,
+            capacity=capacity,
             num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim,
             dtype=self.kv_dtype,
@@ -115,7 +120,7 @@ class Decoder:
         *,
         on_logits: OnLogits | None = None,
         chunk_size: int = 256,
-    ) -> tuple[np.ndarray, KVCache]:
+    ) -> tuple[np.ndarray, KVCache | SharedKVCache]:
         """Run all prompts together; return each prompt's last-token logits [P, V] and the cache.
 
         Prompts are left-padded to the longest and fed ``chunk_size`` columns at a time (fewer
@@ -132,7 +137,7 @@ class Decoder:
         if self.shared_cache:
             return self._prefill_shared(ids, pads, on_logits, chunk_size)
         width = max(1, min(chunk_size, _LOGITS_BUDGET // (P * self.vocab_size * 4)))
-        cache = self.empty_cache(P)
+        cache = self._empty(P)
         for c0 in range(0, L, width):
             c1 = min(L, c0 + width)
             logits, keys, values = self._run(ids[:, c0:c1], mask[:, :c1], pos[:, c0:c1], cache)
@@ -145,8 +150,8 @@ class Decoder:
         return last, KVCache(cache.keys, cache.values, mask, lengths)
 
     def step(
-        self, cache: KVCache, tokens: np.ndarray | Sequence[int]
-    ) -> tuple[np.ndarray, KVCache]:
+        self, cache: KVCache | SharedKVCache, tokens: np.ndarray | Sequence[int]
+    ) -> tuple[np.ndarray, KVCache | SharedKVCache]:
         """Append one token per row; return logits float32 [B, V] and the new cache.
 
         Each row's new token takes position ``cache.lengths[row]``. A :class:`KVCache` is
@@ -185,9 +190,7 @@ class Decoder:
         last, caches = [], []
         for p, pad in enumerate(pads.tolist()):
             tokens = ids[p, pad:]  # [n] this prompt
-            cache = self.empty_cache(
-                1, capacity=cache_capacity(tokens.size, self.config.context_length)
-            )
+            cache = self._empty_shared(1, cache_capacity(tokens.size, self.config.context_length))
             for c0 in range(0, tokens.size, width):
                 c1 = min(tokens.size, c0 + width)
                 logits = self._run_shared(tokens[None, c0:c1], np.arange(c0, c1)[None], cache)
@@ -301,7 +304,7 @@ class Decoder:
             np.zeros((1, 1), np.int64),
             np.ones((1, 1), np.int64),
             np.zeros((1, 1), np.int64),
-            self.empty_cache(1),
+            self._empty(1),
         )
         return int(logits.shape[-1])
 

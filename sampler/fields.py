@@ -108,7 +108,7 @@ def clip(value: Any, limit: int = 80) -> str:
 
 def check_range(
     name: str,
-    value: float,
+    value: float | np.number,
     lo: float | None,
     hi: float | None,
     kind: str,

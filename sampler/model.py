@@ -116,7 +116,7 @@ class _FieldReader:
         value = self.raw[name]
         if not isinstance(value, types) or (isinstance(value, str) and not value):
             kinds = types if isinstance(types, tuple) else (types,)
-            names = {str: "a non-empty string", dict: "an object", list: "a list"}
+            names: dict[type, str] = {str: "a non-empty string", dict: "an object", list: "a list"}
             raise self.error(name, " or ".join(names.get(k, k.__name__) for k in kinds))
         return value
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -39,6 +40,8 @@ PROTO_LIMIT = 2**31 - 1  # protobuf's hard limit; above it weights go to an exte
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: MatMulNBits, GroupQueryAttention
 INT4_BLOCK = 32  # elements per block along the input dimension (GGUF's Q4_0/Q4_1 block)
 WeightDtype = Literal["float32", "float16", "int4"]
+#: A model's weights by Hugging Face name: float32 arrays, or 4-bit matrices.
+Weights = Mapping[str, "np.ndarray | Int4Matrix"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,14 +156,19 @@ class Graph:
         self.int4_accuracy_level = int4_accuracy_level
         self._fp32: dict[str, str] = {}  # initializer name -> name of its fp32 value
 
-    def op(
-        self, op_type: str, *inputs: str, n_out: int = 1, domain: str | None = None, **attrs
-    ) -> str | list[str]:
+    def op(self, op_type: str, *inputs: str, domain: str | None = None, **attrs: Any) -> str:
+        """One node with one output; returns the output's name."""
+        return self.ops(op_type, *inputs, n_out=1, domain=domain, **attrs)[0]
+
+    def ops(
+        self, op_type: str, *inputs: str, n_out: int, domain: str | None = None, **attrs: Any
+    ) -> list[str]:
+        """One node with ``n_out`` outputs (``Split``); returns their names."""
         outs = [f"{op_type.lower()}_{len(self.nodes)}_{k}" for k in range(n_out)]
         self.nodes.append(
             self.helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs)
         )
-        return outs[0] if n_out == 1 else outs
+        return outs
 
     def const(self, name: str, value) -> str:
         """An initializer; constants used by every layer are stored once, under one name."""
@@ -176,8 +184,10 @@ class Graph:
     def scalar(self, name: str, value: float) -> str:
         return self.const(name, np.array(value, dtype=np.float32))
 
-    def weight(self, name: str, value: np.ndarray) -> str:
-        """A float32 weight; matrices are stored as fp16 (and Cast back in-graph) when asked."""
+    def weight(self, name: str, value: np.ndarray | Int4Matrix) -> str:
+        """A float32 weight (an :class:`Int4Matrix` dequantised); matrices are stored as
+        fp16 (and Cast back in-graph) when asked."""
+        value = dense(value)
         if name not in self._fp32:
             if self.weight_dtype in ("float32", "int4") or value.ndim < 2:
                 self._fp32[name] = self.const(name, value.astype(np.float32))
@@ -199,7 +209,7 @@ def rms_norm(g: Graph, x: str, w: str, eps: float) -> str:
 def rope(g: Graph, x: str, cos: str, sin: str, head_dim: int) -> str:
     """x * cos + swap_halves(x) * signed_sin, x [B, S, heads, hd]."""
     half = g.ints("rope_split", [head_dim // 2] * 2)
-    x1, x2 = g.op("Split", x, half, axis=-1, n_out=2)  # [B, S, heads, hd/2] each
+    x1, x2 = g.ops("Split", x, half, axis=-1, n_out=2)  # [B, S, heads, hd/2] each
     swapped = g.op("Concat", x2, x1, axis=-1)  # [B, S, heads, hd]
     return g.op("Add", g.op("Mul", x, cos), g.op("Mul", swapped, sin))
 

@@ -52,6 +52,7 @@ from .onnx_graph import (
     Graph,
     Int4Matrix,
     WeightDtype,
+    Weights,
     attend,
     dense,
     linear,
@@ -255,6 +256,7 @@ def build_llama(
         if shared:
             attn = _gqa_attention(g, i, n, w, c, cos, sin)  # [B, S, d]
         else:
+            assert allowed is not None  # (the mask of the non-GQA graphs)
             attn = _attention(g, i, n, w, c, cos, sin, allowed, attention == "exact")
         x = g.op("Add", x, attn)
         m = rms_norm(
@@ -318,7 +320,7 @@ def _io_specs(c: LlamaConfig, shared: bool = False) -> tuple[list, list]:
     return inputs, outputs
 
 
-def _check_weights(weights: Mapping[str, np.ndarray], config: LlamaConfig) -> None:
+def _check_weights(weights: Weights, config: LlamaConfig) -> None:
     expected = weight_shapes(config)
     for name, shape in expected.items():
         if name not in weights:
@@ -337,19 +339,21 @@ def _check_weights(weights: Mapping[str, np.ndarray], config: LlamaConfig) -> No
         raise ValueError(f"unexpected weights {extra[:5]} for this config")
 
 
-def _embed(g: Graph, weights: Mapping[str, np.ndarray], c: LlamaConfig, ids: str) -> str:
+def _embed(g: Graph, weights: Weights, c: LlamaConfig, ids: str) -> str:
     if not c.tie_word_embeddings:
         return g.op("Gather", g.weight("embed_tokens", weights["embed_tokens"]), ids, axis=0)
     # Tied: store E^T [d, V] once, for the head's MatMul; gather its columns for the embedding.
-    et = g.weight("embed_tokens.T", weights["embed_tokens"].T)  # [d, V]
+    et = g.weight("embed_tokens.T", dense(weights["embed_tokens"]).T)  # [d, V]
     cols = g.op("Gather", et, ids, axis=1)  # [d, B, S]
     return g.op("Transpose", cols, perm=[1, 2, 0])  # [B, S, d]
 
 
-def _head(g: Graph, weights: Mapping[str, np.ndarray], c: LlamaConfig) -> str:
+def _head(g: Graph, weights: Weights, c: LlamaConfig) -> str:
     if c.tie_word_embeddings:
-        return g.weight("embed_tokens.T", weights["embed_tokens"].T)  # the one made in _embed
-    return g.weight("lm_head.T", weights["lm_head"].T)  # [d, V]
+        return g.weight(
+            "embed_tokens.T", dense(weights["embed_tokens"]).T
+        )  # the one made in _embed
+    return g.weight("lm_head.T", dense(weights["lm_head"]).T)  # [d, V]
 
 
 def _rope_inputs(g: Graph, c: LlamaConfig, pos: str) -> tuple[str, str]:
@@ -400,7 +404,7 @@ def _attention(
     g: Graph,
     i: int,
     x: str,
-    w: Mapping[str, np.ndarray],
+    w: Weights,
     c: LlamaConfig,
     cos: str,
     sin: str,
@@ -415,7 +419,7 @@ def _attention(
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
     G = H // Hkv
     qk, v = _qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
-    q, k = g.op("Split", qk, g.ints("qk_split", [H, Hkv]), axis=2, n_out=2)
+    q, k = g.ops("Split", qk, g.ints("qk_split", [H, Hkv]), axis=2, n_out=2)
 
     q = g.op("Mul", q, g.scalar("attn_scale", 1.0 / np.sqrt(hd)))
     q = g.op("Reshape", q, g.ints("q5_shape", [0, 0, Hkv, G, hd]))  # [B, S, Hkv, G, hd]
@@ -440,7 +444,7 @@ def _attention(
 
 
 def _qkv_roped(
-    g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig, cos: str, sin: str
+    g: Graph, i: int, x: str, w: Weights, c: LlamaConfig, cos: str, sin: str
 ) -> tuple[str, str]:
     """One MatMul for q, k and v; RoPE on q and k together: ([B, S, H+Hkv, hd], v [B, S,
     Hkv, hd])."""
@@ -448,20 +452,18 @@ def _qkv_roped(
     qkv = linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
     # [B, S, (H+2Hkv)*hd]
     qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
-    qk, v = g.op("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
+    qk, v = g.ops("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
     return rope(g, qk, cos, sin, c.head_dim), v
 
 
-def _gqa_attention(
-    g: Graph, i: int, x: str, w: Mapping[str, np.ndarray], c: LlamaConfig, cos: str, sin: str
-) -> str:
+def _gqa_attention(g: Graph, i: int, x: str, w: Weights, c: LlamaConfig, cos: str, sin: str) -> str:
     """Grouped-query attention by ONNX Runtime's GroupQueryAttention on the in-place cache;
     returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`_attention`."""
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
     qk, v = _qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
     flat = g.ints("bsh_shape", [0, 0, -1])
     qk = g.op("Reshape", qk, flat)  # [B, S, (H+Hkv)*hd]
-    q, k = g.op("Split", qk, g.ints("qk_flat_split", [H * hd, Hkv * hd]), axis=2, n_out=2)
+    q, k = g.ops("Split", qk, g.ints("qk_flat_split", [H * hd, Hkv * hd]), axis=2, n_out=2)
     g.nodes.append(
         g.helper.make_node(
             "GroupQueryAttention",
@@ -483,11 +485,11 @@ def _gqa_attention(
     return linear(g, f"gqa_{i}", f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
 
 
-def _mlp(g: Graph, i: int, x: str, w: Mapping[str, np.ndarray]) -> str:
+def _mlp(g: Graph, i: int, x: str, w: Weights) -> str:
     """down(silu(gate x) * up x), gate and up in one MatMul."""
     ffn = w["gate_proj"].shape[0]
     gu = linear(g, x, f"layers.{i}.gate_up_proj", [w["gate_proj"], w["up_proj"]])
     # [B, S, 2*ffn]
-    gate, up = g.op("Split", gu, g.ints("gate_up_split", [ffn, ffn]), axis=-1, n_out=2)
+    gate, up = g.ops("Split", gu, g.ints("gate_up_split", [ffn, ffn]), axis=-1, n_out=2)
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # [B, S, ffn]
     return linear(g, act, f"layers.{i}.down_proj", [w["down_proj"]])

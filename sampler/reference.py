@@ -335,7 +335,10 @@ def _candidate(req: _Request, reads: list[int], rng: np.random.Generator) -> dic
     """One candidate: tokens until an end id, a stop string in the settled text, or
     ``max_tokens``; its text cut at the stop, and the entries of the tokens that start
     before the cut (the end token last, at the end of the text, when nothing was cut)."""
-    tokens, starts, rows, data, raw_sum, cut, finish = [], [], [], b"", 0.0, None, "length"
+    tokens: list[int] = []  # the generated tokens, the end token left out
+    starts: list[int] = []  # where each one's bytes start
+    rows: list[tuple[int, np.ndarray]] = []  # each token drawn, and the row it reports
+    data, raw_sum, cut, finish = b"", 0.0, None, "length"
     at_1 = {**req.sampling, "temperature": req.sampling.get("temperature", 1.0) or 1.0}
     while len(rows) < req.max_tokens:  # (one row per token drawn, an end token included)
         u, z = rng.random(), req.logits(reads + tokens)

@@ -138,7 +138,8 @@ class Scheduler:
 
     def _admissible(self) -> list[Job]:
         """Waiting jobs that fit now, in order (a job alone always fits an empty batch)."""
-        taken, room = [], self.max_sequences - len(self._batch)
+        taken: list[Job] = []
+        room = self.max_sequences - len(self._batch)
         while self._waiting:
             job = self._waiting[0]
             if job.cancelled:

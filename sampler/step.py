@@ -164,9 +164,9 @@ def _sample_step(
             raw_lp[b] = float(raw[token]) - lognorm
             if raw_mode:
                 rep_lp[b] = raw_lp[b]
-                k = p.logprobs
+                shown = p.logprobs
                 top[b] = (
-                    np.array(top_ids[:k], dtype=np.int64),
+                    np.array(top_ids[:shown], dtype=np.int64),
                     np.array(top_vals[:k], dtype=np.float64) - lognorm,
                 )
         else:

@@ -107,7 +107,7 @@ class Tokenizer:
         )
         fim = [specials.get(n) for n in _FIM_NAMES]
         self.fim_ids: tuple[int, int, int] | None = (
-            None if None in fim else (fim[0], fim[1], fim[2])  # prefix, middle, suffix
+            None if None in fim else (int(fim[0]), int(fim[1]), int(fim[2]))  # type: ignore[arg-type]
         )
         self._bytes = self._all_token_bytes()  # id -> bytes, None for non-tokens
         self.max_id: int = max(i for i, b in enumerate(self._bytes) if b is not None)

@@ -244,8 +244,8 @@ def _bound_outside(
 ) -> tuple[np.ndarray, float]:
     """``(ids, bound)``: every id outside the raw top ids and the edited ones has
     ``e <= bound`` (see :func:`_exp_bound`)."""
-    ids = raw_top[0]
-    ids = np.asarray(ids) if edits is None else np.concatenate((ids, edits.ids))  # [k + m]
+    top_ids = raw_top[0]
+    ids = np.asarray(top_ids) if edits is None else np.concatenate((top_ids, edits.ids))  # [k + m]
     return ids, _exp_bound(float(raw_top[1][-1]), float(t), float(top))
 
 
@@ -313,9 +313,10 @@ def _nucleus_from_raw(
         tail = 0.0
     else:
         raw_tail = raw_total - float(raw_e[cand].sum(dtype=np.float64))
-        tail = _tail_bound(m, last, tf, top, raw_tail, raw_total, row.size)
-        if tail is None:
+        bound = _tail_bound(m, last, tf, top, raw_tail, raw_total, row.size)
+        if bound is None:
             return None
+        tail = bound
     sel = (pe > _exp_bound(last, tf, top)).nonzero()[0]  # [n] above every other id
     if sel.size > SMALL:
         return None

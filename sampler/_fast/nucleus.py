@@ -79,6 +79,7 @@ def nucleus_cut(
         if scratch is not None
         else (np.empty(e.size, np.float32), np.empty(e.size, np.float64))
     )
+    cand: np.ndarray | None = None
     for t in _thresholds(p, total, e.size):
         above_t = e >= t  # [V]
         n = int(np.count_nonzero(above_t))
@@ -180,6 +181,7 @@ def few_candidates_nucleus(
         if kept is None:  # the interval straddles a boundary: the float64 total decides
             total = float(e.sum(dtype=np.float64))
     if kept is None:
+        assert total is not None
         kept = _small_nucleus(ids, vals, p * total)
         if kept is None:
             return None

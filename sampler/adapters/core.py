@@ -207,7 +207,10 @@ class Sequences:
         if entropy is None or isinstance(entropy, (int, np.integer)):
             shared = fresh_entropy() if entropy is None else int(entropy)
             entropy = [shared] * len(self.params)
-        self.entropy = [p.seed if p.seed is not None else e for p, e in zip(self.params, entropy)]
+        self.entropy = [
+            p.seed if p.seed is not None else e if e is not None else fresh_entropy()
+            for p, e in zip(self.params, entropy)
+        ]
         self.rows = [Row(p) for p in self.params]
         self.rngs = [generator(e, *k) for e, k in zip(self.entropy, self.keys)]
         self.mask = None if mask_ids is None else np.asarray(mask_ids, dtype=np.int64)

@@ -21,7 +21,7 @@ Imports torch and transformers (``import sampler`` does not import this module).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -180,15 +180,15 @@ class OpenAILogitsProcessor(LogitsProcessor):
             self._catch_up(input_ids)
         assert self.sequences is not None
         z = _as_numpy(scores)  # [B, V] float32, a view on CPU
-        if self.draw:
-            out = self.sequences.step(z)
-            self._last = out.tokens.copy()
-            result = scores if self.inplace else torch.empty_like(scores)
-            _write(result, lambda o: force(o, out.tokens))
-            return result
+        seqs = self.sequences
         result = scores if self.inplace else torch.empty_like(scores)
-        _write(result, lambda o: self.sequences.process(z, out=o))  # type: ignore[union-attr]
-        return result
+        if self.draw:
+            out = seqs.step(z)
+            self._last = out.tokens.copy()
+            _write(result, lambda o: force(o, out.tokens))
+        else:
+            _write(result, lambda o: seqs.process(z, out=o))
+        return cast(torch.FloatTensor, result)
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:

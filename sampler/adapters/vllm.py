@@ -45,7 +45,7 @@ _OURS = ("draw", "prompt_index", "candidate")
 
 # vLLM's own fields that must stay neutral on a request this processor handles, with the
 # neutral values accepted; the second group only matters when vLLM samples (draw: false).
-_NEUTRAL = {
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (0.0,),
     "frequency_penalty": (0.0,),
     "repetition_penalty": (1.0,),
