@@ -37,7 +37,7 @@ from typing import Any, Union
 import numpy as np
 
 from ._fast.limit import limit_row, scaled_max_overflows
-from ._fast.nucleus import nucleus
+from ._fast.nucleus import kept_ids
 from .reference import STEP_ORDER
 
 __all__ = [
@@ -248,8 +248,10 @@ def top_p(
     """Set every logit outside each row's minimal nucleus to ``-inf``.
 
     Keeps the smallest set of most probable tokens whose probability sums to ``>= p``
-    (at least one token; ties ordered by lower id first). Range 0 … 1; ``p = 1`` is
-    neutral and ``p = 0`` keeps only the most probable token. Apply after temperature.
+    (at least one token; ties ordered by lower id first), the probabilities taken as the
+    draw's exact integer weights (:func:`sampler.reference.nucleus`). Range 0 … 1;
+    ``p = 1`` is neutral and ``p = 0`` keeps only the most probable token. Apply after
+    temperature.
 
     >>> z = np.log(np.array([[0.5, 0.3, 0.2]], dtype=np.float32))
     >>> np.isfinite(top_p(z, 0.8))
@@ -257,11 +259,13 @@ def top_p(
     """
     res = _out(logits, out)
     ps = _per_row(p, res.shape[0])  # [B]
+    wf = np.empty(res.shape[1], np.float32)  # [V] workspaces for a large nucleus
+    keys = np.empty(res.shape[1], np.int64)  # [V]
     for b in np.flatnonzero(ps < 1.0):
         row = res[b]  # [V]
         with np.errstate(over="ignore"):  # a value far below the max: exp(-inf) = 0
             e = np.exp(row - row.max())  # [V] float32, largest = 1
-        ids, _ = nucleus(e, float(e.sum(dtype=np.float64)), float(ps[b]))
+        ids = kept_ids(e, float(ps[b]), wf, keys)
         keep = row[ids]  # [k]
         row.fill(-np.inf)
         row[ids] = keep

@@ -7,8 +7,8 @@ what this gives: the same token for the same uniform, the same logprobs to float
 rounding, the same choices for the same logits.
 
 The arithmetic is part of the definition: logits are float32 and every step of 1–3 rounds
-to float32; probabilities are ``e = exp(z - max z)`` in float32; the nucleus sums ``e`` in
-float64; the draw uses exact integer weights ``floor(e * 2**43)``.
+to float32; probabilities are ``e = exp(z - max z)`` in float32; the nucleus and the draw
+both use exact integer weights ``floor(e * 2**43)``, so every sum is exact in any order.
 
 >>> z = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
 >>> [step(z, uniform=u, top_p=0.8) for u in (0.1, 0.7, 0.99)]
@@ -80,18 +80,29 @@ def by_probability(z: np.ndarray) -> np.ndarray:
     return np.argsort(-_f32(z), kind="stable")
 
 
+def weights(z: np.ndarray) -> np.ndarray:
+    """Integer weights ``w = floor(e * 2**43)`` (exact: a float32 times a power of two),
+    the top id's ``2**43``: steps 4 and 5 sum these, exactly and in any order."""
+    return np.floor(probabilities(z).astype(np.float64) * WEIGHT_SCALE).astype(np.int64)
+
+
+def need(top_p: float, total: int) -> int:
+    """``ceil(top_p * total)``, exactly: the weight a nucleus must reach."""
+    num, den = float(top_p).as_integer_ratio()
+    return -(-num * total // den)
+
+
 def nucleus(logits: np.ndarray, top_p: float) -> list[int]:
-    """Step 4's kept ids, increasing: the smallest set of most probable ids (decreasing
-    ``e``, ties to the lower id) whose float64 running sum of ``e`` reaches
-    ``top_p * sum(e)``; never empty (``top_p = 0`` keeps the most probable id). The row has
-    been through steps 1–3; ``top_p = 1`` keeps every id."""
-    e = probabilities(logits)
+    """Step 4's kept ids, increasing: the shortest run of ids in decreasing weight (ties to
+    the lower id) whose exact sum of :func:`weights` reaches ``top_p`` times their total;
+    never empty (``top_p = 0`` keeps the most probable id). The row has been through steps
+    1–3; ``top_p = 1`` keeps every id [decided: docs/semantics.md]."""
+    w = weights(logits)
     if top_p >= 1.0:
-        return list(range(e.size))
-    order = by_probability(e)
-    running = np.cumsum(e[order].astype(np.float64))  # the float64 running sum, in order
-    reached = np.flatnonzero(running >= top_p * float(np.sum(e, dtype=np.float64)))
-    size = int(reached[0]) + 1 if reached.size else e.size  # (rounding at the edge: all)
+        return list(range(w.size))
+    order = np.argsort(-w, kind="stable")  # a full, stable sort: ties to the lower id
+    running = np.cumsum(w[order])  # exact int64 sums
+    size = int(np.argmax(running >= need(top_p, int(w.sum())))) + 1
     return sorted(order[:size].tolist())
 
 
@@ -131,7 +142,7 @@ def draw(z: np.ndarray, uniform: float) -> int:
     """Step 5: integer weights ``w = floor(e * 2**43)`` in increasing id order, ``r =
     floor(floor(u * 2**53) * sum(w) / 2**53)``, and the first id whose running sum of ``w``
     exceeds ``r`` (an id below ``2**-43`` of the top has weight 0: never drawn)."""
-    w = np.floor(probabilities(z).astype(np.float64) * WEIGHT_SCALE).astype(np.int64)  # exact
+    w = weights(z)
     r = int(uniform * 2**53) * int(w.sum()) >> 53  # < sum(w) for u < 1
     return int(np.argmax(np.cumsum(w) > r))  # int64 sums: exact
 

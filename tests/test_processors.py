@@ -9,7 +9,7 @@ from sampler import processors as P
 from sampler import reference as ref
 from sampler._fast.draw import draw
 from sampler._fast.limit import scaled_max_overflows
-from sampler._fast.nucleus import bracketed_nucleus, nucleus
+from sampler._fast.nucleus import kept_ids, prefix
 from sampler._fast.topk import top_k, top_k_ids
 from sampler.logprobs import log_normalizer, log_softmax, reported, top_logprobs
 from sampler.params import SamplingParams
@@ -181,24 +181,34 @@ def test_top_p_with_masked_ids():
     assert np.isfinite(P.top_p(z, 0.9))[0].tolist() == [False, True, False, True]
 
 
+def _kept(e, p):
+    return kept_ids(e, p, np.empty(e.size, np.float32), np.empty(e.size, np.int64)).tolist()
+
+
 def test_nucleus_on_flat_rows_and_long_tails():
+    W = 2**43  # the top weight
     e = np.full(1000, 1.0, dtype=np.float32)  # flat: every token above the first threshold
-    ids, w = nucleus(e, float(e.sum(dtype=np.float64)), 0.999)
-    assert ids.tolist() == list(range(999)) and (w == 1.0).all()
-    # one head token and a long tail below the first threshold (1e-4): the nucleus
-    # needs 1 + n * 1e-5 >= 0.9855 * 1.05 = 1.034775: the head and 3478 lowest-id tail tokens
+    # need = ceil(0.999 * 1000 W) = 999 W (0.999 is a hair below 0.999): 999 ids
+    assert _kept(e, 0.999) == list(range(999))
+    # one head token and a long tail below the first threshold (1e-4), each tail token of
+    # weight w = floor(float32(1e-5) * 2**43): the run needs W + n w >= ceil(p (W + 5000 w))
     e = np.concatenate([[1.0], np.full(5000, 1e-5)]).astype(np.float32)
-    ids, _ = nucleus(e, float(e.sum(dtype=np.float64)), 0.9855)
-    assert ids.tolist() == list(range(3479))
+    w = int(float(np.float32(1e-5)) * W)
+    p = 0.9855
+    num, den = p.as_integer_ratio()  # p exactly, so the need is exact
+    need = -(-num * (W + 5000 * w) // den)
+    n = -(-(need - W) // w)  # the tail tokens after the head, lowest ids first
+    assert 3000 < n < 5000 and _kept(e, p) == list(range(1 + n))
 
 
-def test_bracketed_nucleus_decides_only_when_both_ends_agree():
-    ids, vals = [3, 7], [0.5, 1.0]  # decreasing order: 7 (1.0), then 3 (0.5)
-    assert bracketed_nucleus(ids, vals, 0.5, 1.4, 1.6) == [7]  # targets 0.7 .. 0.8
-    assert bracketed_nucleus(ids, vals, 0.8, 1.4, 1.6) == [3, 7]  # 1.12 .. 1.28
-    assert bracketed_nucleus(ids, vals, 0.7, 1.4, 1.6) is None  # 0.98 .. 1.12: 1.0 between
-    assert bracketed_nucleus(ids, vals, 0.8, 1.4, 2.0) is None  # 1.12 .. 1.6: mass 1.5 short
-    assert bracketed_nucleus(ids, vals, 0.0, 1.4, 1.6) == [7]  # never empty
+def test_prefix_decides_only_when_both_ends_agree():
+    ids, w = [3, 7], [5, 10]  # heaviest first: 7 (10), then 3 (5)
+    assert prefix(ids, w, 7, 8) == [7]  # a need of 7 .. 8: id 7 alone reaches both
+    assert prefix(ids, w, 12, 13) == [3, 7]
+    assert prefix(ids, w, 10, 11) is None  # 10 keeps [7], 11 needs [3, 7]
+    assert prefix(ids, w, 12, 16) is None  # 16: the candidates (15) fall short
+    assert prefix(ids, w, 0, 0) == [7]  # never empty
+    assert prefix([1, 2], [6, 6], 5, 6) == [1]  # a tie: the lower id first
 
 
 def _raw_side_of(z, k):
@@ -221,10 +231,10 @@ def test_nucleus_from_raw_side_hand_computed():
     raw_top, e, total = _raw_side_of(z, 3)
     assert raw_top[0] == [0, 1, 2]
     # T = 0.5 squares them: 1 : 0.25 : 1e-12 : 1e-12, total ~1.25
-    kept, vals = _nucleus_from_raw(z, 0.5, 0.7, None, raw_top, e, total)  # target 0.875
-    assert kept == [0] and vals == [1.0]
-    kept, vals = _nucleus_from_raw(z, 0.5, 0.85, None, raw_top, e, total)  # 1.0625
-    assert kept == [0, 1] and vals == pytest.approx([1.0, 0.25], rel=1e-6)
+    kept, w = _nucleus_from_raw(z, 0.5, 0.7, None, raw_top, e, total)  # target 0.875
+    assert kept == [0] and w == [2**43]  # the weights: floor(e * 2**43)
+    kept, w = _nucleus_from_raw(z, 0.5, 0.85, None, raw_top, e, total)  # 1.0625
+    assert kept == [0, 1] and w == pytest.approx([2**43, 2**41], rel=1e-6)
     # T = 1, target 1.5000019 > 1.5: the ids above the bound (0, 1) fall short, no decision;
     # the draw then takes the full pass and keeps all four
     p = 1 - 1e-7
@@ -255,8 +265,8 @@ def test_nucleus_from_raw_side_with_edits():
     edits = Edits.of(
         (np.array([4]), f32([math.log(4e6)])[0]), (np.array([0]), f32([math.log(2.0)])[0])
     )
-    kept, vals = _nucleus_from_raw(z, 1.0, 0.6, edits, raw_top, e, total)  # target 0.75
-    assert kept == [4] and vals == [1.0]
+    kept, w = _nucleus_from_raw(z, 1.0, 0.6, edits, raw_top, e, total)  # target 0.75
+    assert kept == [4] and w == [2**43]
     kept, _ = _nucleus_from_raw(z, 1.0, 0.85, edits, raw_top, e, total)  # 1.0625: id 4 and
     assert kept == [0, 4]  # one of the tied ids 0 and 1: the lower
     # every top id edited: nothing bounds the rest, so no decision

@@ -18,36 +18,30 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..reference import WEIGHT_SCALE
+from ..reference import WEIGHT_SCALE, need
 from .edits import Edits
 from .limit import scaled_max_overflows
-from .nucleus import (
-    bracketed_nucleus,
-    few_candidates_nucleus,
-    nucleus_cut,
-    nucleus_kept,
-    nucleus_mask,
-)
-from .sizes import BLOCK, KEPT_IDS, SMALL
+from .nucleus import bucket_cut, few_candidates, prefix, weigh
+from .sizes import BLOCK, SMALL
 
 _SCALE32 = np.float32(WEIGHT_SCALE)
 
 
 class Workspace:
-    """One reusable row buffer (and scratch buffers for a large nucleus's sort, made on
-    first need), so the hot path allocates no V-sized float temporaries: a fresh 400 KB
-    array can cost ~100 page faults when the heap hands it back to the OS each time."""
+    """One reusable row buffer (and an int64 buffer of bucket keys for a large nucleus,
+    made on first need), so the hot path allocates no V-sized float temporaries: a fresh
+    400 KB array can cost ~100 page faults when the heap hands it back to the OS each time."""
 
     def __init__(self, vocab: int) -> None:
         self.vocab = vocab
         self.e = np.empty(vocab, dtype=np.float32)  # [V]
-        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+        self._keys: np.ndarray | None = None
 
-    def scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(float32 [V], float64 [V])`` buffers for a large nucleus's sort, made once."""
-        if self._scratch is None:
-            self._scratch = (np.empty(self.vocab, np.float32), np.empty(self.vocab, np.float64))
-        return self._scratch
+    def keys(self) -> np.ndarray:
+        """An int64 [V] buffer for :func:`.nucleus.bucket_cut`, made once."""
+        if self._keys is None:
+            self._keys = np.empty(self.vocab, np.int64)
+        return self._keys
 
     @classmethod
     def for_row(cls, row: np.ndarray, ws: Workspace | None) -> Workspace:
@@ -71,38 +65,27 @@ def _pick_small(ids: Sequence[int], weights: Sequence[int], u: float) -> int:
 
 
 def _pick_full(e: np.ndarray, u: float) -> int:
-    """The draw over every id of the row ``e`` (float32 [V], largest value 1); uses up ``e``.
+    """The draw over every id of the row ``e`` (float32 [V], largest value 1); uses up ``e``
+    (it becomes the integer weights)."""
+    return _pick_weights(weigh(e, e), u)
 
-    ``floor(e * 2**43)`` is exact in float32 (below 2**24 every integer is representable,
-    above it every float32 is an integer), and a block of 1024 such weights sums exactly in
-    float64 (< 2**53), so the block sums are exact whatever the summation order.
+
+def _pick_weights(wf: np.ndarray, u: float) -> int:
+    """The draw over a row of integer weights ``wf`` (float32 [V]; 0: never drawn).
+
+    A block of 1024 weights sums exactly in float64 (< 2**53), so the block sums are exact
+    whatever the summation order; they find the block, one block's running sum the id.
     """
-    np.multiply(e, _SCALE32, out=e)
-    np.floor(e, out=e)  # [V] the integer weights, still float32
-    n_full = e.size - e.size % BLOCK
-    blocks = e[:n_full].reshape(-1, BLOCK).sum(axis=1, dtype=np.float64)  # [nb] exact
-    tail = e[n_full:].sum(dtype=np.float64)
+    n_full = wf.size - wf.size % BLOCK
+    blocks = wf[:n_full].reshape(-1, BLOCK).sum(axis=1, dtype=np.float64)  # [nb] exact
+    tail = wf[n_full:].sum(dtype=np.float64)
     ends = np.cumsum(np.append(blocks, tail).astype(np.int64))  # [nb + 1] exact
     r = _target(u, int(ends[-1]))
     b = int(np.searchsorted(ends, r, side="right"))
     start = b * BLOCK
-    run = np.cumsum(e[start : start + BLOCK].astype(np.int64))  # [<= 1024]
+    run = np.cumsum(wf[start : start + BLOCK].astype(np.int64))  # [<= 1024]
     before = int(ends[b - 1]) if b else 0
     return start + int(np.searchsorted(run, r - before, side="right"))
-
-
-def _pick_kept(ids: np.ndarray, vals: np.ndarray, u: float) -> int:
-    """The draw over a kept set: ids increasing, ``vals`` their float32 exps."""
-    if ids.size <= SMALL:
-        return _pick_few((ids.tolist(), vals.tolist()), u)
-    w = (vals * _SCALE32).astype(np.int64)  # [k]
-    run = np.cumsum(w)  # [k] exact
-    return int(ids[int(np.searchsorted(run, _target(u, int(run[-1])), side="right"))])
-
-
-def _pick_few(kept: tuple[list[int], list[float]], u: float) -> int:
-    """The draw over a few kept ``(ids, exps)`` as Python lists, ids increasing."""
-    return _pick_small(kept[0], [int(v * WEIGHT_SCALE) for v in kept[1]], u)
 
 
 def _exps(row: np.ndarray, out: np.ndarray, top: np.float32 | None = None) -> np.ndarray:
@@ -194,7 +177,7 @@ def _draw(
     if raw_total is not None and raw_top is not None and top_p < 1.0:
         few = _nucleus_from_raw(row, temperature, top_p, edits, raw_top, e, raw_total)
         if few is not None:
-            return _pick_few(few, u)
+            return _pick_small(*few, u)
     edited_max = _processed(row, t, edits, e)
     top = _processed_max(e, t, edits, row_max, edited_max)
     if not np.isfinite(top):  # the row's maximum over t overflowed (found by the pass)
@@ -274,9 +257,9 @@ def _nucleus_from_raw(
     raw_top: tuple[Sequence[int], Sequence[float]],
     raw_e: np.ndarray,
     raw_total: float,
-) -> tuple[list[int], list[float]] | None:
+) -> tuple[list[int], list[int]] | None:
     """Steps 1–4 decided from the raw side alone: the kept ids (increasing) and their
-    processed exps, with no pass over the processed row; None when that cannot decide.
+    weights, with no pass over the processed row; None when that cannot decide.
 
     ``raw_e`` holds ``exp(row - m)`` (``m`` the raw max) and ``raw_total`` its float64 sum.
     The candidates are the raw top ids and the edited ids: their processed values and exps
@@ -285,9 +268,9 @@ def _nucleus_from_raw(
     with ``x = row[j] - m <= last - m``, its processed exp ``exp(s*x + m/t - top)`` is at
     most ``exp(x) * exp((s-1)*(last - m) + m/t - top)``: the processed tail is at most that
     factor times the raw tail ``raw_total - raw_e[candidates].sum()`` (plus rounding
-    slack, :func:`_tail_bound`). The processed total lies in ``[candidates' sum, that +
-    tail bound]``; :func:`.nucleus.bracketed_nucleus` decides if both ends keep
-    the same set.
+    slack, :func:`_tail_bound`). The total weight ``W`` lies in ``[the candidates'
+    weights, that + 2**43 * tail bound]``; :func:`.nucleus.prefix` decides if both ends
+    keep the same set.
     """
     ids, values = raw_top
     if len(ids) < 2 or not 0.0 < temperature <= 1.0 or not math.isfinite(values[0]):
@@ -307,7 +290,6 @@ def _nucleus_from_raw(
     top = z.max()  # the processed row's max
     z -= top
     pe = np.exp(z, out=z)  # [c] their exps, as the full pass computes them
-    inside = float(pe.sum(dtype=np.float64))
     m, last, tf, top = float(values[0]), float(values[-1]), float(t), float(top)
     if last == -math.inf:  # every other id is -inf: exp 0
         tail = 0.0
@@ -317,22 +299,22 @@ def _nucleus_from_raw(
         if bound is None:
             return None
         tail = bound
-    sel = (pe > _exp_bound(last, tf, top)).nonzero()[0]  # [n] above every other id
+    # W, the total weight: the candidates' exact weights, plus at most 2**43 * tail
+    wc = np.floor(pe.astype(np.float64) * WEIGHT_SCALE)  # [c] floor(pe * 2**43), exact
+    inside = int(wc.sum())  # exact: a few hundred integers below 2**44
+    hi = inside + math.ceil(tail * WEIGHT_SCALE * (1.0 + 2.0**-30)) + 1
+    bound = _exp_bound(last, tf, top)  # no other id's exp is above it
+    out = math.floor(bound * WEIGHT_SCALE)  # nor its weight above this
+    sel = (pe > bound).nonzero()[0]  # [n] a superset of the ids weighing more than out
     if sel.size > SMALL:
         return None
-    pairs = sorted(zip(cand[sel].tolist(), pe[sel].tolist()))
-    # The definition's float64 total is within 2**-30 of the exact sum, relatively.
-    kept = bracketed_nucleus(
-        [i for i, _ in pairs],
-        [v for _, v in pairs],
-        top_p,
-        inside * (1 - 2.0**-30),
-        (inside + tail) * (1 + 2.0**-30),
-    )
+    top_set = sorted((i, int(w)) for i, w in zip(cand[sel].tolist(), wc[sel].tolist()) if w > out)
+    ids, w = [i for i, _ in top_set], [x for _, x in top_set]
+    kept = prefix(ids, w, need(top_p, inside), need(top_p, hi))
     if kept is None:
         return None
-    value = dict(pairs)
-    return kept, [value[i] for i in kept]
+    weight = dict(top_set)
+    return kept, [weight[i] for i in kept]
 
 
 def _tail_bound(
@@ -364,28 +346,25 @@ def pick(
     outside: tuple[np.ndarray, float] | None = None,
     workspace: Workspace | None = None,
 ) -> int:
-    """Step 5 on a row's exps ``e`` (float32 [V], largest value 1), which it uses up.
+    """Steps 4–5 on a row's exps ``e`` (float32 [V], largest value 1), which it uses up.
 
-    ``total``: ``e``'s float64 sum, when known; ``outside``: as for
-    :func:`.nucleus.nucleus`; ``workspace``: its scratch buffers serve a large
-    nucleus's sort. A nucleus of a few candidates is drawn in plain Python; a larger one
-    is found by :func:`.nucleus.nucleus_cut` and drawn from its ids; a very
-    large one (flat rows) by setting the other ids' exps to 0 in place and drawing the
-    row whole (weight 0 is never drawn).
+    ``total``: ``e``'s float64 sum, when known (it brackets the total weight);
+    ``outside``: as for :func:`.nucleus.few_candidates`; ``workspace``: its key buffer
+    serves a large nucleus. A nucleus of a few candidates is drawn in plain Python
+    integers; a larger one is found by :func:`.nucleus.bucket_cut`, the other ids'
+    weights set to 0 in place, and the row drawn whole (weight 0 is never drawn).
     """
     if top_p >= 1.0:
         return _pick_full(e, u)
-    few = few_candidates_nucleus(e, top_p, outside, total)
+    few = few_candidates(e, top_p, outside, total)
     if few is not None:
-        return _pick_few(few, u)
-    if total is None:
-        total = float(e.sum(dtype=np.float64))
-    scratch = workspace.scratch() if workspace is not None else None
-    cut, ties, size, cand = nucleus_cut(e, total, top_p, scratch=scratch)
-    if size <= KEPT_IDS:
-        return _pick_kept(*nucleus_kept(e, cut, ties, cand), u)
-    np.multiply(e, nucleus_mask(e, cut, ties), out=e)  # [V] exps outside the nucleus -> 0
-    return _pick_full(e, u)
+        return _pick_small(*few, u)
+    keys = workspace.keys() if workspace is not None else np.empty(e.size, np.int64)
+    bucket, chosen, _ = bucket_cut(weigh(e, e), top_p, keys)  # e: now the weights
+    kept = keys > bucket  # [V]
+    kept[chosen] = True
+    np.multiply(e, kept, out=e)  # [V] weights outside the nucleus -> 0 (a masked copyto
+    return _pick_weights(e, u)  # with where= is ~9x slower on a scattered mask)
 
 
 def _processed_max(

@@ -1,161 +1,83 @@
-"""Step 4's kept set, found without sorting the whole row (docs/performance.md).
+"""Step 4's kept set without sorting the row (docs/performance.md).
 
-The definition (:func:`sampler.reference.nucleus`) sorts every id; here thresholds find
-the few candidates that can be in the nucleus, a bracket on the row's total settles the
-boundary from a float32 sum when it can, and only the candidates are sorted.
+The definition (:func:`sampler.reference.nucleus`) sorts every id by its integer weight
+``w = floor(e * 2**43)`` and keeps the shortest run, heaviest first (ties to the lower id),
+whose exact sum reaches ``need = ceil(top_p * W)``, ``W`` the row's total weight. Here:
+
+- **few candidates**: when a few ids hold the top of the row, their own weights decide
+  the run against a bracket on ``W`` (from a float sum of ``e``: no exact pass), and only
+  when the bracket straddles a boundary is ``W`` summed exactly;
+- **any row**: one histogram of the weights by bucket (a weight's float32 exponent and 7
+  mantissa bits), whose sums are exact in float64 because a bucket's weights share an
+  exponent; the bucket where the running sum crosses ``need`` is the only one sorted.
 
 >>> import numpy as np
 >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
->>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]
-array([1, 2])
+>>> kept_ids(e, 0.5, np.empty(4, np.float32), np.empty(4, np.int64)).tolist()
+[1, 2]
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .sizes import FIRST_THRESHOLD, LISTED, SMALL
+from ..reference import WEIGHT_SCALE, need
+from .sizes import BLOCK, FIRST_THRESHOLD, SMALL
+
+__all__ = ["need", "weigh", "total_weight", "prefix", "few_candidates", "bucket_cut", "kept_ids"]
+
+_SCALE32 = np.float32(WEIGHT_SCALE)
 
 
-def nucleus(
+def weigh(e: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``floor(e * 2**43)`` into ``out`` (float32 [V]): exact integers, in float32 (below
+    2**24 every integer is representable, above it every float32 is an integer)."""
+    np.multiply(e, _SCALE32, out=out)
+    return np.floor(out, out=out)
+
+
+def total_weight(wf: np.ndarray) -> int:
+    """The exact sum of integer weights ``wf`` (float32 [V]): blocks of 1024 sum exactly in
+    float64 (< 2**53), whatever the order."""
+    n_full = wf.size - wf.size % BLOCK
+    blocks = wf[:n_full].reshape(-1, BLOCK).sum(axis=1, dtype=np.float64)  # [nb] exact
+    return int(blocks.astype(np.int64).sum()) + int(wf[n_full:].sum(dtype=np.float64))
+
+
+def prefix(ids: list[int], w: list[int], need_lo: int, need_hi: int) -> list[int] | None:
+    """The kept ids (increasing) among candidates ``ids`` with weights ``w`` when every
+    ``need`` in ``[need_lo, need_hi]`` keeps the same run; None when they do not, or the
+    candidates fall short. The candidates must be the row's heaviest: every other id's
+    weight below all of theirs.
+
+    >>> prefix([1, 2], [10, 5], 11, 14), prefix([1, 2], [10, 5], 9, 11)
+    ([1, 2], None)
+    """
+    order = sorted(range(len(ids)), key=lambda i: (-w[i], ids[i]))
+    acc = 0
+    for n, i in enumerate(order, start=1):
+        acc += w[i]
+        if acc >= need_lo:  # the run for the lowest need; the highest keeps it if reached
+            return sorted(ids[j] for j in order[:n]) if acc >= need_hi else None
+    return None
+
+
+def few_candidates(
     e: np.ndarray,
-    total: float | None,
-    p: float,
-    *,
-    outside: tuple[np.ndarray, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The minimal nucleus of one row of unnormalised probabilities ``e`` (float32, [V]).
-
-    Returns ``(ids, weights)``: the kept token ids in increasing id order and their
-    ``e`` values. The nucleus is the smallest set of most probable tokens whose mass is
-    ``>= p * total`` (``total`` = float64 sum of ``e``), ties ordered by lower id first,
-    never empty. The float64 running sum over values in decreasing order is the
-    definition; only tokens above a safe threshold are sorted (performance.md).
-    ``total=None``: found here (see :func:`few_candidates_nucleus`). ``outside = (ids,
-    bound)``: the caller knows that every id not in ``ids`` has ``e <= bound``, so the
-    candidates above it are found without a pass over the row.
-
-    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> nucleus(e, float(e.sum(dtype=np.float64)), 0.5)[0]
-    array([1, 2])
-    """
-    quick = few_candidates_nucleus(e, p, outside, total)
-    if quick is not None:
-        return np.array(quick[0], dtype=np.int64), np.array(quick[1], dtype=np.float32)
-    return sorted_nucleus(e, float(e.sum(dtype=np.float64)) if total is None else total, p)
-
-
-def sorted_nucleus(e: np.ndarray, total: float, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`nucleus` by thresholds and a sort of the candidates, for any row: the path
-    for rows whose nucleus is not among a few candidates (``total`` is required).
-
-    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> sorted_nucleus(e, float(e.sum(dtype=np.float64)), 0.9)[0]
-    array([0, 1, 2])
-    """
-    cut, ties, _, cand = nucleus_cut(e, total, p)
-    return nucleus_kept(e, cut, ties, cand)
-
-
-def nucleus_cut(
-    e: np.ndarray, total: float, p: float, *, scratch: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.float32, int, int, np.ndarray | None]:
-    """The nucleus of a row as ``(cut, ties, size, cand)``: every id with ``e > cut`` and
-    the ``ties`` lowest ids with ``e == cut`` (``size`` ids in all), by thresholds and a
-    sort. ``cand``: the sorted candidates' ids (increasing, every kept id among them) when
-    there were few enough to list (up to 16,384), else None.
-
-    ``scratch = (float32 [V], float64 [V])`` buffers to work in: with them no V-sized float
-    array is allocated, only boolean masks (a fresh 400 KB temporary can cost ~100 page
-    faults, more than the sort).
-
-    >>> e = np.array([0.1, 0.4, 0.4, 0.1], dtype=np.float32)
-    >>> nucleus_cut(e, float(e.sum(dtype=np.float64)), 0.3)[:3]  # one of the tied 0.4s
-    (np.float32(0.4), 1, 1)
-    """
-    target = p * total
-    f32, f64 = (
-        scratch
-        if scratch is not None
-        else (np.empty(e.size, np.float32), np.empty(e.size, np.float64))
-    )
-    cand: np.ndarray | None = None
-    for t in _thresholds(p, total, e.size):
-        above_t = e >= t  # [V]
-        n = int(np.count_nonzero(above_t))
-        if n <= SMALL:
-            cand = np.flatnonzero(above_t)  # [n] ids above the threshold, increasing
-            kept = _small_nucleus(cand.tolist(), e[cand].tolist(), target, last=t == 0)
-            if kept is not None:
-                vals = e[kept]  # [k]
-                cut = vals.min()
-                return cut, int(np.count_nonzero(vals == cut)), len(kept), cand
-            continue
-        cand = np.flatnonzero(above_t) if n <= LISTED else None  # [n]
-        vals = f32[:n]  # [n] the candidates' values
-        if cand is not None:
-            np.take(e, cand, out=vals)
-        elif n == e.size:  # every id a candidate (flat rows)
-            np.copyto(vals, e)
-        else:
-            np.compress(above_t, e, out=vals)
-        if n < e.size and vals.sum(dtype=np.float64) < target * (1 - 1e-12) and t > 0:
-            continue  # clearly not enough mass: try a lower threshold
-        vals.sort()  # increasing
-        csum = f64[:n]  # [n] the float64 running sum, largest first
-        np.copyto(csum, vals[::-1])
-        np.cumsum(csum, out=csum)  # (a cumsum casting a reversed float32 view is ~4x slower)
-        if csum[-1] >= target or t == 0:
-            break
-    k = min(int(np.searchsorted(csum, target, side="left")), n - 1)
-    cut = vals[n - 1 - k]  # the smallest kept value
-    n_above = n - int(np.searchsorted(vals, cut, side="right"))  # values > cut
-    return cut, k + 1 - n_above, k + 1, cand
-
-
-def nucleus_kept(
-    e: np.ndarray, cut: np.float32, ties: int, cand: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The kept ids of :func:`nucleus_cut`, increasing, and their values, found among
-    ``cand`` when given (else by one compare over the row)."""
-    ids = np.flatnonzero(e >= cut) if cand is None else cand[e[cand] >= cut]  # [n]
-    vals = e[ids]  # [n]
-    tied = np.flatnonzero(vals == cut)  # [t] positions of the ties, lowest ids first
-    if tied.size > ties:  # drop the ties beyond the first ``ties``
-        keep = vals > cut  # [n]
-        keep[tied[:ties]] = True
-        ids, vals = ids[keep], vals[keep]
-    return ids, vals
-
-
-def nucleus_mask(e: np.ndarray, cut: np.float32, ties: int) -> np.ndarray:
-    """The kept ids of :func:`nucleus_cut` as a boolean mask ``[V]``."""
-    mask = e > cut  # [V]
-    if ties:
-        mask[np.flatnonzero(e == cut)[:ties]] = True  # the lowest ids among the ties
-    return mask
-
-
-def few_candidates_nucleus(
-    e: np.ndarray,
-    p: float,
+    top_p: float,
     outside: tuple[np.ndarray, float] | None = None,
     total: float | None = None,
-) -> tuple[list[int], list[float]] | None:
-    """:func:`nucleus` when a few candidates hold it, as Python lists ``(ids, values)``,
-    ids increasing; None when they do not (too many candidates, or too little mass).
+) -> tuple[list[int], list[int]] | None:
+    """The nucleus as ``(ids, weights)`` (ids increasing, Python ints) when a few
+    candidates hold it; None when they do not.
 
-    The candidates form a top set: every id with ``e >= 1e-4`` (at most 64 of them) or,
-    given ``outside = (ids, bound)``, those of ``ids`` above ``bound`` (all ids above it
-    are among them). With ``total`` unknown, a float32 sum stands in for it first: a
-    float32 sum of ``n`` non-negative values, in any order, is within ``(n-1) * 2**-24``
-    of the true sum, relatively (the float64 sum far closer still), and the kept set only
-    grows with the target, so when the targets at both ends of that interval keep the same
-    set, it is the set the float64 total keeps. Only when they differ is the float64 sum
-    taken.
-
-    >>> few_candidates_nucleus(np.array([0.1, 1.0, 0.5, 1e-6], dtype=np.float32), 0.7)
-    ([1, 2], [1.0, 0.5])
+    The candidates: every id with ``e >= 1e-4`` (at most 64 of them), or, given
+    ``outside = (ids, bound)`` (every id not in ``ids`` has ``e <= bound``), those of
+    ``ids`` whose weight is above ``floor(bound * 2**43)``. ``W`` is bracketed from
+    ``total`` (the float64 sum of ``e``, when known) or a float32 sum; summed exactly
+    only when the bracket does not decide.
     """
     if outside is None:
         above = e >= FIRST_THRESHOLD  # [V]
@@ -163,82 +85,90 @@ def few_candidates_nucleus(
             return None
         cand = np.flatnonzero(above)  # [k] ids above the threshold
         ids, vals = cand.tolist(), e[cand].tolist()
+        floor_out = -1  # every other id: e < 1e-4, so w < every candidate's
     else:
         known, bound = outside
         at = e[known]  # [m]
-        above = at > bound  # [m]
-        pairs = dict(zip(known[above].tolist(), at[above].tolist()))  # dedupes the ids
+        keep = at > bound  # [m]
+        pairs = dict(zip(known[keep].tolist(), at[keep].tolist()))  # dedupes the ids
         ids = sorted(pairs)
         vals = [pairs[i] for i in ids]
+        if bound == math.inf:
+            return None
+        floor_out = math.floor(bound * WEIGHT_SCALE)
+    w = [int(v * WEIGHT_SCALE) for v in vals]  # floor(e * 2**43): exact
+    top = [(i, x) for i, x in zip(ids, w) if x > floor_out]  # heavier than any other id
+    if not top:
+        return None
+    ids, w = [i for i, _ in top], [x for _, x in top]
     kept = None
-    if total is None:
-        s32 = float(e.sum())  # float32 pairwise sum
-        slack = 2.0 * e.size * 2.0**-24  # twice the bound: room for the float64 total too
-        if slack < 0.5:
-            if sum(vals) < p * s32 * (1.0 - slack):  # short even for the lowest target
-                return None
-            kept = bracketed_nucleus(ids, vals, p, s32 * (1.0 - slack), s32 * (1.0 + slack))
-        if kept is None:  # the interval straddles a boundary: the float64 total decides
-            total = float(e.sum(dtype=np.float64))
-    if kept is None:
-        assert total is not None
-        kept = _small_nucleus(ids, vals, p * total)
+    lo, hi = _bracket(e, total)
+    if sum(w) < need(top_p, lo):  # short of even the lowest need: a larger nucleus
+        return None
+    if hi - lo < 0.5 * hi:
+        kept = prefix(ids, w, need(top_p, lo), need(top_p, hi))
+    if kept is None:  # the bracket straddles a boundary: the exact total decides
+        exact = _exact_total(e)
+        kept = prefix(ids, w, need(top_p, exact), need(top_p, exact))
         if kept is None:
             return None
-    value = dict(zip(ids, vals))
-    return kept, [value[i] for i in kept]
+    weight = dict(zip(ids, w))
+    return kept, [weight[i] for i in kept]
 
 
-def bracketed_nucleus(
-    ids: list[int], vals: list[float], p: float, lo: float, hi: float
-) -> list[int] | None:
-    """The nucleus among candidates when the row's float64 total is known only to lie in
-    ``[lo, hi]``: the kept ids (increasing) if every total in that interval keeps the same
-    set, else None (also when the candidates' mass is short of ``p * lo``).
+def _bracket(e: np.ndarray, total: float | None) -> tuple[int, int]:
+    """Integers ``lo <= W <= hi`` from a sum of ``e`` (float32 [V]): ``W = sum(floor(e *
+    2**43))`` lies in ``(2**43 * sum(e) - V, 2**43 * sum(e)]``. A float32 sum of ``n``
+    values is within ``(n-1) * 2**-24`` of the true sum, relatively; a float64 one within
+    ``2**-30`` here; twice that for room."""
+    if total is None:
+        s, slack = float(e.sum()), 2.0 * e.size * 2.0**-24
+    else:
+        s, slack = total, 2.0**-29
+    scaled = s * WEIGHT_SCALE
+    return max(math.floor(scaled * (1.0 - slack)) - e.size - 1, 0), math.ceil(
+        scaled * (1.0 + slack)
+    ) + 1
 
-    ``ids`` (increasing) and ``vals`` must be the row's largest values: every id left out
-    has a value below all of theirs. The kept set only grows with the target
-    ``p * total``, so the two ends of the interval decide for every total between them.
 
-    >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.6, 1.7)  # targets 1.12 .. 1.19
-    [1, 2]
-    >>> bracketed_nucleus([1, 2], [1.0, 0.5], 0.7, 1.4, 1.5) is None  # 0.98 .. 1.05
-    True
+def _exact_total(e: np.ndarray) -> int:
+    return total_weight(np.floor(e * _SCALE32))  # [V] a temporary: the rare, ambiguous case
+
+
+def bucket_cut(wf: np.ndarray, top_p: float, keys: np.ndarray) -> tuple[int, np.ndarray, int]:
+    """The nucleus of any row from its integer weights ``wf`` (float32 [V]):
+    ``(bucket, chosen, total)``. The kept ids are those whose bucket key (in ``keys``, an
+    int64 [V] workspace, filled here) is above ``bucket``, plus ``chosen`` (ids of that
+    bucket, increasing); ``total`` is ``W``.
+
+    A key is the float32 bit pattern's top 16 bits: sign, exponent, 7 mantissa bits, so
+    the keys order the weights. Bucket sums are exact in float64: a bucket's weights
+    share an exponent, hence are multiples of one power of two, and fewer than 2**29 of
+    them never need more than 53 bits.
     """
-    order = _by_value(ids, vals)
-    lo, hi, acc = p * lo, p * hi, 0.0
-    for n, i in enumerate(order, start=1):
-        acc += vals[i]
-        if acc >= lo:  # the set for the lowest target; the highest keeps it if reached too
-            return sorted(ids[j] for j in order[:n]) if acc >= hi else None
-    return None
+    np.right_shift(wf.view(np.int32), 16, out=keys)  # [V] int64 bucket keys
+    sums = np.bincount(keys, weights=wf)  # [K] exact bucket sums
+    full = np.flatnonzero(sums)[::-1]  # [n] non-empty buckets, heaviest first
+    run = np.cumsum(sums[full].astype(np.int64))  # [n] exact
+    total = int(run[-1])
+    target = need(top_p, total)
+    j = int(np.searchsorted(run, target, side="left"))  # the bucket where the run gets there
+    bucket, before = int(full[j]), int(run[j - 1]) if j else 0
+    members = np.flatnonzero(keys == bucket)  # [m] its ids, increasing
+    mw = wf[members].astype(np.int64)  # [m]
+    order = np.lexsort((members, -mw))  # heaviest first, ties to the lower id
+    reach = np.cumsum(mw[order]) + before  # [m]
+    size = int(np.searchsorted(reach, target, side="left")) + 1
+    return bucket, np.sort(members[order[:size]]), total
 
 
-def _thresholds(p: float, total: float, size: int) -> tuple[float, ...]:
-    # e = exp(z - max) so the largest value is 1. Everything below (1-p)*total/size sums
-    # to less than (1-p)*total, so that threshold always leaves >= p*total; 0 is the
-    # belt-and-braces end for rounding at the edge.
-    return (FIRST_THRESHOLD, (1.0 - p) * total / size, 0.0)
-
-
-def _small_nucleus(
-    ids: list[int], vals: list[float], target: float, *, last: bool = False
-) -> list[int] | None:
-    """The nucleus among a few candidates (ids increasing), or None if their mass is short
-    (with ``last``, the candidates are the whole row: then all of them).
-
-    Same definition as the array path: float64 running sum in decreasing order of value,
-    ties by lower id, until it reaches ``target``.
-    """
-    order = _by_value(ids, vals)
-    acc = 0.0
-    for n, i in enumerate(order, start=1):
-        acc += vals[i]
-        if acc >= target:
-            return sorted(ids[j] for j in order[:n])
-    return list(ids) if last else None
-
-
-def _by_value(ids: list[int], vals: list[float]) -> list[int]:
-    """Positions in decreasing order of value, ties by lower id."""
-    return sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))
+def kept_ids(e: np.ndarray, top_p: float, wf: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The nucleus of a row of exps ``e`` (float32 [V], largest value 1): its kept ids,
+    increasing; ``wf`` (float32 [V]) and ``keys`` (int64 [V]) are workspaces."""
+    few = few_candidates(e, top_p)
+    if few is not None:
+        return np.array(few[0], dtype=np.int64)
+    bucket, chosen, _ = bucket_cut(weigh(e, wf), top_p, keys)
+    mask = keys > bucket  # [V]
+    mask[chosen] = True
+    return np.flatnonzero(mask)
