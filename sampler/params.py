@@ -20,7 +20,6 @@ n integer_above_max_value Invalid 'n': integer above maximum value.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,24 +29,20 @@ import numpy as np
 from .errors import RequestError  # noqa: F401  (the type every rule raises)
 from .fields import (
     EXTENSION_FIELDS,
-    INT64_MAX,
-    INT64_MIN,
-    boolean,
+    Limits,
+    ModelInfo,
     check_fields,
     check_limits,
-    integer,
     logit_bias_field,
     logprobs_mode_field,
     model_field,
     n_best_of,
-    number,
     stop_field,
     stream_options_field,
     suffix_field,
-    type_error,
 )
 from .prompts import Prompt, check_context, prompt_tokens, raw_prompts
-from .tokenizer import Tokenizer
+from .values import INT64_MAX, INT64_MIN, boolean, integer, number, type_error
 
 __all__ = [
     "ModelInfo",
@@ -63,43 +58,6 @@ __all__ = [
     "INT64_MIN",
     "INT64_MAX",
 ]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What validation needs to know about the model a request names."""
-
-    name: str
-    tokenizer: Tokenizer
-    context_length: int
-    end_ids: tuple[int, ...]
-    vocab_size: int | None = None  # logits width; defaults to the tokenizer's
-    fim: tuple[int, int, int] | None = None  # prefix, middle, suffix ids
-
-    @functools.cached_property
-    def masked_ids(self) -> np.ndarray:
-        """Ids never sampled nor reported (spec §3), for a row of the model's width."""
-        width = self.vocab_size or self.tokenizer.max_id + 1
-        return self.tokenizer.masked_ids(width, self.end_ids)
-
-    @functools.cached_property
-    def _masked_set(self) -> frozenset[int]:
-        return frozenset(self.masked_ids.tolist())
-
-    @functools.cached_property
-    def max_bias_id(self) -> int:
-        """The largest id ``logit_bias`` accepts: the largest sampleable id."""
-        allowed = np.ones(self.tokenizer.max_id + 1, dtype=bool)  # [ids]
-        allowed[self.masked_ids[self.masked_ids < allowed.size]] = False
-        return int(np.flatnonzero(allowed)[-1])
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Deployment limits a server adds to the API's own ranges (None: no limit)."""
-
-    max_prompts: int | None = None  # prompts in one request
-    max_sequences: int | None = None  # prompts x best_of: sequences one request runs
 
 
 #: The fields that shape one step of sampling (spec §3–4, §6, §11): a

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import RequestError
-from .fields import empty_array, is_int, show, type_error, valid_text
 from .tokenizer import Tokenizer, UnrepresentableText
+from .values import empty_array, is_int, show, type_error, valid_text
 
 if TYPE_CHECKING:
-    from .params import ModelInfo
+    from .fields import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sampler import cli
-from sampler.convert import convert_gguf, read_gguf
+from sampler.convert import convert_gguf
 from sampler.decoder import Decoder
 from sampler.engine import Engine
 from sampler.errors import RequestError
+from sampler.gguf_llama import read_gguf
 from sampler.gguf_vocab import byte_decoder, gguf_vocab
 from sampler.model import load_config
 from sampler.tokenizer import tokenizer_for
@@ -96,7 +97,9 @@ def test_unpermutation_is_needed(tmp_path, monkeypatch):
     import sampler.convert as conv
 
     src = ref.write_tiny_gguf(tmp_path / "m.gguf", "F32")
-    monkeypatch.setattr(conv, "unpermute_rope_rows", lambda w, num_heads: w)
+    import sampler.gguf_llama as gl
+
+    monkeypatch.setattr(gl, "unpermute_rope_rows", lambda w, num_heads: w)  # where it is used
     decoder = Decoder.load(conv.convert_gguf(src, tmp_path / "m"))
     tokens = list(range(3, 30))
     assert np.abs(all_logits(decoder, tokens) - ref.forward(src, tokens)).max() > 1e-2

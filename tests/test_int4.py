@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from sampler import cli
-from sampler.convert import convert_gguf, llama_int4_weights, llama_weights, read_gguf
+from sampler.convert import convert_gguf
 from sampler.decoder import Decoder
+from sampler.gguf_llama import llama_int4_weights, llama_weights, read_gguf
 from sampler.onnx_llama import Int4Matrix, LlamaConfig, build_llama, random_weights
 
 LAYER_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Container
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..processors import TokenCounts
+
+class Counts(Protocol):
+    """A sequence's generated tokens as :class:`sampler.processors.TokenCounts` keeps them."""
+
+    added: list[int]  # every token, in order
+
+    def count(self, token: int) -> int: ...
 
 
 class Edits(NamedTuple):
@@ -63,7 +68,7 @@ class RowEdits:
         self.n = ids.size
         self.seen = 0  # tokens of counts.added already applied
 
-    def update(self, counts: TokenCounts, presence: float, frequency: float) -> Edits | None:
+    def update(self, counts: Counts, presence: float, frequency: float) -> Edits | None:
         if presence != 0.0 or frequency != 0.0:
             f, p = float(frequency), float(presence)  # float64, as TokenCounts.amounts
             for token in counts.added[self.seen :]:

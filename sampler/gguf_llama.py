@@ -1,0 +1,303 @@
+"""A Llama-architecture GGUF file read into NumPy: hyper-parameters, metadata, weights.
+
+:func:`read_gguf` opens the file (``gguf``, llama.cpp's reader, imported here only);
+:func:`llama_config` maps ``llama.*`` metadata to a :class:`~sampler.onnx_llama.LlamaConfig`;
+:func:`llama_weights` dequantises every tensor to float32 (``gguf.quants.dequantize``) under
+the Hugging Face names the graph builder takes, undoing llama.cpp's Q/K row order
+(:func:`unpermute_rope_rows`); :func:`llama_int4_weights` keeps Q4_0/Q4_1 matrices 4-bit.
+
+>>> unpermute_rope_rows(np.arange(8.0).reshape(8, 1), num_heads=2).ravel().tolist()
+[0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .gguf_vocab import GGUFVocab, gguf_vocab
+from .onnx_llama import Int4Matrix, LlamaConfig, weight_shapes
+
+if TYPE_CHECKING:  # pragma: no cover
+    import gguf
+
+__all__ = [
+    "GGUFLlama",
+    "read_gguf",
+    "llama_config",
+    "llama_weights",
+    "llama_int4_weights",
+    "int4_matrix",
+    "unpermute_rope_rows",
+]
+
+
+_LAYER_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "q_proj",
+    "attn_k": "k_proj",
+    "attn_v": "v_proj",
+    "attn_output": "o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "gate_proj",
+    "ffn_up": "up_proj",
+    "ffn_down": "down_proj",
+}
+
+_GLOBAL_TENSORS = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
+
+
+def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row order: GGUF rows ``(head, j, a)`` -> HF rows ``(head, a, j)``.
+
+    llama.cpp's converter puts HF row ``a * hd/2 + j`` of each head (``a`` in {0, 1}, the
+    half) at row ``2j + a``, so that its adjacent-pair RoPE rotates the pair HF's
+    ``rotate_half`` rotates. ``w`` [heads * hd, in] -> the same shape, HF order.
+    """
+    rows, cols = w.shape
+    hd = rows // num_heads
+    if rows % num_heads or hd % 2:
+        raise ValueError(f"cannot split {rows} rows into {num_heads} heads of even size")
+    return np.ascontiguousarray(
+        w.reshape(num_heads, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    )
+
+
+@dataclass
+class GGUFLlama:
+    """What a GGUF file says about a Llama model, before any weight is read."""
+
+    path: Path
+    reader: gguf.GGUFReader = field(repr=False)
+    config: LlamaConfig
+    vocab: GGUFVocab
+    name: str  # general.name, or the file name
+
+    @property
+    def tensor_types(self) -> dict[str, str]:
+        """GGUF tensor name -> its type name (``Q4_1``, ``F32``, ...)."""
+        return {t.name: t.tensor_type.name for t in self.reader.tensors}
+
+
+class _Meta:
+    """Typed access to GGUF metadata; errors name the key."""
+
+    def __init__(self, reader: gguf.GGUFReader, path: Path) -> None:
+        self.reader, self.path = reader, path
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        f = self.reader.fields.get(key)
+        if f is None:
+            if default is ...:
+                raise ValueError(f"{self.path}: metadata key {key!r} is missing")
+            return default
+        value = f.contents()
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise ValueError(
+                f"{self.path}: metadata {key!r} is {value!r}, expected "
+                f"{getattr(kind, '__name__', kind)}"
+            )
+        return value
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFLlama:
+    """Open a GGUF file and read its hyper-parameters and tokenizer (weights stay on disk).
+
+    Raises ``ValueError`` naming the key, tensor or type for anything not supported.
+    """
+    from gguf import GGUFReader
+
+    path = Path(path)
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
+    meta = _Meta(reader, path)
+    arch = meta.get("general.architecture", str)
+    if arch != "llama":
+        raise ValueError(
+            f"{path}: general.architecture is {arch!r}; only 'llama' GGUF files convert"
+        )
+    tokens = meta.get("tokenizer.ggml.tokens", list)
+    fim_keys = {"prefix": "fim_pre", "middle": "fim_mid", "suffix": "fim_suf"}
+    fim = {k: meta.get(f"tokenizer.ggml.{v}_token_id", int, None) for k, v in fim_keys.items()}
+    eos = [meta.get(f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eos", "eot")]
+    vocab = gguf_vocab(
+        tokens,
+        meta.get("tokenizer.ggml.token_type", list),
+        meta.get("tokenizer.ggml.merges", list, []),
+        model=meta.get("tokenizer.ggml.model", str),
+        pre=meta.get("tokenizer.ggml.pre", str, "gpt-2"),
+        eos_ids=[i for i in eos if i is not None],
+        fim=fim if None not in fim.values() else None,
+    )
+    return GGUFLlama(
+        path,
+        reader,
+        llama_config(meta, len(tokens)),
+        vocab,
+        meta.get("general.name", str, path.stem),
+    )
+
+
+def llama_config(meta: _Meta, vocab_size: int) -> LlamaConfig:
+    """The :class:`LlamaConfig` of the ``llama.*`` metadata; unsupported variants refused."""
+    scaling = meta.get("llama.rope.scaling.type", str, "none")
+    if scaling != "none":
+        raise ValueError(
+            f"{meta.path}: llama.rope.scaling.type is {scaling!r}; RoPE scaling is not supported"
+        )
+    layers = meta.get("llama.block_count", int)
+    width = meta.get("llama.embedding_length", int)
+    ffn = meta.get("llama.feed_forward_length", int)
+    heads = meta.get("llama.attention.head_count", int)
+    kv_heads = meta.get("llama.attention.head_count_kv", int, heads)
+    head_dim = meta.get("llama.attention.key_length", int, width // heads)
+    value_dim = meta.get("llama.attention.value_length", int, head_dim)
+    rotary = meta.get("llama.rope.dimension_count", int, head_dim)
+    if value_dim != head_dim or rotary != head_dim:
+        raise ValueError(
+            f"{meta.path}: key length {head_dim}, value length {value_dim} and RoPE dimension "
+            f"{rotary} differ; only full-head RoPE with equal key/value sizes is supported"
+        )
+    ctx = meta.get("llama.context_length", int)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=ffn,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        rope_theta=float(meta.get("llama.rope.freq_base", float, 10000.0)),
+        rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", float)),
+        tie_word_embeddings="output.weight" not in {t.name for t in meta.reader.tensors},
+        max_position=ctx,
+    )
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    base, _, suffix = gguf_name.rpartition(".")
+    if suffix != "weight":
+        return None
+    if base in _GLOBAL_TENSORS:
+        return _GLOBAL_TENSORS[base]
+    parts = base.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_TENSORS:
+        return f"layers.{int(parts[1])}.{_LAYER_TENSORS[parts[2]]}"
+    return None
+
+
+def llama_weights(model: GGUFLlama, *, progress: bool = False) -> dict[str, np.ndarray]:
+    """Every weight dequantised to float32, under HF names and shapes, Q/K un-permuted.
+
+    This is the input of :func:`sampler.onnx_llama.build_llama` (and what any other
+    exporter of the same GGUF needs).
+    """
+    from gguf.quants import dequantize
+
+    c = model.config
+    expected = weight_shapes(c)
+    weights: dict[str, np.ndarray] = {}
+    tensors = model.reader.tensors
+    for t in _progress(tensors, "dequantise", progress):
+        name = _hf_name(t.name)
+        if name is None or name not in expected:
+            hint = (
+                " (Llama 3 RoPE frequency scaling is not supported)"
+                if t.name == "rope_freqs.weight"
+                else ""
+            )
+            raise ValueError(
+                f"{model.path}: unexpected tensor {t.name!r} ({t.tensor_type.name}, "
+                f"shape {t.shape.tolist()}){hint}; this converter handles the "
+                "plain Llama architecture"
+            )
+        try:
+            w = dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise ValueError(
+                f"{model.path}: tensor {t.name!r} has type {t.tensor_type.name}, "
+                "which gguf.quants cannot dequantise"
+            ) from None
+        w = np.array(w, dtype=np.float32, order="C")  # a copy: the file's map is read-only
+        if w.shape != expected[name]:
+            raise ValueError(
+                f"{model.path}: tensor {t.name!r} has shape {w.shape} after "
+                f"dequantisation, expected {expected[name]} for {name}"
+            )
+        if name.endswith(".q_proj"):
+            w = unpermute_rope_rows(w, c.num_heads)
+        elif name.endswith(".k_proj"):
+            w = unpermute_rope_rows(w, c.num_kv_heads)
+        weights[name] = w
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise ValueError(f"{model.path}: missing tensors for {missing[:5]}")
+    return weights
+
+
+_INT4_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20}  # fp16 d [, fp16 m], 16 bytes of nibbles
+
+
+def int4_matrix(kind: str, raw: np.ndarray, rows: int, cols: int) -> Int4Matrix:
+    """A Q4_0/Q4_1 tensor's raw blocks (uint8, ``rows`` x ``cols`` values) as an Int4Matrix.
+
+    A block is fp16 ``d``, (Q4_1) fp16 ``m``, then 16 bytes whose low nibbles are values
+    0-15 and high nibbles values 16-31 -- the layout ``gguf.quants`` reads.
+    """
+    size = _INT4_BLOCK_BYTES[kind]
+    nb = cols // 32
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, nb, size)
+
+    def half(at: int) -> np.ndarray:  # the fp16 at byte ``at`` of every block, as float32
+        return blocks[:, :, at : at + 2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+
+    d = half(0)  # [rows, nb]
+    m = half(2) if kind == "Q4_1" else None
+    qs = blocks[:, :, size - 16 :]  # [rows, nb, 16]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2)  # [rows, nb, 32]
+    return Int4Matrix(kind, q, d, m)
+
+
+def llama_int4_weights(model: GGUFLlama) -> dict[str, Int4Matrix]:
+    """The Q4_0/Q4_1 layer matrices as :class:`Int4Matrix` (HF names, Q/K rows un-permuted).
+
+    Replacing these entries of :func:`llama_weights` gives ``build_llama(...,
+    weight_dtype="int4")`` its input; their :meth:`Int4Matrix.dense` equals the float32
+    weights exactly. The embedding and the head are left out (they stay dense).
+    """
+    c = model.config
+    out: dict[str, Int4Matrix] = {}
+    for t in model.reader.tensors:
+        name = _hf_name(t.name)
+        kind = t.tensor_type.name
+        if (
+            name is None
+            or not name.startswith("layers.")
+            or kind not in _INT4_BLOCK_BYTES
+            or len(t.shape) != 2
+        ):
+            continue
+        cols, rows = (int(n) for n in t.shape)  # GGUF lists the fastest dimension first
+        w = int4_matrix(kind, t.data, rows, cols)
+        if name.endswith(".q_proj") or name.endswith(".k_proj"):
+            heads = c.num_heads if name.endswith(".q_proj") else c.num_kv_heads
+            order = unpermute_rope_rows(np.arange(rows)[:, None], heads)[:, 0]
+            w = w.rows(order)
+        out[name] = w
+    return out
+
+
+def _progress(items: Sequence, desc: str, on: bool):
+    if not on:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="tensor", file=sys.stderr, leave=False)

@@ -1,0 +1,179 @@
+"""Attention for decoder graphs: RoPE tables, the causal mask, and the two attention
+kinds, with the per-layer Q/K/V projections (``onnx.helper`` nodes, via :mod:`.onnx_graph`).
+
+``self_attention`` is plain ONNX (``exact``: keys as the rows of the score product and float64
+sums, so a row's result does not depend on its batch; ``fast``: float32 ``q k^T``);
+``gqa_attention`` is ONNX Runtime's GroupQueryAttention over a cache updated in place. The
+shapes come from any config with ``num_heads``, ``num_kv_heads``, ``head_dim``,
+``rope_theta`` and ``max_position`` (:class:`HeadShape`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .onnx_graph import MS_DOMAIN, Graph, Weights, attend, linear, rope
+
+__all__ = [
+    "HeadShape",
+    "rope_tables",
+    "rope_inputs",
+    "attention_mask",
+    "self_attention",
+    "qkv_roped",
+    "gqa_attention",
+]
+
+
+class HeadShape(Protocol):
+    """What attention needs to know of a model's configuration."""
+
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def num_kv_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def rope_theta(self) -> float: ...
+    @property
+    def max_position(self) -> int: ...
+
+
+def rope_tables(config: HeadShape) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin, float32 [max_position, head_dim/2], computed in float64 and rounded once."""
+    half = config.head_dim // 2
+    inv_freq = config.rope_theta ** (-2.0 * np.arange(half) / config.head_dim)  # [hd/2]
+    angles = np.outer(np.arange(config.max_position), inv_freq)  # [P, hd/2]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def rope_inputs(g: Graph, c: HeadShape, pos: str) -> tuple[str, str]:
+    """cos and signed sin rows for the positions, [B, S, 1, hd], shared by all layers.
+
+    rotate_half(x) * sin == swap_halves(x) * [-sin, sin], so one table holds the sign.
+    """
+    cos, sin = rope_tables(c)  # [P, hd/2]
+    cos_t = g.const("rope_cos", np.concatenate([cos, cos], axis=1))  # [P, hd]
+    sin_t = g.const("rope_sin", np.concatenate([-sin, sin], axis=1))  # [P, hd]
+    axis2 = g.ints("axes_2", [2])
+    return (
+        g.op("Unsqueeze", g.op("Gather", cos_t, pos, axis=0), axis2),
+        g.op("Unsqueeze", g.op("Gather", sin_t, pos, axis=0), axis2),
+    )
+
+
+def attention_mask(g: Graph, c: HeadShape, ids: str, mask_in: str) -> str:
+    """bool [B, 1, G*S, T]: causal among the new tokens AND attention_mask over all keys.
+
+    Rows are ordered (group g, query s), matching the query layout in :func:`self_attention`.
+    """
+    from onnx import TensorProto
+
+    one, two = g.ints("one", [1]), g.ints("two_i", [2])
+    s = g.op("Slice", g.op("Shape", ids), one, two)  # [1] = [S]
+    t = g.op("Slice", g.op("Shape", mask_in), one, two)  # [1] = [T]
+    zero, step = g.ints("zero_s", 0), g.ints("one_s", 1)
+    t0 = g.op("Squeeze", t)  # scalar T
+    q_pos = g.op("Range", g.op("Squeeze", g.op("Sub", t, s)), t0, step)  # [S] absolute
+    k_pos = g.op("Range", zero, t0, step)  # [T]
+    causal = g.op(
+        "LessOrEqual",
+        g.op("Unsqueeze", k_pos, g.ints("axes_0", [0])),
+        g.op("Unsqueeze", q_pos, g.ints("axes_1", [1])),
+    )  # [S, T]
+    keep = g.op(
+        "Unsqueeze", g.op("Cast", mask_in, to=TensorProto.BOOL), g.ints("axes_12", [1, 2])
+    )  # [B, 1, 1, T]
+    allowed = g.op("And", causal, keep)  # [B, 1, S, T]
+    groups = c.num_heads // c.num_kv_heads
+    if groups == 1:
+        return allowed
+    return g.op("Tile", allowed, g.ints("mask_tile", [1, 1, groups, 1]))  # [B, 1, G*S, T]
+
+
+def self_attention(
+    g: Graph,
+    i: int,
+    x: str,
+    w: Weights,
+    c: HeadShape,
+    cos: str,
+    sin: str,
+    allowed: str,
+    exact: bool,
+) -> str:
+    """Grouped-query attention with the KV cache; returns [B, S, d] (after o_proj).
+
+    Queries of the G heads sharing one KV head are stacked as rows ([B, Hkv, G*S, hd]), so
+    K and V are never repeated.
+    """
+    H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+    G = H // Hkv
+    qk, v = qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
+    q, k = g.ops("Split", qk, g.ints("qk_split", [H, Hkv]), axis=2, n_out=2)
+
+    q = g.op("Mul", q, g.scalar("attn_scale", 1.0 / np.sqrt(hd)))
+    q = g.op("Reshape", q, g.ints("q5_shape", [0, 0, Hkv, G, hd]))  # [B, S, Hkv, G, hd]
+    q = g.op("Transpose", q, perm=[0, 2, 3, 1, 4])  # [B, Hkv, G, S, hd]
+    q = g.op("Reshape", q, g.ints("q4_shape", [0, 0, -1, hd]))  # [B, Hkv, G*S, hd]
+
+    def cache(new: str, part: str) -> str:
+        new = g.op("Transpose", new, perm=[0, 2, 1, 3])  # [B, Hkv, S, hd]
+        g.nodes.append(
+            g.helper.make_node(
+                "Concat", [f"past_key_values.{i}.{part}", new], [f"present.{i}.{part}"], axis=2
+            )
+        )
+        return f"present.{i}.{part}"  # [B, Hkv, T, hd]
+
+    k_all, v_all = cache(k, "key"), cache(v, "value")
+    out = attend(g, q, k_all, v_all, allowed, exact)  # [B, Hkv, G*S, hd]
+    out = g.op("Reshape", out, g.ints("o5_shape", [0, Hkv, G, -1, hd]))  # [B, Hkv, G, S, hd]
+    out = g.op("Transpose", out, perm=[0, 3, 1, 2, 4])  # [B, S, Hkv, G, hd]
+    out = g.op("Reshape", out, g.ints("o3_shape", [0, 0, H * hd]))  # [B, S, H*hd]
+    return linear(g, out, f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
+
+
+def qkv_roped(
+    g: Graph, i: int, x: str, w: Weights, c: HeadShape, cos: str, sin: str
+) -> tuple[str, str]:
+    """One MatMul for q, k and v; RoPE on q and k together: ([B, S, H+Hkv, hd], v [B, S,
+    Hkv, hd])."""
+    H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+    qkv = linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
+    # [B, S, (H+2Hkv)*hd]
+    qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
+    qk, v = g.ops("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
+    return rope(g, qk, cos, sin, c.head_dim), v
+
+
+def gqa_attention(g: Graph, i: int, x: str, w: Weights, c: HeadShape, cos: str, sin: str) -> str:
+    """Grouped-query attention by ONNX Runtime's GroupQueryAttention on the in-place cache;
+    returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`self_attention`."""
+    H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+    qk, v = qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
+    flat = g.ints("bsh_shape", [0, 0, -1])
+    qk = g.op("Reshape", qk, flat)  # [B, S, (H+Hkv)*hd]
+    q, k = g.ops("Split", qk, g.ints("qk_flat_split", [H * hd, Hkv * hd]), axis=2, n_out=2)
+    g.nodes.append(
+        g.helper.make_node(
+            "GroupQueryAttention",
+            [
+                q,
+                k,
+                g.op("Reshape", v, flat),
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                "seqlens_k",
+                "total_sequence_length",
+            ],
+            [f"gqa_{i}", f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN,
+            num_heads=H,
+            kv_num_heads=Hkv,
+        )
+    )  # scale 1/sqrt(hd) by default
+    return linear(g, f"gqa_{i}", f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]
