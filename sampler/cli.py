@@ -3,6 +3,7 @@
     sampler complete [PROMPT] [--model NAME|DIR] [--max-tokens N] [--temperature T] ... [--json]
     sampler models
     sampler pull NAME
+    sampler conformance BASE_URL --model ID [--profile openai|strict] [--only SECTION ...]
     sampler convert PATH.gguf [--out DIR] [--weights float32|float16|int4] [--name NAME]
                            [--attention gqa|exact|fast]
 
@@ -118,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         help="requests waiting for a place before 429 (default %(default)s)",
     )
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+
+    from .conformance.command import add_parser  # argparse only (httpx loads when run)
+
+    add_parser(sub)
     return parser
 
 
@@ -280,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"complete": _complete, "pull": _pull, "convert": _convert, "serve": _serve}
     if args.command in commands:
         return commands[args.command](args)
+    if args.command == "conformance":
+        from .conformance.command import main as conformance
+
+        return conformance(args)
     return _models()
 
 
