@@ -354,6 +354,7 @@ BIAS_USERS = {
     "echo_matches_generation",
 }
 ERRORS = {
+    "required_fields",
     "out_of_range",
     "wrong_types",
     "non_json_body",

@@ -101,3 +101,46 @@ def test_unreachable_server_is_an_error_everywhere():
     report = run("http://127.0.0.1:9/v1", "m", only=["1"], timeout=2)
     assert {r.result for r in report.results} == {"error"}
     assert not report.ok
+
+
+def test_command_line(tiny_model_dir, tmp_path, capsys):
+    from sampler.cli import main
+
+    out_json, out_md = tmp_path / "k.json", tmp_path / "k.md"
+    with serving(None) as url:
+        code = main(
+            [
+                "conformance",
+                url,
+                "--model",
+                MODEL,
+                "--only",
+                "1",
+                "10",
+                "--json",
+                str(out_json),
+                "--markdown",
+                str(out_md),
+                "--seed",
+                "1",
+            ]
+        )
+    assert code == 0
+    shown = capsys.readouterr().out
+    assert "§1  out_of_range" in shown and " 0 fail," in shown
+    doc = json.loads(out_json.read_text())
+    assert doc["server"]["models"] == [MODEL]
+    assert {c["section"] for c in doc["checks"]} == {"1", "10"}
+    assert out_md.read_text().startswith("| § | check |")
+
+
+def test_command_line_exit_status(tiny_model_dir, capsys):
+    from sampler.cli import main
+
+    usage = next(m for m in MUTANTS if m.name == "usage counts the prompt per choice")
+    with serving(usage) as url:
+        assert main(["conformance", url, "--model", MODEL, "--only", "2"]) == 1
+    assert "prompt_tokens_once" in capsys.readouterr().out
+    assert main(["conformance", "http://127.0.0.1:9/v1", "--model", "m", "--only", "1"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+    assert main(["conformance", "http://127.0.0.1:9/v1", "--model", "m", "--only", "11"]) == 2

@@ -142,6 +142,24 @@ def nulls_are_defaults(ctx: Context) -> str:
 @check(
     "1",
     "OpenAI",
+    "model and prompt are required: missing or null → 400 naming them.",
+    "four requests: each of model and prompt left out, then null",
+)
+def required_fields(ctx: Context) -> str:
+    cases = [
+        ({"prompt": PROMPT}, "model"),
+        ({"model": None, "prompt": PROMPT}, "model"),
+        ({"model": ctx.model}, "prompt"),
+        ({"model": ctx.model, "prompt": None}, "prompt"),
+    ]
+    for body, param in cases:
+        names(refused(ctx, {**body, "max_tokens": 1}), param, body)
+    return "all four refused with 400 naming the field"
+
+
+@check(
+    "1",
+    "OpenAI",
     "An unknown request field → 400 'Unrecognized request argument supplied: NAME'.",
     "one request with the field 'frobnicate'",
 )
