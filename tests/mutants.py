@@ -70,7 +70,9 @@ def proxy(
         await app({**scope, "headers": headers}, replay, keep)
         out = b"".join(chunks)
         kind = dict(start.get("headers", [])).get(b"content-type", b"")
-        if kind.startswith(b"text/event-stream") and events is not None:
+        if not isinstance(body, dict):  # GET /health, /v1/models, a body not JSON: as is
+            pass
+        elif kind.startswith(b"text/event-stream") and events is not None:
             out = _rewrite_events(out, lambda evs: events(evs, body))
         elif kind.startswith(b"application/json") and response is not None:
             out = json.dumps(response(json.loads(out), start["status"], body)).encode()
@@ -368,6 +370,7 @@ ERRORS = {
     "best_of_stream",
 }
 SAMPLERS = {
+    "sampling_defaults",
     "top_p_minimal_nucleus",
     "sample_frequencies",
     "tempered_frequencies",
@@ -397,6 +400,7 @@ MUTANTS = [
             "logit_bias_ban",
             "top_p_minimal_nucleus",
             "temperature_before_top_p",
+            "sampling_defaults",
         },
         patch=_step_mutant(_hidden_top_k),
     ),

@@ -144,3 +144,15 @@ def test_command_line_exit_status(tiny_model_dir, capsys):
     assert main(["conformance", "http://127.0.0.1:9/v1", "--model", "m", "--only", "1"]) == 1
     assert "cannot reach" in capsys.readouterr().err
     assert main(["conformance", "http://127.0.0.1:9/v1", "--model", "m", "--only", "11"]) == 2
+
+
+def test_docs_list_every_check_and_mutant():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text()
+    table = text[text.index("## The checks") : text.index("## The kit can fail")]
+    listed = [ln.split("`")[1] for ln in table.splitlines() if ln.startswith("| ") and "`" in ln]
+    assert sorted(listed) == sorted(c.name for c in CHECKS)
+    proof = text[text.index("## The kit can fail") :]
+    for m in MUTANTS:
+        assert f"| {m.name} |" in proof, m.name

@@ -209,6 +209,11 @@ def lp(c: dict[str, Any]) -> dict[str, Any]:
     obj = c.get("logprobs")
     if not isinstance(obj, dict):
         raise Broken(f"logprobs requested, got {json.dumps(obj)[:120]}")
+    if "tokens" not in obj and "content" in obj:
+        raise Broken(
+            "logprobs in the Chat Completions shape (a 'content' list), not the "
+            "Completions one (tokens, token_logprobs, top_logprobs, text_offset)"
+        )
     for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
         if not isinstance(obj.get(key), list):
             raise Broken(f"logprobs.{key} is not a list: {json.dumps(obj.get(key))[:80]}")
@@ -301,6 +306,9 @@ def _one(c: Check, ctx: Context) -> Result:
         kind, evidence, request = "error", out.evidence, out.request
     except Failed as out:
         kind, evidence, request = "fail", out.evidence, out.request
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a body not shaped
+        kind = "error"  # as OpenAI's (or a bug of the kit's: either way, never a pass)
+        evidence = f"a response not shaped as expected ({type(exc).__name__}: {exc})"
     except Exception as exc:  # the kit's own bug: say so, never pass
         kind, evidence = "error", f"the kit failed: {type(exc).__name__}: {exc}"
     return Result(c.section, c.name, c.tag, kind, evidence, request, c.rule, time.monotonic() - t)

@@ -15,7 +15,7 @@ from typing import Any
 from ..client import Failed, Refused
 from ..kit import Context, check
 from .request import IDS, PROMPT
-from .steps import greedy_first, sampled
+from .steps import greedy_first
 
 BLOCK = 1024
 MAX_BLOCKS = 256  # ids below 262,144
@@ -81,7 +81,9 @@ def logit_bias_ban(ctx: Context) -> str:
     now = greedy_first(ctx, PROMPT, {tid: -100})
     if now == text:
         raise Failed(f"id {tid} ({text!r}) banned, T = 0 still chose it", body)
-    got = sampled(ctx, 64, prompt=PROMPT, logit_bias={str(tid): -100})
+    got = [
+        c["text"] for c in ctx.samples(64, prompt=PROMPT, max_tokens=1, logit_bias={str(tid): -100})
+    ]
     if text in got:
         raise Failed(f"id {tid} ({text!r}) banned, drawn {got.count(text)}/64 at T = 1", body)
     return f"id {tid} ({text!r}) banned: greedy → {now!r}, 0/64 draws"
@@ -137,13 +139,4 @@ def penalties_skip_prompt(ctx: Context) -> str:
 def _penalised_first(
     ctx: Context, prompt: list[int], x: int, b: float, name: str, value: float
 ) -> str:
-    resp = ctx.complete(
-        prompt=prompt,
-        max_tokens=1,
-        logprobs=0,
-        temperature=0,
-        logit_bias={str(x): b},
-        **{name: value},
-    )
-    toks = resp["choices"][0]["logprobs"]["tokens"]
-    return toks[0] if toks else ""
+    return greedy_first(ctx, prompt, {x: b}, **{name: value})

@@ -70,6 +70,8 @@ def best_of_picks_best(ctx: Context) -> str:
             prompt=prompt, max_tokens=6, logprobs=0, best_of=4, n=2, seed=ctx.new_seed()
         )
         every = ctx.complete(**{**body, "n": 4})["choices"]
+        if len(every) != 4:
+            raise Failed(f"{len(every)} choices for n = best_of = 4", {**body, "n": 4})
         ranked = sorted(range(4), key=lambda k: (-_mean(every[k]), k))[:2]
         want = [every[k]["text"] for k in ranked]
         got = [c["text"] for c in ctx.client.ok(body).body["choices"]]

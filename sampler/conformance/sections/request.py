@@ -146,7 +146,7 @@ def nulls_are_defaults(ctx: Context) -> str:
     "four requests: each of model and prompt left out, then null",
 )
 def required_fields(ctx: Context) -> str:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"prompt": PROMPT}, "model"),
         ({"model": None, "prompt": PROMPT}, "model"),
         ({"model": ctx.model}, "prompt"),

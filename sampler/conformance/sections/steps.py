@@ -130,8 +130,8 @@ def _nucleus_two(p: list[float]) -> tuple[float, float, float] | None:
 def top_p_minimal_nucleus(ctx: Context) -> str:
     prompt, top, (_, top_p, _) = best_prompt(ctx, _nucleus_two)
     (t1, l1), (t2, l2) = top[0], top[1]
-    body = ctx.body(prompt=prompt, max_tokens=1, logprobs=0, top_p=round(top_p, 6))
-    got = sampled(ctx, 256, prompt=prompt, top_p=round(top_p, 6))
+    body = ctx.body(prompt=prompt, max_tokens=1, logprobs=0, top_p=round(top_p, 6), temperature=1)
+    got = sampled(ctx, 256, prompt=prompt, top_p=round(top_p, 6), temperature=1.0)
     outside = [t for t in got if t not in (t1, t2)]
     if outside:
         raise Failed(
@@ -182,20 +182,12 @@ def _broad(p: list[float]) -> tuple[float, float, float] | None:
     return (1 - p[0], 0.0, 0.0) if len(p) >= 3 else None
 
 
-@check(
-    "3",
-    "OpenAI",
-    "At T = 1, top_p = 1 the draw follows the model's raw distribution (no hidden top_k or min_p).",
-    "400 choices of one token; each reported token's count "
-    f"and the rest's against the reported probabilities (false failure ≤ {ALPHA:g})",
-)
-def sample_frequencies(ctx: Context) -> str:
+def _frequencies(ctx: Context, **fields: Any) -> str:
     prompt, top, _ = best_prompt(ctx, _broad)
-    body = ctx.body(prompt=prompt, max_tokens=1, logprobs=0)
-    got = sampled(ctx, 400, prompt=prompt)
-    cats = [(t, math.exp(v)) for t, v in top] + [
-        (None, max(0.0, 1 - sum(math.exp(v) for _, v in top)))
-    ]
+    body = ctx.body(prompt=prompt, max_tokens=1, logprobs=0, **fields)
+    got = sampled(ctx, 400, prompt=prompt, **fields)
+    rest = max(0.0, 1 - sum(math.exp(v) for _, v in top))
+    cats: list[tuple[str | None, float]] = [(t, math.exp(v)) for t, v in top] + [(None, rest)]
     known = {t for t, _ in top}
     worst = 1.0
     for t, p in cats:
@@ -211,6 +203,28 @@ def sample_frequencies(ctx: Context) -> str:
 @check(
     "3",
     "OpenAI",
+    "At T = 1, top_p = 1 the draw follows the model's raw distribution (no hidden top_k, min_p "
+    "or repetition penalty).",
+    "T = 1 and top_p = 1 sent, 400 choices of one token; each reported token's count "
+    f"and the rest's against the reported probabilities (false failure ≤ {ALPHA:g})",
+)
+def sample_frequencies(ctx: Context) -> str:
+    return _frequencies(ctx, temperature=1.0, top_p=1.0)
+
+
+@check(
+    "3",
+    "OpenAI",
+    "temperature and top_p left out mean 1 and 1: the draw follows the raw distribution.",
+    f"neither sent, 400 choices of one token, as sample_frequencies (false failure ≤ {ALPHA:g})",
+)
+def sampling_defaults(ctx: Context) -> str:
+    return _frequencies(ctx)
+
+
+@check(
+    "3",
+    "OpenAI",
     "At T ≠ 1 the draw follows p^(1/T), renormalised.",
     "T = 0.6 and 1.6, 400 choices each: counts of t1 against t2 and t3, whose ratio is exact "
     f"(false failure ≤ {ALPHA:g})",
@@ -219,8 +233,8 @@ def tempered_frequencies(ctx: Context) -> str:
     prompt, top, _ = best_prompt(ctx, _broad)
     notes = []
     for t in (0.6, 1.6):
-        body = ctx.body(prompt=prompt, max_tokens=1, logprobs=0, temperature=t)
-        got = sampled(ctx, 400, prompt=prompt, temperature=t)
+        body = ctx.body(prompt=prompt, max_tokens=1, logprobs=0, temperature=t, top_p=1.0)
+        got = sampled(ctx, 400, prompt=prompt, temperature=t, top_p=1.0)
         for j in (1, 2):
             a, b = top[0], top[j]
             k, m = got.count(a[0]), got.count(a[0]) + got.count(b[0])
@@ -248,29 +262,27 @@ def _text_of(ctx: Context, token: int) -> str | None:
     "3",
     "OpenAI",
     "logit_bias +100 forces a token.",
-    "bias +100 on one id, T = 1, 4 choices of 3 tokens: every token is that id's",
+    "bias +100 on one id: the greedy token, and 4 choices of 3 tokens at T = 1, are that id's text",
 )
 def logit_bias_force(ctx: Context) -> str:
     x = IDS[0]
-    body = ctx.body(prompt=PROMPT, max_tokens=3, logprobs=0, logit_bias={str(x): 100})
-    toks = [
-        t
-        for c in ctx.samples(4, prompt=PROMPT, max_tokens=3, logprobs=0, logit_bias={str(x): 100})
-        for t in lp(c)["tokens"]
-    ]
-    want = _text_of(ctx, x) or (toks[0] if toks else None)
-    if not toks or any(t != want for t in toks):
-        raise Failed(f"tokens {toks} with id {x} ({want!r}) forced", body)
-    return f"12/12 tokens {want!r}"
+    fields = {"prompt": PROMPT, "logit_bias": {str(x): 100}}
+    body = ctx.body(max_tokens=3, **fields)
+    one = ctx.complete(max_tokens=1, temperature=0, **fields)["choices"][0]["text"]
+    want = _text_of(ctx, x) or one
+    texts = [c["text"] for c in ctx.samples(4, max_tokens=3, **fields)]
+    if one != want or any(t != want * 3 for t in texts):
+        raise Failed(f"texts {texts} with id {x} ({want!r}) forced", body)
+    return f"4 choices of {want * 3!r}"
 
 
-def greedy_first(ctx: Context, prompt: Any, bias: dict[int, float]) -> str:
+def greedy_first(ctx: Context, prompt: Any, bias: dict[int, float], **fields: Any) -> str:
+    """The text of the first greedy token (no logprobs needed)."""
     resp = ctx.complete(
         prompt=prompt,
         max_tokens=1,
-        logprobs=0,
         temperature=0,
         logit_bias={str(k): v for k, v in bias.items()},
+        **fields,
     )
-    toks = lp(resp["choices"][0])["tokens"]
-    return toks[0] if toks else ""
+    return resp["choices"][0]["text"]
