@@ -3,6 +3,7 @@
     sampler complete [PROMPT] [--model NAME|DIR] [--max-tokens N] [--temperature T] ... [--json]
     sampler models
     sampler pull NAME
+    sampler batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--resume] [--model M]
     sampler conformance BASE_URL --model ID [--profile openai|strict] [--only SECTION ...]
     sampler convert PATH.gguf [--out DIR] [--weights float32|float16|int4] [--name NAME]
                            [--attention gqa|exact|fast]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -119,6 +121,28 @@ def _parser() -> argparse.ArgumentParser:
         help="requests waiting for a place before 429 (default %(default)s)",
     )
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+
+    b = sub.add_parser(
+        "batch", help="run an OpenAI Batch API file of /v1/completions requests (JSONL)"
+    )
+    b.add_argument("input", metavar="INPUT.jsonl")
+    b.add_argument("-o", "--output", required=True, metavar="OUTPUT.jsonl")
+    b.add_argument(
+        "--errors",
+        metavar="ERRORS.jsonl",
+        help="lines that are not requests go here (default: the output)",
+    )
+    b.add_argument(
+        "--resume", action="store_true", help="keep what OUTPUT already holds and run only the rest"
+    )
+    b.add_argument("--model", help="the model (default: $SAMPLER_MODEL or smollm2-135m-instruct)")
+    b.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="sequences decoded together at most (default %(default)s)",
+    )
+    b.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
 
     from .conformance.command import add_parser  # argparse only (httpx loads when run)
 
@@ -280,11 +304,39 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from .batch_file import run_batch
+    from .engine import Engine
+    from .registry import default_model
+
+    if not os.path.isfile(args.input):
+        print(f"error: {args.input}: no such file", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        engine = Engine.load(args.model or default_model(), threads=args.threads)
+    except FileNotFoundError as err:
+        print(f"error: --model: {err}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+    summary = run_batch(
+        engine,
+        args.input,
+        args.output,
+        errors_path=args.errors,
+        resume=args.resume,
+        progress=sys.stderr.isatty(),
+        max_sequences=args.max_batch,
+    )
+    print(summary.line(), file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"complete": _complete, "pull": _pull, "convert": _convert, "serve": _serve}
     if args.command in commands:
         return commands[args.command](args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "conformance":
         from .conformance.command import main as conformance
 

@@ -1,0 +1,278 @@
+"""Offline batches: OpenAI's Batch API file format for ``/v1/completions``, run locally.
+
+Input lines are ``{"custom_id", "method": "POST", "url": "/v1/completions", "body"}``;
+output lines are what OpenAI writes, ``{"id", "custom_id", "response": {"status_code",
+"request_id", "body"}, "error": null}``. A request the contract rejects gets the 4xx body
+the server would send, as its response. A line that is not a request at all (invalid
+JSON, no or a duplicate ``custom_id``, another url or method, a body that is not an
+object) gets ``{"id", "custom_id", "response": null, "error": {"code", "message",
+"line"}}`` in the errors file (the output file when none is given), and the rest goes on.
+
+All requests share one continuously batched :class:`~sampler.scheduler.Scheduler`, so a
+file runs much faster than a loop of :meth:`Engine.complete`, and a seeded request's body
+is the one ``Engine.complete`` returns for it alone (spec §6). Lines are written, and
+flushed, **in the order requests finish**, not input order; ``--resume`` truncates a
+partial last line, skips every ``custom_id`` (and bad line) already written, and runs the
+rest, so a run killed at any point and resumed writes each request exactly once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import RequestError
+
+__all__ = ["BatchSummary", "run_batch", "read_lines"]
+
+URL = "/v1/completions"
+
+
+@dataclass
+class BatchSummary:
+    """What a run did, counted by kind of line; :meth:`line` is the CLI's summary line."""
+
+    lines: int = 0  # input lines that were not blank
+    completed: int = 0  # 200 responses written
+    rejected: int = 0  # 4xx responses (the contract refused the body)
+    failed: int = 0  # 5xx responses
+    bad_lines: int = 0  # error lines (not a request)
+    skipped: int = 0  # already in the output (--resume)
+    tokens: int = 0  # completion tokens of the 200 responses
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for humans: the counts, the tokens and the rate."""
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.lines} lines: {self.completed} completed, {self.rejected} rejected, "
+            f"{self.failed} failed, {self.bad_lines} bad lines, {self.skipped} skipped "
+            f"(resume); {self.tokens} tokens in {self.seconds:.1f} s ({rate:.0f} tok/s)"
+        )
+
+
+@dataclass
+class _Line:
+    number: int  # 1-based line number in the input
+    custom_id: str | None
+    body: dict[str, Any] | None
+    problem: tuple[str, str] | None  # (code, message) of a line that is not a request
+
+
+def read_lines(path: str | os.PathLike) -> Iterator[_Line]:
+    """Each non-blank input line, checked for the Batch API's shape (not its body)."""
+    seen: set[str] = set()
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            yield _check_line(number, text, seen)
+
+
+def _check_line(number: int, text: str, seen: set[str]) -> _Line:
+    def bad(code: str, message: str, cid: str | None = None) -> _Line:
+        return _Line(number, cid, None, (code, message))
+
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        return bad("invalid_json", f"Line {number} is not valid JSON: {str(err)[:120]}")
+    if not isinstance(obj, dict):
+        return bad("invalid_request", f"Line {number} is not a JSON object.")
+    cid = obj.get("custom_id")
+    if not isinstance(cid, str) or not cid:
+        return bad("missing_custom_id", f"Line {number} has no custom_id (a non-empty string).")
+    if cid in seen:
+        return bad("duplicate_custom_id", f"Line {number} repeats custom_id {cid!r}.", cid)
+    seen.add(cid)
+    if obj.get("method") != "POST":
+        return bad("invalid_method", f"Line {number}: method must be 'POST'.", cid)
+    if obj.get("url") != URL:
+        return bad(
+            "invalid_url",
+            f"Line {number}: url must be {URL!r} (this batch "
+            f"runs Completions only), got {str(obj.get('url'))[:80]!r}.",
+            cid,
+        )
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return bad("invalid_body", f"Line {number}: body must be a JSON object.", cid)
+    return _Line(number, cid, body, None)
+
+
+def _done(path: Path) -> set[str]:
+    """Keys already written to ``path`` (custom ids, and ``line:N`` of bad lines); a
+    partial last line (a run killed mid-write) is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    keys = set()
+    for raw in data[:end].splitlines():
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        err = rec.get("error")
+        if isinstance(err, dict) and "line" in err:
+            keys.add(f"line:{err['line']}")
+        elif rec.get("custom_id") is not None:
+            keys.add(rec["custom_id"])
+    return keys
+
+
+class _Writer:
+    """Appends records to the output and errors files, one flushed line each."""
+
+    def __init__(self, out: Path, errors: Path | None) -> None:
+        self._lock = threading.Lock()
+        self.out: IO[str] = open(out, "a", encoding="utf-8")
+        self.errors = self.out if errors is None else open(errors, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any], *, error: bool = False) -> None:
+        text = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            f = self.errors if error else self.out
+            f.write(text)
+            f.flush()
+
+    def close(self) -> None:
+        for f in {id(self.out): self.out, id(self.errors): self.errors}.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+
+
+def _record(cid: str | None, status: int | None, body: Any, error: Any = None) -> dict:
+    response = None
+    if status is not None:
+        response = {
+            "status_code": status,
+            "request_id": "req_" + secrets.token_hex(16),
+            "body": body,
+        }
+    return {
+        "id": "batch_req_" + secrets.token_hex(12),
+        "custom_id": cid,
+        "response": response,
+        "error": error,
+    }
+
+
+def _server_error(exc: BaseException) -> dict[str, Any]:
+    return RequestError(
+        f"The server had an error while processing your request ({type(exc).__name__}: "
+        f"{str(exc)[:300]}).",
+        status=500,
+        type="server_error",
+    ).to_dict()
+
+
+def _deliver(finish: Any, cid: str, event: tuple[str, Any]) -> None:
+    finish(cid, *event)
+
+
+def run_batch(
+    engine: Any,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    errors_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    max_sequences: int = 64,
+    in_flight: int = 256,
+) -> BatchSummary:
+    """Run a Batch API input file on ``engine``; returns the :class:`BatchSummary`.
+
+    Without ``resume`` the output (and errors) file is started afresh.
+    """
+    from tqdm import tqdm
+
+    from .scheduler import Scheduler
+
+    out, errs = Path(output_path), None if errors_path is None else Path(errors_path)
+    done: set[str] = set()
+    for p in (out, errs):
+        if p is None:
+            continue
+        if resume:
+            done |= _done(p)
+        elif p.exists():
+            p.unlink()
+    summary, t0 = BatchSummary(), time.monotonic()
+    writer = _Writer(out, errs)
+    sched = Scheduler(engine, max_sequences=max_sequences, max_waiting=in_flight)
+    slots = threading.BoundedSemaphore(in_flight)
+    pending: list[Any] = []
+    lock = threading.Lock()
+    finished: set[str] = set()
+    bar = tqdm(disable=not progress, unit="req", desc="batch", leave=False)
+
+    def finish(cid: str, kind: str, value: Any) -> None:
+        with lock:
+            if cid in finished:  # one line per request, whatever the worker sends after
+                return
+            finished.add(cid)
+        if kind == "response":
+            writer.write(_record(cid, 200, value))
+            with lock:
+                summary.completed += 1
+                summary.tokens += value["usage"]["completion_tokens"]
+        else:  # "error": a failure while running it
+            writer.write(_record(cid, 500, _server_error(value)))
+            with lock:
+                summary.failed += 1
+        slots.release()
+        bar.update()
+        bar.set_postfix_str(f"{summary.tokens / max(1e-9, time.monotonic() - t0):.0f} tok/s")
+
+    try:
+        for line in read_lines(input_path):
+            summary.lines += 1
+            key = line.custom_id if line.problem is None else f"line:{line.number}"
+            if key in done:
+                summary.skipped += 1
+                continue
+            if line.problem is not None:
+                code, message = line.problem
+                err = {"code": code, "message": message, "line": line.number}
+                writer.write(_record(line.custom_id, None, None, err), error=True)
+                summary.bad_lines += 1
+                continue
+            assert line.body is not None and line.custom_id is not None
+            try:
+                if line.body.get("stream"):
+                    raise RequestError(
+                        "Streaming is not available in a batch: remove 'stream' from the body.",
+                        param="stream",
+                        code="invalid_value",
+                    )
+                req = engine.parse(line.body)
+            except RequestError as err:
+                writer.write(_record(line.custom_id, err.status, err.to_dict()))
+                summary.rejected += 1
+                continue
+            slots.acquire()
+            cid = line.custom_id
+            pending.append(sched.submit(req, functools.partial(_deliver, finish, cid)))
+        for job in pending:
+            job.wait()
+    finally:
+        sched.close()
+        writer.close()
+        bar.close()
+    summary.seconds = time.monotonic() - t0
+    return summary
