@@ -71,9 +71,19 @@ class _Line:
 def read_lines(path: str | os.PathLike) -> Iterator[_Line]:
     """Each non-blank input line, checked for the Batch API's shape (not its body)."""
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for number, text in enumerate(f, 1):
-            if not text.strip():
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield _Line(
+                    number,
+                    None,
+                    None,
+                    ("invalid_json", f"Line {number} is not UTF-8: {str(err)[:120]}"),
+                )
                 continue
             yield _check_line(number, text, seen)
 
@@ -142,7 +152,11 @@ class _Writer:
         self.errors = self.out if errors is None else open(errors, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any], *, error: bool = False) -> None:
-        text = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            text = json.dumps(record, ensure_ascii=False) + "\n"
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from the input: escaped, still JSON
+            text = json.dumps(record) + "\n"
         with self._lock:
             f = self.errors if error else self.out
             f.write(text)
@@ -216,7 +230,6 @@ def run_batch(
     writer = _Writer(out, errs)
     sched = Scheduler(engine, max_sequences=max_sequences, max_waiting=in_flight)
     slots = threading.BoundedSemaphore(in_flight)
-    pending: list[Any] = []
     lock = threading.Lock()
     finished: set[str] = set()
     bar = tqdm(disable=not progress, unit="req", desc="batch", leave=False)
@@ -265,11 +278,14 @@ def run_batch(
                 writer.write(_record(line.custom_id, err.status, err.to_dict()))
                 summary.rejected += 1
                 continue
+            except Exception as exc:  # a bug met by this body alone: its own 500
+                writer.write(_record(line.custom_id, 500, _server_error(exc)))
+                summary.failed += 1
+                continue
             slots.acquire()
-            cid = line.custom_id
-            pending.append(sched.submit(req, functools.partial(_deliver, finish, cid)))
-        for job in pending:
-            job.wait()
+            sched.submit(req, functools.partial(_deliver, finish, line.custom_id))
+        for _ in range(in_flight):  # every slot back: every request has finished
+            slots.acquire()
     finally:
         sched.close()
         writer.close()

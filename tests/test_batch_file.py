@@ -180,3 +180,21 @@ def test_command_line(tiny_model_dir, tmp_path):
     assert main(["batch", str(src), "-o", str(out), "--model", MODEL]) == 0
     assert len(_read(out)) == 3
     assert main(["batch", str(tmp_path / "missing.jsonl"), "-o", str(out)]) == 1
+
+
+def test_bytes_that_are_not_utf8_and_lone_surrogates(engine, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    good = {"model": MODEL, "prompt": "é", "max_tokens": 2, "seed": 3}
+    src.write_bytes(
+        _line("sur", {**good, "prompt": "a\ud800b"}).encode()  # json.dumps escapes it
+        + b"\n\xff\xfe\n"
+        + _line("ok", good).encode()
+        + b"\n"
+    )
+    summary = run_batch(engine, src, out)
+    recs = {r["custom_id"]: r for r in _read(out)}
+    assert recs[None]["error"]["code"] == "invalid_json" and recs[None]["error"]["line"] == 2
+    assert recs["sur"]["response"]["status_code"] == 400
+    assert recs["sur"]["response"]["body"]["error"]["param"] == "prompt"
+    assert recs["ok"]["response"]["status_code"] == 200
+    assert (summary.completed, summary.rejected, summary.bad_lines) == (1, 1, 1)
