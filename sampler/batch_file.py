@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import RequestError
+from .params import parse_request
 
 __all__ = ["BatchSummary", "run_batch", "read_lines"]
 
@@ -239,16 +240,18 @@ def run_batch(
             if cid in finished:  # one line per request, whatever the worker sends after
                 return
             finished.add(cid)
-        if kind == "response":
-            writer.write(_record(cid, 200, value))
-            with lock:
-                summary.completed += 1
-                summary.tokens += value["usage"]["completion_tokens"]
-        else:  # "error": a failure while running it
-            writer.write(_record(cid, 500, _server_error(value)))
-            with lock:
-                summary.failed += 1
-        slots.release()
+        try:
+            if kind == "response":
+                writer.write(_record(cid, 200, value))
+                with lock:
+                    summary.completed += 1
+                    summary.tokens += value["usage"]["completion_tokens"]
+            else:  # "error": a failure while running it
+                writer.write(_record(cid, 500, _server_error(value)))
+                with lock:
+                    summary.failed += 1
+        finally:  # whatever happened, the slot comes back (the run must not hang)
+            slots.release()
         bar.update()
         bar.set_postfix_str(f"{summary.tokens / max(1e-9, time.monotonic() - t0):.0f} tok/s")
 
@@ -267,13 +270,13 @@ def run_batch(
                 continue
             assert line.body is not None and line.custom_id is not None
             try:
-                if line.body.get("stream"):
+                if line.body.get("stream") is True:
                     raise RequestError(
                         "Streaming is not available in a batch: remove 'stream' from the body.",
                         param="stream",
                         code="invalid_value",
                     )
-                req = engine.parse(line.body)
+                req = parse_request(line.body, engine.info)  # model required, as served
             except RequestError as err:
                 writer.write(_record(line.custom_id, err.status, err.to_dict()))
                 summary.rejected += 1
@@ -283,7 +286,12 @@ def run_batch(
                 summary.failed += 1
                 continue
             slots.acquire()
-            sched.submit(req, functools.partial(_deliver, finish, line.custom_id))
+            try:
+                sched.submit(req, functools.partial(_deliver, finish, line.custom_id))
+            except Exception as exc:
+                slots.release()
+                writer.write(_record(line.custom_id, 500, _server_error(exc)))
+                summary.failed += 1
         for _ in range(in_flight):  # every slot back: every request has finished
             slots.acquire()
     finally:

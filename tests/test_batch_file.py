@@ -88,6 +88,7 @@ def test_bad_lines_get_their_own_error_lines(engine, tmp_path):
         _line("t", {**good, "temperature": 9}),
         _line("nomodel", {**good, "model": "nope"}),
         _line("s", {**good, "stream": True}),
+        _line("nm", {"prompt": "Hi", "max_tokens": 2}),
         _line("ok2", good),
     ]
     src, out, errs = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
@@ -105,15 +106,16 @@ def test_bad_lines_get_their_own_error_lines(engine, tmp_path):
     }
     assert all(e["response"] is None for e in _read(errs))
     got = {r["custom_id"]: r["response"] for r in _read(out)}
-    assert set(got) == {"ok1", "ok2", "t", "nomodel", "s"}
+    assert set(got) == {"ok1", "ok2", "t", "nomodel", "s", "nm"}
+    assert got["nm"]["status_code"] == 400 and got["nm"]["body"]["error"]["param"] == "model"
     assert got["ok1"]["status_code"] == got["ok2"]["status_code"] == 200
     assert got["t"]["status_code"] == 400
     assert got["t"]["body"]["error"]["param"] == "temperature"
     assert got["nomodel"]["status_code"] == 404
     assert got["nomodel"]["body"]["error"]["code"] == "model_not_found"
     assert got["s"]["body"]["error"]["param"] == "stream"
-    assert (summary.completed, summary.rejected, summary.bad_lines) == (2, 3, 7)
-    assert summary.lines == 12  # the blank line is not a line
+    assert (summary.completed, summary.rejected, summary.bad_lines) == (2, 4, 7)
+    assert summary.lines == 13  # the blank line is not a line
 
 
 def test_empty_input(engine, tmp_path):
