@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import secrets
 import threading
@@ -29,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import RequestError
+from .errors import RequestError, request_id, server_error
 from .params import parse_request
 
 __all__ = ["BatchSummary", "run_batch", "read_lines"]
 
 URL = "/v1/completions"
+log = logging.getLogger("sampler.batch_file")
 
 
 @dataclass
@@ -170,14 +172,12 @@ class _Writer:
             f.close()
 
 
-def _record(cid: str | None, status: int | None, body: Any, error: Any = None) -> dict:
+def _record(
+    cid: str | None, status: int | None, body: Any, error: Any = None, rid: str | None = None
+) -> dict:
     response = None
     if status is not None:
-        response = {
-            "status_code": status,
-            "request_id": "req_" + secrets.token_hex(16),
-            "body": body,
-        }
+        response = {"status_code": status, "request_id": rid or request_id(), "body": body}
     return {
         "id": "batch_req_" + secrets.token_hex(12),
         "custom_id": cid,
@@ -186,13 +186,11 @@ def _record(cid: str | None, status: int | None, body: Any, error: Any = None) -
     }
 
 
-def _server_error(exc: BaseException) -> dict[str, Any]:
-    return RequestError(
-        f"The server had an error while processing your request ({type(exc).__name__}: "
-        f"{str(exc)[:300]}).",
-        status=500,
-        type="server_error",
-    ).to_dict()
+def _failure(cid: str, exc: BaseException) -> dict:
+    """A request's 500 line, its traceback logged under the same request id (as served)."""
+    rid = request_id()
+    log.error("batch request %s (custom_id %r) failed", rid, cid, exc_info=exc)
+    return _record(cid, 500, server_error(exc, rid), rid=rid)
 
 
 def _deliver(finish: Any, cid: str, event: tuple[str, Any]) -> None:
@@ -247,7 +245,7 @@ def run_batch(
                     summary.completed += 1
                     summary.tokens += value["usage"]["completion_tokens"]
             else:  # "error": a failure while running it
-                writer.write(_record(cid, 500, _server_error(value)))
+                writer.write(_failure(cid, value))
                 with lock:
                     summary.failed += 1
         finally:  # whatever happened, the slot comes back (the run must not hang)
@@ -282,7 +280,7 @@ def run_batch(
                 summary.rejected += 1
                 continue
             except Exception as exc:  # a bug met by this body alone: its own 500
-                writer.write(_record(line.custom_id, 500, _server_error(exc)))
+                writer.write(_failure(line.custom_id, exc))
                 summary.failed += 1
                 continue
             slots.acquire()
@@ -290,7 +288,7 @@ def run_batch(
                 sched.submit(req, functools.partial(_deliver, finish, line.custom_id))
             except Exception as exc:
                 slots.release()
-                writer.write(_record(line.custom_id, 500, _server_error(exc)))
+                writer.write(_failure(line.custom_id, exc))
                 summary.failed += 1
         for _ in range(in_flight):  # every slot back: every request has finished
             slots.acquire()

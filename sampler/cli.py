@@ -179,15 +179,15 @@ def _request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
     return body
 
 
-def _complete(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> Any:
+    """The engine ``--model`` names (``--threads`` ORT threads), or the exit status after
+    saying on stderr why it could not be loaded."""
     from .engine import Engine
-    from .errors import RequestError
     from .pull import PullError
     from .registry import default_model
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
-        engine = Engine.load(args.model or default_model(), threads=args.threads)
+        return Engine.load(args.model or default_model(), threads=args.threads)
     except FileNotFoundError as err:
         print(f"error: --model: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
@@ -197,6 +197,15 @@ def _complete(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from .errors import RequestError
+
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    engine = _load(args)
+    if isinstance(engine, int):
+        return engine
     body = _request(args, prompt)
     streamable = (body.get("best_of") or 0) <= (body.get("n") or 1)
     try:
@@ -306,17 +315,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     from .batch_file import run_batch
-    from .engine import Engine
-    from .registry import default_model
 
     if not os.path.isfile(args.input):
         print(f"error: {args.input}: no such file", file=sys.stderr)
         return EXIT_FAILED
-    try:
-        engine = Engine.load(args.model or default_model(), threads=args.threads)
-    except FileNotFoundError as err:
-        print(f"error: --model: {err}", file=sys.stderr)
-        return EXIT_BAD_REQUEST
+    engine = _load(args)
+    if isinstance(engine, int):
+        return engine
     summary = run_batch(
         engine,
         args.input,
@@ -330,17 +335,24 @@ def _batch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from .conformance.command import main as conformance
+
+    return conformance(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"complete": _complete, "pull": _pull, "convert": _convert, "serve": _serve}
+    commands = {
+        "complete": _complete,
+        "pull": _pull,
+        "convert": _convert,
+        "serve": _serve,
+        "batch": _batch,
+        "conformance": _conformance,
+    }
     if args.command in commands:
         return commands[args.command](args)
-    if args.command == "batch":
-        return _batch(args)
-    if args.command == "conformance":
-        from .conformance.command import main as conformance
-
-        return conformance(args)
     return _models()
 
 

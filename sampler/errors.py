@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
-__all__ = ["RequestError", "encodable"]
+__all__ = ["RequestError", "encodable", "request_id", "server_error"]
 
 
 def encodable(text: str) -> str:
@@ -65,3 +66,26 @@ class RequestError(Exception):
             f"RequestError(status={self.status}, param={self.param!r}, "
             f"code={self.code!r}, message={self.message!r})"
         )
+
+
+def request_id() -> str:
+    """A request's id, as OpenAI's ``x-request-id``: ``req_`` and 32 random hex digits."""
+    return "req_" + secrets.token_hex(16)
+
+
+def server_error(exc: BaseException, rid: str) -> dict[str, Any]:
+    """The 500 body for an unexpected error ``exc`` met by request ``rid`` (whose traceback
+    the caller logs under that id).
+
+    >>> server_error(ValueError("x"), "req_1")["error"]["type"]
+    'server_error'
+    """
+    detail = str(exc)
+    detail = detail if len(detail) <= 300 else detail[:300] + "…"
+    return RequestError(
+        "The server had an error while processing your request. Sorry about "
+        f"that! ({type(exc).__name__}: {detail}) The server log has the "
+        f"details under request id {rid}.",
+        status=500,
+        type="server_error",
+    ).to_dict()

@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .engine import Engine
-from .errors import RequestError
+from .errors import RequestError, request_id, server_error
 from .params import EXTENSION_FIELDS, Limits, parse_request
 from .scheduler import Busy, Job, Scheduler
 
@@ -77,10 +76,6 @@ def _error(
     return _JSON(err.to_dict(), status_code=status, headers=headers)
 
 
-def _request_id() -> str:
-    return "req_" + secrets.token_hex(16)
-
-
 Handler = Callable[[HTTPRequest], Awaitable[Response]]
 
 
@@ -90,7 +85,7 @@ def _route(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def run(request: HTTPRequest) -> Response:
-        request.state.request_id = rid = _request_id()
+        request.state.request_id = rid = request_id()
         try:
             response = await handler(request)
         except Exception as exc:
@@ -210,7 +205,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
     async def http_error(request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         where = f"({request.method} {request.url.path})"
-        headers = {"x-request-id": _request_id()}
+        headers = {"x-request-id": request_id()}
         if exc.status_code == 404:
             return _error(404, f"Invalid URL {where}", headers=headers)
         if exc.status_code == 405:
@@ -219,7 +214,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
 
     async def server_error(request: HTTPRequest, exc: Exception) -> Response:
         # (a route's own errors are caught by _route; this is the last resort)
-        rid = getattr(request.state, "request_id", None) or _request_id()
+        rid = getattr(request.state, "request_id", None) or request_id()
         _log_failure(rid, request, exc)
         return _server_error(exc, rid)
 
@@ -242,20 +237,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
 
 
 def _server_error(exc: BaseException, rid: str) -> JSONResponse:
-    return _JSON(_error_body(exc, rid), status_code=500, headers={"x-request-id": rid})
-
-
-def _error_body(exc: BaseException, rid: str) -> dict[str, Any]:
-    """The 500 body for an unexpected error (also sent in-band once a stream has begun)."""
-    detail = str(exc)
-    detail = detail if len(detail) <= 300 else detail[:300] + "…"
-    return RequestError(
-        "The server had an error while processing your request. Sorry about "
-        f"that! ({type(exc).__name__}: {detail}) The server log has the "
-        f"details under request id {rid}.",
-        status=500,
-        type="server_error",
-    ).to_dict()
+    return _JSON(server_error(exc, rid), status_code=500, headers={"x-request-id": rid})
 
 
 async def _read_json(request: HTTPRequest, limit: int) -> Any:
@@ -354,7 +336,7 @@ async def _events(
             else:  # an error after the stream began: said in-band, then the stream ends
                 rid = request.state.request_id
                 _log_failure(rid, request, value)
-                yield f"data: {_dumps(_error_body(value, rid))}\n\n"
+                yield f"data: {_dumps(server_error(value, rid))}\n\n"
                 return
     finally:
         scheduler.cancel(job)

@@ -200,3 +200,31 @@ def test_bytes_that_are_not_utf8_and_lone_surrogates(engine, tmp_path):
     assert recs["sur"]["response"]["body"]["error"]["param"] == "prompt"
     assert recs["ok"]["response"]["status_code"] == 200
     assert (summary.completed, summary.rejected, summary.bad_lines) == (1, 1, 1)
+
+
+def test_a_body_that_trips_a_bug_gets_its_own_500_logged_under_its_id(
+    engine, tmp_path, monkeypatch, caplog
+):
+    import sampler.batch_file as bf
+
+    real = bf.parse_request
+
+    def parse(body, info):
+        if body.get("prompt") == "boom":
+            raise ZeroDivisionError("a bug")
+        return real(body, info)
+
+    monkeypatch.setattr(bf, "parse_request", parse)
+    good = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, "seed": 1}
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(_line("bad", {**good, "prompt": "boom"}) + "\n" + _line("ok", good) + "\n")
+    with caplog.at_level("ERROR", logger="sampler.batch_file"):
+        summary = run_batch(engine, src, out)
+    recs = {r["custom_id"]: r["response"] for r in _read(out)}
+    assert recs["ok"]["status_code"] == 200 and recs["bad"]["status_code"] == 500
+    rid = recs["bad"]["request_id"]
+    assert recs["bad"]["body"]["error"]["type"] == "server_error"
+    assert rid in recs["bad"]["body"]["error"]["message"]
+    logged = [r for r in caplog.records if rid in r.getMessage()]
+    assert logged and logged[0].exc_info[0] is ZeroDivisionError
+    assert (summary.completed, summary.failed) == (1, 1)

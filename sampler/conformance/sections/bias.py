@@ -10,8 +10,6 @@ server counts the prompt.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..client import Failed, Refused
 from ..kit import Context, check
 from .request import IDS, PROMPT
@@ -105,10 +103,6 @@ def _margin(ctx: Context, prompt: list[int], x: int, want: str) -> float:
     return hi
 
 
-def _forced_text(ctx: Context, prompt: Any, x: int) -> str:
-    return greedy_first(ctx, prompt, {x: 100.0})
-
-
 @check(
     "3",
     "OpenAI",
@@ -119,24 +113,19 @@ def _forced_text(ctx: Context, prompt: Any, x: int) -> str:
 def penalties_skip_prompt(ctx: Context) -> str:
     x = IDS[2]
     prompt = IDS + [x, x]  # x three times
-    want = _forced_text(ctx, prompt, x)
+    want = greedy_first(ctx, prompt, {x: 100.0})
     b = _margin(ctx, prompt, x, want)
+    if greedy_first(ctx, prompt, {x: b}) != want:  # the margin holds on a second look
+        body = ctx.body(prompt=prompt, max_tokens=1, temperature=0, logit_bias={str(x): b})
+        raise Failed(f"id {x} is no longer chosen at bias {b} without penalties", body)
     for name, value in (("presence_penalty", 1.0), ("frequency_penalty", 0.5)):
         body = ctx.body(
             prompt=prompt, max_tokens=1, temperature=0, logit_bias={str(x): b}, **{name: value}
         )
-        if greedy_first(ctx, prompt, {x: b}) != want:
-            raise Failed(f"id {x} is no longer chosen at bias {b} without penalties", body)
-        if _penalised_first(ctx, prompt, x, b, name, value) != want:
+        if greedy_first(ctx, prompt, {x: b}, **{name: value}) != want:
             raise Failed(
                 f"{name} {value} moved the first step off id {x} ({want!r}) at bias "
                 f"{b}: the prompt's tokens were counted (unpenalised margin < 0.25)",
                 body,
             )
     return f"id {x} ({want!r}) wins by < 0.25 at bias {b}; penalties leave it chosen"
-
-
-def _penalised_first(
-    ctx: Context, prompt: list[int], x: int, b: float, name: str, value: float
-) -> str:
-    return greedy_first(ctx, prompt, {x: b}, **{name: value})
