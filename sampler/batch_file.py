@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +33,7 @@ from typing import IO, Any
 from .errors import RequestError, request_id, server_error
 from .params import parse_request
 
-__all__ = ["BatchSummary", "run_batch", "read_lines"]
+__all__ = ["Answers", "BatchSummary", "pending", "read_lines", "run_batch"]
 
 URL = "/v1/completions"
 log = logging.getLogger("sampler.batch_file")
@@ -156,13 +156,17 @@ class _Writer:
 
     def write(self, record: dict[str, Any], *, error: bool = False) -> None:
         try:
-            text = json.dumps(record, ensure_ascii=False) + "\n"
+            text = json.dumps(record, ensure_ascii=False)
             text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate from the input: escaped, still JSON
-            text = json.dumps(record) + "\n"
+            text = json.dumps(record)
+        self.write_text(text, error=error)
+
+    def write_text(self, text: str, *, error: bool = False) -> None:
+        """Append one line of JSON text, flushed."""
         with self._lock:
             f = self.errors if error else self.out
-            f.write(text)
+            f.write(text + "\n")
             f.flush()
 
     def close(self) -> None:
@@ -193,8 +197,129 @@ def _failure(cid: str, exc: BaseException) -> dict:
     return _record(cid, 500, server_error(exc, rid), rid=rid)
 
 
-def _deliver(finish: Any, cid: str, event: tuple[str, Any]) -> None:
-    finish(cid, *event)
+class Answers:
+    """Turns ``(custom_id, body)`` into output records on one scheduler, at most
+    ``in_flight`` at a time. ``on_record(record, kind, tokens)`` gets each record once, with
+    its kind ("completed", "rejected" or "failed"), on the caller's or the worker's thread.
+
+    Shared by the local run, each Ray worker and the server's ``/v1/batches``
+    (``background=True``: the batch yields to interactive requests, see
+    :meth:`Scheduler.submit <sampler.scheduler.Scheduler.submit>`).
+    """
+
+    def __init__(
+        self,
+        sched: Any,
+        on_record: Callable[[dict, str, int], None],
+        *,
+        in_flight: int = 256,
+        background: bool = False,
+    ) -> None:
+        self.sched, self.on_record, self.in_flight = sched, on_record, in_flight
+        self.background = background
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._lock = threading.Lock()
+        self._finished: set[str] = set()
+        self.jobs: dict[str, Any] = {}  # custom_id -> running Job (for cancel)
+
+    def submit(self, cid: str, body: dict[str, Any]) -> None:
+        """Answer one body: at once when the contract rejects it, else when it finishes."""
+        try:
+            if body.get("stream") is True:
+                raise RequestError(
+                    "Streaming is not available in a batch: remove 'stream' from the body.",
+                    param="stream",
+                    code="invalid_value",
+                )
+            req = parse_request(body, self.sched.engine.info)  # model required, as served
+        except RequestError as err:
+            self.on_record(_record(cid, err.status, err.to_dict()), "rejected", 0)
+            return
+        except Exception as exc:  # a bug met by this body alone: its own 500
+            self.on_record(_failure(cid, exc), "failed", 0)
+            return
+        self._slots.acquire()
+        try:
+            job = self.sched.submit(
+                req, functools.partial(self._finish, cid), background=self.background
+            )
+            with self._lock:
+                if cid not in self._finished:
+                    self.jobs[cid] = job
+        except Exception as exc:
+            self._slots.release()
+            self.on_record(_failure(cid, exc), "failed", 0)
+
+    def _finish(self, cid: str, event: tuple[str, Any]) -> None:
+        kind, value = event
+        with self._lock:
+            if cid in self._finished:  # one record per request, whatever comes after
+                return
+            self._finished.add(cid)
+            self.jobs.pop(cid, None)
+        try:
+            if kind == "response":
+                tokens = value["usage"]["completion_tokens"]
+                self.on_record(_record(cid, 200, value), "completed", tokens)
+            else:  # "error": a failure while running it
+                self.on_record(_failure(cid, value), "failed", 0)
+        finally:  # whatever happened, the slot comes back (the run must not hang)
+            self._slots.release()
+
+    def drain(self) -> None:
+        """Block until every submitted request has its record."""
+        for _ in range(self.in_flight):
+            self._slots.acquire()
+        for _ in range(self.in_flight):
+            self._slots.release()
+
+
+def _start(out: Path, errs: Path | None, resume: bool) -> tuple[set[str], _Writer]:
+    """What the output already holds (with ``resume``; else the files start afresh)."""
+    done: set[str] = set()
+    for p in (out, errs):
+        if p is None:
+            continue
+        if resume:
+            done |= _done(p)
+        elif p.exists():
+            p.unlink()
+    return done, _Writer(out, errs)
+
+
+def pending(
+    input_path: str | os.PathLike, done: set[str], writer: _Writer, summary: BatchSummary
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The requests still to run, ``(custom_id, body)``; bad lines are written on the way
+    and what ``done`` holds is skipped, both counted in ``summary``."""
+    for line in read_lines(input_path):
+        summary.lines += 1
+        key = line.custom_id if line.problem is None else f"line:{line.number}"
+        if key in done:
+            summary.skipped += 1
+            continue
+        if line.problem is not None:
+            code, message = line.problem
+            err = {"code": code, "message": message, "line": line.number}
+            writer.write(_record(line.custom_id, None, None, err), error=True)
+            summary.bad_lines += 1
+            continue
+        assert line.body is not None and line.custom_id is not None
+        yield line.custom_id, line.body
+
+
+def count_lines(path: str | os.PathLike) -> int:
+    """Non-blank lines of a file (the progress bar's total)."""
+    with open(path, "rb") as f:
+        return sum(1 for raw in f if raw.strip())
+
+
+def progress_bar(enabled: bool, input_path: str | os.PathLike) -> Any:
+    """A tqdm bar of requests on stderr with tokens/s and an ETA (a no-op when disabled)."""
+    from tqdm import tqdm
+
+    total = count_lines(input_path) if enabled else None
+    return tqdm(disable=not enabled, total=total, unit="req", desc="batch", leave=False)
 
 
 def run_batch(
@@ -212,86 +337,32 @@ def run_batch(
 
     Without ``resume`` the output (and errors) file is started afresh.
     """
-    from tqdm import tqdm
-
     from .scheduler import Scheduler
 
     out, errs = Path(output_path), None if errors_path is None else Path(errors_path)
-    done: set[str] = set()
-    for p in (out, errs):
-        if p is None:
-            continue
-        if resume:
-            done |= _done(p)
-        elif p.exists():
-            p.unlink()
+    done, writer = _start(out, errs, resume)
     summary, t0 = BatchSummary(), time.monotonic()
-    writer = _Writer(out, errs)
-    sched = Scheduler(engine, max_sequences=max_sequences, max_waiting=in_flight)
-    slots = threading.BoundedSemaphore(in_flight)
+    bar = progress_bar(progress, input_path)
     lock = threading.Lock()
-    finished: set[str] = set()
-    bar = tqdm(disable=not progress, unit="req", desc="batch", leave=False)
 
-    def finish(cid: str, kind: str, value: Any) -> None:
+    def on_record(record: dict, kind: str, tokens: int) -> None:
+        writer.write(record)
         with lock:
-            if cid in finished:  # one line per request, whatever the worker sends after
-                return
-            finished.add(cid)
-        try:
-            if kind == "response":
-                writer.write(_record(cid, 200, value))
-                with lock:
-                    summary.completed += 1
-                    summary.tokens += value["usage"]["completion_tokens"]
-            else:  # "error": a failure while running it
-                writer.write(_failure(cid, value))
-                with lock:
-                    summary.failed += 1
-        finally:  # whatever happened, the slot comes back (the run must not hang)
-            slots.release()
+            setattr(summary, kind, getattr(summary, kind) + 1)
+            summary.tokens += tokens
         bar.update()
         bar.set_postfix_str(f"{summary.tokens / max(1e-9, time.monotonic() - t0):.0f} tok/s")
 
+    sched = Scheduler(engine, max_sequences=max_sequences, max_waiting=in_flight)
+    answers = Answers(sched, on_record, in_flight=in_flight)
     try:
-        for line in read_lines(input_path):
-            summary.lines += 1
-            key = line.custom_id if line.problem is None else f"line:{line.number}"
-            if key in done:
-                summary.skipped += 1
-                continue
-            if line.problem is not None:
-                code, message = line.problem
-                err = {"code": code, "message": message, "line": line.number}
-                writer.write(_record(line.custom_id, None, None, err), error=True)
-                summary.bad_lines += 1
-                continue
-            assert line.body is not None and line.custom_id is not None
-            try:
-                if line.body.get("stream") is True:
-                    raise RequestError(
-                        "Streaming is not available in a batch: remove 'stream' from the body.",
-                        param="stream",
-                        code="invalid_value",
-                    )
-                req = parse_request(line.body, engine.info)  # model required, as served
-            except RequestError as err:
-                writer.write(_record(line.custom_id, err.status, err.to_dict()))
-                summary.rejected += 1
-                continue
-            except Exception as exc:  # a bug met by this body alone: its own 500
-                writer.write(_failure(line.custom_id, exc))
-                summary.failed += 1
-                continue
-            slots.acquire()
-            try:
-                sched.submit(req, functools.partial(_deliver, finish, line.custom_id))
-            except Exception as exc:
-                slots.release()
-                writer.write(_failure(line.custom_id, exc))
-                summary.failed += 1
-        for _ in range(in_flight):  # every slot back: every request has finished
-            slots.acquire()
+        passed = 0  # skipped and bad lines the bar has counted
+        for cid, body in pending(input_path, done, writer, summary):
+            bar.update(summary.skipped + summary.bad_lines - passed)
+            passed = summary.skipped + summary.bad_lines
+            answers.submit(cid, body)
+        bar.update(summary.skipped + summary.bad_lines - passed)
+        answers.drain()
     finally:
         sched.close()
         writer.close()

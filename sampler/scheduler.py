@@ -46,9 +46,10 @@ class Busy(Exception):
 class Job:
     """One submitted request: its completion, where its events go, and its state."""
 
-    def __init__(self, completion: Completion, sink: Sink) -> None:
+    def __init__(self, completion: Completion, sink: Sink, background: bool = False) -> None:
         self.completion = completion
         self.sink = sink
+        self.background = background  # batch work: runs only where no interactive job waits
         self.size = len(completion.candidates) if completion.req.max_tokens else 0
         self.cancelled = False
         self.finished = threading.Event()
@@ -65,6 +66,11 @@ class Scheduler:
     refused at validation, see :class:`~sampler.params.Limits`); requests that do not fit
     yet wait, in order, up to ``max_waiting``; beyond that :meth:`submit` raises
     :class:`Busy`.
+
+    Background jobs (``submit(..., background=True)``, the server's ``/v1/batches``) fill
+    what interactive ones leave: they join only when no interactive job waits, and when an
+    interactive job does not fit, running background jobs are preempted, newest first, and
+    start again later from the beginning (a seeded request's output does not change).
     """
 
     def __init__(self, engine: Engine, *, max_sequences: int = 64, max_waiting: int = 256) -> None:
@@ -73,20 +79,28 @@ class Scheduler:
         self.max_waiting = max_waiting
         self._cond = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._background: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._cancel: list[Job] = []
         self._closed = False
         self._batch = Batch(engine)
         self.steps = 0  # batch steps run so far (for tests and benchmarks)
+        self.preempted = 0  # background jobs stopped to make room for interactive ones
         self._thread = threading.Thread(target=self._run, name="sampler-worker", daemon=True)
         self._thread.start()
 
     # -- called from any thread
-    def submit(self, req: Request, sink: Sink) -> Job:
-        job = Job(Completion(self.engine, req), sink)
+    def submit(self, req: Request, sink: Sink, *, background: bool = False) -> Job:
+        """Queue ``req``; its events go to ``sink``. Background jobs are not counted
+        against ``max_waiting`` (their submitter bounds them)."""
+        job = Job(Completion(self.engine, req), sink, background)
         with self._cond:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
+            if background:
+                self._background.append(job)
+                self._cond.notify()
+                return job
             if len(self._waiting) >= self.max_waiting:
                 raise Busy(
                     f"The server is busy: {len(self._waiting)} requests are already waiting "
@@ -114,20 +128,32 @@ class Scheduler:
     @property
     def load(self) -> dict[str, int]:
         with self._cond:
-            return {"running": len(self._batch), "waiting": len(self._waiting)}
+            return {
+                "running": len(self._batch),
+                "waiting": len(self._waiting),
+                "background": len(self._background),
+            }
 
     # -- the worker
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._closed or self._waiting or self._cancel or self._active):
+                while not (
+                    self._closed
+                    or self._waiting
+                    or self._background
+                    or self._cancel
+                    or self._active
+                ):
                     self._cond.wait()
                 if self._closed:
                     return
                 cancelled, self._cancel = self._cancel, []
+                preempted = self._preemptible()
                 admitted = self._admissible()
             try:
                 self._drop(cancelled)
+                self._preempt(preempted)
                 for job in admitted:
                     self._start(job)
                 if len(self._batch):
@@ -137,20 +163,51 @@ class Scheduler:
                 self._reset(exc)
 
     def _admissible(self) -> list[Job]:
-        """Waiting jobs that fit now, in order (a job alone always fits an empty batch)."""
+        """Waiting jobs that fit now, in order (a job alone always fits an empty batch);
+        background jobs only once no interactive job is left waiting."""
         taken: list[Job] = []
-        room = self.max_sequences - len(self._batch)
-        while self._waiting:
-            job = self._waiting[0]
-            if job.cancelled:
-                self._waiting.popleft()
-                job.finished.set()
-                continue
-            if job.size > room and (taken or len(self._batch)):
-                break
-            taken.append(self._waiting.popleft())
-            room -= job.size
+        room = self.max_sequences - len(self._batch) + self._freed
+        self._freed = 0
+        for queue in (self._waiting, self._background):
+            while queue:
+                job = queue[0]
+                if job.cancelled:
+                    queue.popleft()
+                    job.finished.set()
+                    continue
+                if job.size > room and (taken or len(self._batch)):
+                    return taken
+                taken.append(queue.popleft())
+                room -= job.size
         return taken
+
+    _freed = 0  # sequences that preempted jobs give back before this step's admission
+
+    def _preemptible(self) -> list[Job]:
+        """Running background jobs to stop so the first waiting interactive job fits."""
+        if not self._waiting:
+            return []
+        room = self.max_sequences - len(self._batch)
+        need = self._waiting[0].size
+        out: list[Job] = []
+        for job in reversed(self._active):
+            if room >= need:
+                break
+            if job.background and not job.cancelled:
+                out.append(job)
+                room += job.size
+        self._freed = sum(job.size for job in out)
+        return out
+
+    def _preempt(self, jobs: list[Job]) -> None:
+        """Stop background jobs and queue them again, first, from the beginning."""
+        for job in jobs:
+            self._batch.drop(job.completion.candidates)
+            self._active.remove(job)
+            job.completion = Completion(self.engine, job.completion.req)
+            self.preempted += 1
+        with self._cond:
+            self._background.extendleft(reversed(jobs))
 
     def _drop(self, jobs: list[Job]) -> None:
         for job in jobs:

@@ -583,3 +583,45 @@ def test_requests_joining_a_running_batch_equal_their_solo_runs(engine):
         assert [c["logprobs"] for c in responses[k]["choices"]] == [
             c["logprobs"] for c in solo["choices"]
         ]
+
+
+def test_background_jobs_yield_to_interactive_ones_and_keep_their_output(engine):
+    """Batch work (background) fills a full batch; an interactive request that arrives does
+    not wait for it: background jobs are preempted, it runs at once, and the preempted
+    jobs start again and still return exactly their solo outputs."""
+    import threading
+
+    from sampler.scheduler import Scheduler
+
+    sched = Scheduler(engine, max_sequences=4)
+    order: list[str] = []
+    out: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def sink_for(name):
+        def sink(event):
+            kind, payload = event
+            if kind in ("response", "error"):
+                with lock:
+                    order.append(name)
+                    out[name] = payload
+
+        return sink
+
+    back = {f"b{i}": dict(prompt=f"Batch {i}", max_tokens=40, seed=i, n=2) for i in range(3)}
+    fore = dict(prompt="Interactive", max_tokens=3, seed=9, n=2)
+    try:
+        jobs = [
+            sched.submit(engine.parse(**b), sink_for(k), background=True) for k, b in back.items()
+        ]
+        while sched.steps < 3:  # two background jobs fill the batch (2 x n=2), one waits
+            threading.Event().wait(0.005)
+        fj = sched.submit(engine.parse(**fore), sink_for("fore"))
+        assert fj.wait(60) and all(j.wait(120) for j in jobs)
+    finally:
+        sched.close()
+    assert order[0] == "fore"  # it did not wait for 40-token background jobs
+    assert sched.preempted >= 1
+    for name, body in {**back, "fore": fore}.items():
+        solo = engine.complete(**body)
+        assert [c["text"] for c in out[name]["choices"]] == [c["text"] for c in solo["choices"]]

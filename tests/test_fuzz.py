@@ -115,7 +115,7 @@ def _fuzz_http(server, engine, examples: int) -> Counter:
 
     prop()
     _still_answers(url, engine)
-    assert app.state.models[MODEL].scheduler.load == {"running": 0, "waiting": 0}
+    assert app.state.models[MODEL].scheduler.load == {"running": 0, "waiting": 0, "background": 0}
     assert seen[200] and seen[400] and seen[404], seen  # the bodies reach every outcome
     return seen
 

@@ -401,7 +401,11 @@ def test_a_failing_row_fails_only_its_own_request(engine, monkeypatch):
         assert sched.load["running"] == 6  # the bad rows met the innocent ones, which go on
         for t in threads:
             t.join(60)
-        assert app.state.models[MODEL].scheduler.load == {"running": 0, "waiting": 0}
+        assert app.state.models[MODEL].scheduler.load == {
+            "running": 0,
+            "waiting": 0,
+            "background": 0,
+        }
     for i, b in enumerate(bodies):
         if b["stream"]:
             assert results[i] == {c["index"]: c["text"] for c in solo[i]["choices"]}
