@@ -6,8 +6,10 @@
 Run from the repository root with the project venv. Both sides get the same seeded
 requests (mixed max_tokens 4–19, n 1–3, logprobs none/0/2, temperatures 1, 0 and 0.7) and
 one ONNX Runtime thread; the loop answers them one at a time, the batch shares one
-continuously batched model batch of ``--max-batch`` sequences. Prints requests/s and
-completion tokens/s of each, and the ratio. (A Ray column joins when ``--ray`` lands.)
+continuously batched model batch of ``--max-batch`` sequences, and the Ray column runs
+the same file with ``--workers`` Ray Data actors (a local cluster started for it; its
+start-up is timed separately). Prints requests/s and completion tokens/s of each, the
+ratios, and Ray's overhead per request against the same work on one local process.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if str(ROOT) not in sys.path:
 
 from sampler.batch_file import run_batch  # noqa: E402
 from sampler.engine import Engine  # noqa: E402
+from sampler.registry import resolve  # noqa: E402
 
 
 def bodies(model: str, count: int) -> list[dict]:
@@ -47,6 +50,7 @@ def main() -> None:
     p.add_argument("--model", default="tiny-random-cl100k")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (0: no Ray column)")
     args = p.parse_args()
     engine = Engine.load(args.model)
     reqs = bodies(engine.name, args.requests)
@@ -65,17 +69,48 @@ def main() -> None:
             )
         )
         summary = run_batch(engine, src, out, max_sequences=args.max_batch)
+        ray_run = ray_start = None
+        if args.workers:
+            import ray
+
+            from sampler.batch_ray import run_batch_ray
+
+            t0 = time.perf_counter()
+            ray.init(
+                num_cpus=args.workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+            )
+            ray_start = time.perf_counter() - t0
+            ray_run = run_batch_ray(
+                str(resolve(args.model)),
+                src,
+                Path(tmp) / "ray.jsonl",
+                workers=args.workers,
+                max_sequences=args.max_batch,
+            )
+            ray.shutdown()
+            assert ray_run.completed == len(reqs) and ray_run.tokens == loop_tokens
     assert summary.completed == len(reqs) and summary.tokens == loop_tokens
-    print(f"{args.requests} requests on {engine.name}, {loop_tokens} completion tokens")
-    print(
-        f"  loop of Engine.complete: {args.requests / loop:8.1f} req/s "
-        f"{loop_tokens / loop:9.0f} tok/s ({loop:.1f} s)"
-    )
-    print(
-        f"  sampler batch:           {args.requests / summary.seconds:8.1f} req/s "
-        f"{summary.tokens / summary.seconds:9.0f} tok/s ({summary.seconds:.1f} s)"
-    )
-    print(f"  batch / loop: {loop / summary.seconds:.2f}x")
+    n = args.requests
+    print(f"{n} requests on {engine.name}, {loop_tokens} completion tokens")
+    rows = [("loop of Engine.complete", loop), ("sampler batch", summary.seconds)]
+    if ray_run is not None:
+        rows.append((f"sampler batch --workers {args.workers} (Ray)", ray_run.seconds))
+    for name, secs in rows:
+        print(
+            f"  {name:34s} {n / secs:8.1f} req/s {loop_tokens / secs:9.0f} tok/s "
+            f"({secs:.1f} s, {loop / secs:.2f}x the loop)"
+        )
+    if ray_run is not None and ray_start is not None:
+        # Ray's cost: the same requests on `workers` processes would take summary/workers
+        ideal = summary.seconds / args.workers
+        print(
+            f"  Ray: cluster start {ray_start:.1f} s (not in its column); "
+            f"over an ideal {args.workers}-way split of the local run "
+            f"{(ray_run.seconds - ideal) / n * 1000:.1f} ms per request"
+        )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class BatchSummary:
             f"{self.lines} lines: {self.completed} completed, {self.rejected} rejected, "
             f"{self.failed} failed, {self.bad_lines} bad lines, {self.skipped} skipped "
             f"(resume); {self.tokens} tokens in {self.seconds:.1f} s ({rate:.0f} tok/s)"
+            + "".join(f"; {note}" for note in self.notes)
         )
 
 
@@ -219,8 +220,8 @@ class Answers:
         self.background = background
         self._slots = threading.BoundedSemaphore(in_flight)
         self._lock = threading.Lock()
-        self._finished: set[str] = set()
-        self.jobs: dict[str, Any] = {}  # custom_id -> running Job (for cancel)
+        self._open: set[str] = set()  # submitted, no record yet
+        self.jobs: dict[str, Any] = {}  # custom_id -> its running Job (for cancel)
 
     def submit(self, cid: str, body: dict[str, Any]) -> None:
         """Answer one body: at once when the contract rejects it, else when it finishes."""
@@ -239,23 +240,30 @@ class Answers:
             self.on_record(_failure(cid, exc), "failed", 0)
             return
         self._slots.acquire()
+        with self._lock:
+            self._open.add(cid)
         try:
             job = self.sched.submit(
                 req, functools.partial(self._finish, cid), background=self.background
             )
-            with self._lock:
-                if cid not in self._finished:
-                    self.jobs[cid] = job
         except Exception as exc:
+            with self._lock:
+                self._open.discard(cid)
             self._slots.release()
             self.on_record(_failure(cid, exc), "failed", 0)
+            return
+        with self._lock:
+            if cid in self._open:
+                self.jobs[cid] = job
+                return
+        self.sched.cancel(job)  # cancelled while it was being submitted
 
     def _finish(self, cid: str, event: tuple[str, Any]) -> None:
         kind, value = event
         with self._lock:
-            if cid in self._finished:  # one record per request, whatever comes after
+            if cid not in self._open:  # one record per request, whatever comes after
                 return
-            self._finished.add(cid)
+            self._open.discard(cid)
             self.jobs.pop(cid, None)
         try:
             if kind == "response":
@@ -265,6 +273,24 @@ class Answers:
                 self.on_record(_failure(cid, value), "failed", 0)
         finally:  # whatever happened, the slot comes back (the run must not hang)
             self._slots.release()
+
+    @property
+    def running(self) -> int:
+        """Requests submitted that have no record yet."""
+        with self._lock:
+            return len(self._open)
+
+    def cancel(self) -> int:
+        """Stop every running request (no record is written for them); returns how many."""
+        with self._lock:
+            cids, jobs = list(self._open), list(self.jobs.values())
+            self._open.clear()
+            self.jobs.clear()
+        for job in jobs:
+            self.sched.cancel(job)
+        for _ in cids:
+            self._slots.release()
+        return len(cids)
 
     def drain(self) -> None:
         """Block until every submitted request has its record."""

@@ -4,6 +4,7 @@
     sampler models
     sampler pull NAME
     sampler batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--resume] [--model M]
+                           [--ray [ADDRESS]] [--workers N]
     sampler conformance BASE_URL --model ID [--profile openai|strict] [--only SECTION ...]
     sampler convert PATH.gguf [--out DIR] [--weights float32|float16|int4] [--name NAME]
                            [--attention gqa|exact|fast]
@@ -121,6 +122,16 @@ def _parser() -> argparse.ArgumentParser:
         help="requests waiting for a place before 429 (default %(default)s)",
     )
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    s.add_argument(
+        "--batch-dir",
+        help="where /v1/files and /v1/batches keep their state (default $SAMPLER_HOME/batches)",
+    )
+    s.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=200,
+        help="the largest file /v1/files accepts, in MiB (default %(default)s)",
+    )
 
     b = sub.add_parser(
         "batch", help="run an OpenAI Batch API file of /v1/completions requests (JSONL)"
@@ -142,7 +153,23 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         help="sequences decoded together at most (default %(default)s)",
     )
-    b.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    b.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1)"
+    )
+    b.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray Data: a local cluster, or the one at ADDRESS ('auto', ray://host:10001)",
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="engines (Ray actors) to spread the lines over; N > 1 implies --ray "
+        "(default: 1 locally, the cluster's CPUs / --threads on Ray)",
+    )
 
     from .conformance.command import add_parser  # argparse only (httpx loads when run)
 
@@ -294,10 +321,14 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    from .registry import default_model
+    from .registry import cache_dir, default_model
 
     config = ServerConfig(
-        api_key=args.api_key, max_sequences=args.max_batch, max_waiting=args.max_queue
+        api_key=args.api_key,
+        max_sequences=args.max_batch,
+        max_waiting=args.max_queue,
+        batch_dir=args.batch_dir or str(cache_dir() / "batches"),
+        max_upload_bytes=args.max_upload_mb * 2**20,
     )
     try:
         serve(
@@ -310,15 +341,23 @@ def _serve(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"error: --model: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
+    except RuntimeError as err:  # another server holds --batch-dir
+        print(f"error: --batch-dir: {err}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
     return EXIT_OK
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch_file import run_batch
-
     if not os.path.isfile(args.input):
         print(f"error: {args.input}: no such file", file=sys.stderr)
         return EXIT_FAILED
+    if args.workers is not None and args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+    if args.ray is not None or (args.workers or 1) > 1:
+        return _batch_ray(args)
+    from .batch_file import run_batch
+
     engine = _load(args)
     if isinstance(engine, int):
         return engine
@@ -331,6 +370,39 @@ def _batch(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         max_sequences=args.max_batch,
     )
+    print(summary.line(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _batch_ray(args: argparse.Namespace) -> int:
+    from .batch_ray import RayMissing, run_batch_ray
+    from .pull import PullError
+    from .registry import default_model, resolve
+
+    model = args.model or default_model()
+    address = args.ray or None
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        try:  # a local cluster: fetch and convert once here, not in every worker
+            model = str(resolve(model))
+        except (FileNotFoundError, PullError) as err:
+            print(f"error: --model: {err}", file=sys.stderr)
+            return EXIT_BAD_REQUEST if isinstance(err, FileNotFoundError) else EXIT_FAILED
+    try:
+        summary = run_batch_ray(
+            model,
+            args.input,
+            args.output,
+            address=address,
+            workers=args.workers,
+            threads=args.threads,
+            errors_path=args.errors,
+            resume=args.resume,
+            progress=sys.stderr.isatty(),
+            max_sequences=args.max_batch,
+        )
+    except RayMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
     print(summary.line(), file=sys.stderr)
     return EXIT_OK
 
