@@ -148,6 +148,7 @@ class Batch:
         self.seqs: list[Candidate] = []
         self.cache: Any = None
         self.logits: np.ndarray | None = None  # [B, V] masked, for each seq's next token
+        self._joining: list[tuple[Any, np.ndarray]] = []  # admitted, not merged yet
         self._workspace = Workspace(engine.vocab_size)
 
     def __len__(self) -> int:
@@ -167,14 +168,24 @@ class Batch:
         new = [c for g in groups for c in g]
         if not new:
             return
-        cache = cache.take(rows)
-        logits = self.engine.mask(logits[rows])  # [B', V]
-        if self.seqs:
-            self.cache = type(self.cache).merge([self.cache, cache])
-            self.logits = np.concatenate([self.logits, logits])
-        else:
-            self.cache, self.logits = cache, logits
+        self._joining.append((cache.take(rows), self.engine.mask(logits[rows])))  # [B', V]
         self.seqs.extend(new)
+
+    def _join(self, *, logits: bool = True) -> None:
+        """Merge the caches of the sequences admitted since the last step, in one go (one
+        merge, not one per admitted request), and their logits unless ``logits=False``
+        (:meth:`advance` samples each block where it lies: no [B, V] copy)."""
+        if not self._joining:
+            return
+        caches = [c for c, _ in self._joining]
+        rows = [z for _, z in self._joining]
+        self._joining = []
+        if self.cache is not None:
+            assert self.logits is not None
+            caches, rows = [self.cache, *caches], [self.logits, *rows]
+        self.cache = caches[0] if len(caches) == 1 else type(caches[0]).merge(caches)
+        if logits:
+            self.logits = rows[0] if len(rows) == 1 else np.concatenate(rows)  # [B, V]
 
     def advance(self) -> list[Candidate]:
         """One step for every sequence; returns the sequences that took a token (or
@@ -182,10 +193,10 @@ class Batch:
         batch, and every other sequence's step is exactly what it is without it)."""
         if not self.seqs:
             return []
-        assert self.logits is not None
         eng = self.engine
         uniforms = [s.rng.random() for s in self.seqs]
         outs = self._choose(uniforms)
+        self._join(logits=False)  # every row's logits are used: only the caches merge
         for b, s in enumerate(self.seqs):
             picked = outs[b]
             if picked is None:
@@ -208,25 +219,39 @@ class Batch:
         self.logits = eng.mask(logits)
         return stepped
 
+    def _blocks(self) -> list[np.ndarray]:
+        """The logits of the rows, in order: the batch's, then each admitted block's."""
+        blocks = [] if self.logits is None or self.cache is None else [self.logits]
+        return blocks + [z for _, z in self._joining]
+
     def _choose(self, uniforms: list[float]) -> list[tuple[int, float, float, Any] | None]:
         """Each sequence's token, raw and reported logprob and top entries (None for a
-        sequence that failed). One batched step; if it raises, each row is stepped alone
+        sequence that failed), one batched step per block of logits."""
+        picked: list[tuple[int, float, float, Any] | None] = []
+        for block in self._blocks():
+            b0 = len(picked)
+            picked += self._choose_block(block, self.seqs[b0 : b0 + len(block)], uniforms[b0:])
+        assert len(picked) == len(self.seqs)
+        return picked
+
+    def _choose_block(
+        self, logits: np.ndarray, seqs: list[Candidate], uniforms: list[float]
+    ) -> list[tuple[int, float, float, Any] | None]:
+        """One batched step over ``logits`` [b, V]; if it raises, each row is stepped alone
         with the same uniform (a row's choice depends on that row only, so the others'
         choices are the ones the batched step would have made) and the rows that still
         raise are failed."""
-        rows = [s.row for s in self.seqs]
-        assert self.logits is not None
+        rows = [s.row for s in seqs]
         try:
-            out = sample_step(self.logits, rows, uniforms, workspace=self._workspace)
+            out = sample_step(logits, rows, uniforms[: len(rows)], workspace=self._workspace)
             return [_picked(out, b) for b in range(len(rows))]
         except Exception:
             pass
-        assert self.logits is not None
         picked: list[tuple[int, float, float, Any] | None] = []
-        for b, s in enumerate(self.seqs):
+        for b, s in enumerate(seqs):
             try:
                 one = sample_step(
-                    self.logits[b : b + 1], [rows[b]], [uniforms[b]], workspace=self._workspace
+                    logits[b : b + 1], [rows[b]], [uniforms[b]], workspace=self._workspace
                 )
                 picked.append(_picked(one, 0))
             except Exception as exc:
@@ -236,6 +261,7 @@ class Batch:
 
     def drop(self, seqs: Sequence[Candidate]) -> None:
         """Remove sequences (a client went away); the rest are untouched."""
+        self._join()
         gone = {id(s) for s in seqs}
         keep = [b for b, s in enumerate(self.seqs) if id(s) not in gone]
         if len(keep) == len(self.seqs):
