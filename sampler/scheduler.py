@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .engine import Batch, Completion, Engine
@@ -68,14 +68,27 @@ class Scheduler:
     :class:`Busy`.
 
     Background jobs (``submit(..., background=True)``, the server's ``/v1/batches``) fill
-    what interactive ones leave: they join only when no interactive job waits, and when an
-    interactive job does not fit, running background jobs are preempted, newest first, and
-    start again later from the beginning (a seeded request's output does not change).
+    what interactive ones leave: they join only when no interactive job waits, and while
+    interactive jobs run they hold at most ``background_share`` sequences (default 1/8 of
+    the batch), so that each step stays short. To make room, running background jobs are
+    preempted, newest first, and start again later from the beginning (a seeded request's
+    output does not change).
     """
 
-    def __init__(self, engine: Engine, *, max_sequences: int = 64, max_waiting: int = 256) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_sequences: int = 64,
+        max_waiting: int = 256,
+        background_share: int | None = None,
+    ) -> None:
         self.engine = engine
         self.max_sequences = max_sequences
+        #: sequences background jobs may hold while an interactive job runs (default 1/8)
+        self.background_share = (
+            max(1, max_sequences // 8) if background_share is None else background_share
+        )
         self.max_waiting = max_waiting
         self._cond = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
@@ -164,38 +177,54 @@ class Scheduler:
 
     def _admissible(self) -> list[Job]:
         """Waiting jobs that fit now, in order (a job alone always fits an empty batch);
-        background jobs only once no interactive job is left waiting."""
+        background jobs only once no interactive job is left waiting, and while any
+        interactive job runs, only within ``background_share`` sequences."""
         taken: list[Job] = []
         room = self.max_sequences - len(self._batch) + self._freed
         self._freed = 0
         for queue in (self._waiting, self._background):
+            share = self._share_left(taken) if queue is self._background else room
             while queue:
                 job = queue[0]
                 if job.cancelled:
                     queue.popleft()
                     job.finished.set()
                     continue
-                if job.size > room and (taken or len(self._batch)):
+                if job.size > min(room, share) and (taken or len(self._batch)):
                     return taken
                 taken.append(queue.popleft())
-                room -= job.size
+                room, share = room - job.size, share - job.size
         return taken
 
     _freed = 0  # sequences that preempted jobs give back before this step's admission
 
+    def _interactive(self, more: Sequence[Job] = ()) -> bool:
+        return bool(self._waiting) or any(not j.background for j in [*self._active, *more])
+
+    def _share_left(self, taken: list[Job]) -> int:
+        """Sequences background jobs may still take (all that fit while no interactive job
+        runs or waits)."""
+        if not self._interactive(taken):
+            return self.max_sequences
+        held = sum(j.size for j in self._active if j.background)
+        return self.background_share - held
+
     def _preemptible(self) -> list[Job]:
-        """Running background jobs to stop so the first waiting interactive job fits."""
-        if not self._waiting:
+        """Running background jobs to stop, newest first, so that the first waiting
+        interactive job fits and background jobs hold at most ``background_share``
+        sequences while interactive ones run."""
+        if not self._interactive():
             return []
         room = self.max_sequences - len(self._batch)
-        need = self._waiting[0].size
+        need = self._waiting[0].size if self._waiting else 0
+        held = sum(j.size for j in self._active if j.background)
         out: list[Job] = []
         for job in reversed(self._active):
-            if room >= need:
+            if room >= need and held <= self.background_share:
                 break
             if job.background and not job.cancelled:
                 out.append(job)
-                room += job.size
+                room, held = room + job.size, held - job.size
         self._freed = sum(job.size for job in out)
         return out
 

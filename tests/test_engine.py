@@ -2,6 +2,7 @@
 shows, checked against an independent slow path where values are involved."""
 
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -625,3 +626,32 @@ def test_background_jobs_yield_to_interactive_ones_and_keep_their_output(engine)
     for name, body in {**back, "fore": fore}.items():
         solo = engine.complete(**body)
         assert [c["text"] for c in out[name]["choices"]] == [c["text"] for c in solo["choices"]]
+
+
+def test_background_jobs_hold_at_most_their_share_while_interactive_ones_run(engine):
+    """While an interactive stream runs, background jobs hold at most background_share
+    sequences (each step stays short); once it ends they fill the batch again."""
+    from sampler.scheduler import Scheduler
+
+    sched = Scheduler(engine, max_sequences=8, background_share=2)
+    held: list[int] = []
+
+    def fore_sink(event):  # on the worker thread, between two steps
+        if event[0] == "chunks":
+            held.append(sum(j.size for j in sched._active if j.background))
+
+    try:
+        jobs = [
+            sched.submit(
+                engine.parse(prompt=f"B{i}", max_tokens=30, seed=i), lambda e: None, background=True
+            )
+            for i in range(8)
+        ]
+        while sched.steps < 2:
+            threading.Event().wait(0.005)
+        assert sched.load["running"] == 8  # alone, background jobs fill the batch
+        fore = sched.submit(engine.parse(prompt="F", max_tokens=10, seed=1, stream=True), fore_sink)
+        assert fore.wait(60) and all(j.wait(120) for j in jobs)
+    finally:
+        sched.close()
+    assert held and max(held) <= 2
