@@ -69,7 +69,7 @@ def main() -> None:
             )
         )
         summary = run_batch(engine, src, out, max_sequences=args.max_batch)
-        ray_run = ray_start = None
+        ray_run = ray_start = ray_fixed = None
         if args.workers:
             import ray
 
@@ -83,6 +83,11 @@ def main() -> None:
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
             )
             ray_start = time.perf_counter() - t0
+            two = Path(tmp) / "two.jsonl"  # Ray's fixed cost: a run of two requests
+            two.write_text("".join(src.read_text().splitlines(keepends=True)[:2]))
+            ray_fixed = run_batch_ray(
+                str(resolve(args.model)), two, Path(tmp) / "two.out.jsonl", workers=args.workers
+            ).seconds
             ray_run = run_batch_ray(
                 str(resolve(args.model)),
                 src,
@@ -103,13 +108,14 @@ def main() -> None:
             f"  {name:34s} {n / secs:8.1f} req/s {loop_tokens / secs:9.0f} tok/s "
             f"({secs:.1f} s, {loop / secs:.2f}x the loop)"
         )
-    if ray_run is not None and ray_start is not None:
+    if ray_run is not None and ray_start is not None and ray_fixed is not None:
         # Ray's cost: the same requests on `workers` processes would take summary/workers
         ideal = summary.seconds / args.workers
         print(
-            f"  Ray: cluster start {ray_start:.1f} s (not in its column); "
-            f"over an ideal {args.workers}-way split of the local run "
-            f"{(ray_run.seconds - ideal) / n * 1000:.1f} ms per request"
+            f"  Ray: cluster start {ray_start:.1f} s (not in its column); a run of 2 requests "
+            f"{ray_fixed:.1f} s (actor pool start, model loads); beyond that and an ideal "
+            f"{args.workers}-way split of the local run, "
+            f"{(ray_run.seconds - ray_fixed - ideal) / n * 1000:.1f} ms per request"
         )
 
 

@@ -215,9 +215,10 @@ class Answers:
         *,
         in_flight: int = 256,
         background: bool = False,
+        limits: Any = None,
     ) -> None:
         self.sched, self.on_record, self.in_flight = sched, on_record, in_flight
-        self.background = background
+        self.background, self.limits = background, limits
         self._slots = threading.BoundedSemaphore(in_flight)
         self._lock = threading.Lock()
         self._open: set[str] = set()  # submitted, no record yet
@@ -232,7 +233,7 @@ class Answers:
                     param="stream",
                     code="invalid_value",
                 )
-            req = parse_request(body, self.sched.engine.info)  # model required, as served
+            req = parse_request(body, self.sched.engine.info, self.limits)  # model required
         except RequestError as err:
             self.on_record(_record(cid, err.status, err.to_dict()), "rejected", 0)
             return

@@ -83,6 +83,21 @@ def _ray() -> Any:
     return ray
 
 
+def _pool(ray: Any, workers: int) -> Any:
+    """A fixed pool of ``workers`` actors, each running OVERLAP blocks at once on threads
+    that share its scheduler (so one block's tail overlaps the next block's start)."""
+    strategy = ray.data.ActorPoolStrategy
+    try:
+        return strategy(
+            size=workers,
+            max_tasks_in_flight_per_actor=OVERLAP,
+            max_concurrent_calls_per_actor=OVERLAP,
+            enable_true_multi_threading=True,
+        )
+    except TypeError:  # a Ray Data before these options: one block at a time per actor
+        return strategy(size=workers)
+
+
 def run_batch_ray(
     model: str,
     input_path: str | os.PathLike,
@@ -129,6 +144,8 @@ def run_batch_ray(
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             logging.getLogger("ray.data").setLevel(logging.ERROR)  # (it warns of no bars)
+            # blocks small enough that every worker gets OVERLAP of them, at most BLOCK rows
+            block = max(1, min(BLOCK, -(-len(rows) // (workers * OVERLAP))))
             records = ray.data.from_items(rows).map_batches(
                 _Worker,
                 fn_constructor_kwargs={
@@ -136,13 +153,10 @@ def run_batch_ray(
                     "threads": threads,
                     "max_sequences": max_sequences,
                 },
-                batch_size=BLOCK,
+                batch_size=block,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(
-                    size=workers, max_tasks_in_flight_per_actor=OVERLAP
-                ),
+                compute=_pool(ray, workers),
                 num_cpus=threads,
-                max_concurrency=OVERLAP,  # threads calling the actor: one scheduler for all
             )
             for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
                 for text, kind, tokens in zip(batch["record"], batch["kind"], batch["tokens"]):
@@ -158,5 +172,6 @@ def run_batch_ray(
         if started and ray.is_initialized():
             ray.shutdown()
     summary.seconds = time.monotonic() - t0
-    summary.notes.append(f"ray: {workers} workers")
+    if workers is not None:
+        summary.notes.append(f"ray: {workers} workers")
     return summary

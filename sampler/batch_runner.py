@@ -34,8 +34,8 @@ IN_FLIGHT = 64  # background requests queued or running at a time, per model
 class Runner:
     """Runs the store's batches on ``schedulers`` (model name -> Scheduler)."""
 
-    def __init__(self, store: Store, schedulers: dict[str, Any]) -> None:
-        self.store, self.schedulers = store, schedulers
+    def __init__(self, store: Store, schedulers: dict[str, Any], limits: Any = None) -> None:
+        self.store, self.schedulers, self.limits = store, schedulers, limits
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sampler-batches", daemon=True)
@@ -138,7 +138,9 @@ class Runner:
                 counts["completed" if kind == "completed" else "failed"] += 1
 
         answers = {
-            name: Answers(sched, on_record, in_flight=IN_FLIGHT, background=True)
+            name: Answers(
+                sched, on_record, in_flight=IN_FLIGHT, background=True, limits=self.limits
+            )
             for name, sched in self.schedulers.items()
         }
         first = next(iter(answers.values()))

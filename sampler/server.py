@@ -171,7 +171,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
         from .batch_store import Store
 
         store = Store(cfg.batch_dir)
-        runner = Runner(store, {name: m.scheduler for name, m in models.items()})
+        runner = Runner(store, {name: m.scheduler for name, m in models.items()}, limits)
         routes += batch_routes(store, runner, unauthorized, max_upload_bytes=cfg.max_upload_bytes)
 
     def shutdown() -> None:
