@@ -176,6 +176,7 @@ def test_one_server_per_batch_dir(engine, tmp_path):
 
 def _serve(home, port):
     cmd = [sys.executable, "-m", "sampler.cli", "serve", "--model", MODEL, "--port", str(port)]
+    cmd += ["--max-batch", "8"]  # requests finish one after another, not all in one step
     return subprocess.Popen(
         cmd, env={**os.environ, "SAMPLER_HOME": str(home)}, stderr=subprocess.DEVNULL
     )

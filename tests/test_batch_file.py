@@ -209,10 +209,10 @@ def test_a_body_that_trips_a_bug_gets_its_own_500_logged_under_its_id(
 
     real = bf.parse_request
 
-    def parse(body, info):
+    def parse(body, info, limits=None):
         if body.get("prompt") == "boom":
             raise ZeroDivisionError("a bug")
-        return real(body, info)
+        return real(body, info, limits)
 
     monkeypatch.setattr(bf, "parse_request", parse)
     good = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, "seed": 1}
