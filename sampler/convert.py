@@ -57,7 +57,7 @@ __all__ = ["CONVERT_VERSION", "convert_gguf"]
 #: Bumped whenever the output changes for the same input, through this module or through
 #: sampler.onnx_llama's graph: the registry's folder names carry it, so a changed converter
 #: never reuses an old folder.
-CONVERT_VERSION = 2
+CONVERT_VERSION = 3  # 3: the graph takes logits_to_keep
 
 # GGUF tensor name -> HF name (``blk.{i}.`` prefix for the per-layer ones)
 

@@ -50,7 +50,9 @@ class Decoder:
         self.session = session
         self.config = config
         inputs = {i.name: i for i in session.get_inputs()}
-        self._input_names = set(inputs)
+        defaults = {i.name for i in session.get_overridable_initializers()}
+        self._input_names = set(inputs) | defaults
+        self.keeps_last = "logits_to_keep" in self._input_names  # lm_head on the last only
         self.num_layers = sum(
             1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key")
         )
@@ -138,9 +140,11 @@ class Decoder:
             return self._prefill_shared(ids, pads, on_logits, chunk_size)
         width = max(1, min(chunk_size, _LOGITS_BUDGET // (P * self.vocab_size * 4)))
         cache = self._empty(P)
+        keep = 0 if on_logits is not None else 1  # every position's logits only to report
         for c0 in range(0, L, width):
             c1 = min(L, c0 + width)
-            logits, keys, values = self._run(ids[:, c0:c1], mask[:, :c1], pos[:, c0:c1], cache)
+            chunk = ids[:, c0:c1], mask[:, :c1], pos[:, c0:c1]
+            logits, keys, values = self._run(*chunk, cache, keep=keep)
             cache = KVCache(keys, values, mask[:, :c1], cache.lengths)
             if c1 == L:
                 last = logits[:, -1, :].copy()  # [P, V] before anyone sees the chunk
@@ -187,13 +191,15 @@ class Decoder:
     ) -> tuple[np.ndarray, SharedKVCache]:
         """Each prompt alone (batch 1, no padding), in chunks; then one cache for all."""
         width = max(1, min(chunk_size, _LOGITS_BUDGET // (self.vocab_size * 4)))
+        keep = 0 if on_logits is not None else 1  # every position's logits only to report
         last, caches = [], []
         for p, pad in enumerate(pads.tolist()):
             tokens = ids[p, pad:]  # [n] this prompt
             cache = self._empty_shared(1, cache_capacity(tokens.size, self.config.context_length))
             for c0 in range(0, tokens.size, width):
                 c1 = min(tokens.size, c0 + width)
-                logits = self._run_shared(tokens[None, c0:c1], np.arange(c0, c1)[None], cache)
+                ids_c, pos_c = tokens[None, c0:c1], np.arange(c0, c1)[None]
+                logits = self._run_shared(ids_c, pos_c, cache, keep=keep)
                 cache = SharedKVCache(
                     cache.keys, cache.values, cache.lengths + (c1 - c0), cache.binding
                 )
@@ -205,10 +211,13 @@ class Decoder:
             caches.append(cache)
         return np.stack(last), SharedKVCache.merge(caches)
 
-    def _run_shared(self, ids: np.ndarray, pos: np.ndarray, cache: SharedKVCache) -> np.ndarray:
+    def _run_shared(
+        self, ids: np.ndarray, pos: np.ndarray, cache: SharedKVCache, keep: int = 0
+    ) -> np.ndarray:
         """One ORT call appending ``ids`` [B, S] at each row's length, the cache's buffers
         bound as both past and present (ORT writes the new keys into them). Returns the
-        logits [B, S, V]; the caller advances ``lengths``."""
+        logits [B, S, V] (the last ``keep`` positions' when the graph can); the caller
+        advances ``lengths``."""
         B, S = ids.shape
         total = cache.lengths + S  # [B] each row's length after this call
         io = self._cache_binding(cache)
@@ -216,7 +225,11 @@ class Decoder:
         io.bind_cpu_input("position_ids", np.ascontiguousarray(pos, dtype=np.int64))
         io.bind_cpu_input("seqlens_k", (total - 1).astype(np.int32))
         io.bind_cpu_input("total_sequence_length", np.array(int(total.max()), np.int32))
-        logits = np.empty((B, S, self.vocab_size), np.float32)  # [B, S, V]
+        kept = S
+        if self.keeps_last:
+            kept = min(keep, S) or S
+            io.bind_cpu_input("logits_to_keep", np.array([kept], dtype=np.int64))
+        logits = np.empty((B, kept, self.vocab_size), np.float32)  # [B, S or keep, V]
         io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(io)
         return logits
@@ -271,9 +284,10 @@ class Decoder:
             )
 
     def _run(
-        self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, cache: KVCache
+        self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, cache: KVCache, keep: int = 0
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-        """One ORT call: logits [B, S, V] and the present keys/values (tuples per layer).
+        """One ORT call: logits [B, S, V] (or of the last ``keep`` positions, when the graph
+        takes ``logits_to_keep``) and the present keys/values (tuples per layer).
 
         Only the inputs the graph declares are fed (Optimum exports may lack position_ids,
         and then derive positions from attention_mask, which agrees with ours)."""
@@ -282,6 +296,7 @@ class Decoder:
             "attention_mask": mask,
             "position_ids": pos,
             "use_cache_branch": np.array([cache.length > 0]),
+            "logits_to_keep": np.array([keep], dtype=np.int64),
         }
         for i in range(self.num_layers):
             feeds[f"past_key_values.{i}.key"] = cache.keys[i]

@@ -8,8 +8,11 @@ inputs
   ``position_ids`` int64 [batch, sequence_length]
   ``past_key_values.{i}.key`` / ``.value``
       float32 [batch, num_kv_heads, past_sequence_length, head_dim]
+  ``logits_to_keep`` int64 [1], optional (default 0; required in the GQA graph): logits for
+      the last K positions only, all of them when 0 (HF's argument of that name; a prefill
+      that needs only the next token's logits passes 1 and skips ``lm_head`` on the rest)
 outputs
-  ``logits`` float32 [batch, sequence_length, vocab]
+  ``logits`` float32 [batch, logits_length, vocab] (``sequence_length``, or K)
   ``present.{i}.key`` / ``.value``
       float32 [batch, num_kv_heads, total_sequence_length, head_dim]
 
@@ -258,6 +261,13 @@ def build_llama(
         )
         x = g.op("Add", x, _mlp(g, i, m, w))  # [B, S, d]
     x = rms_norm(g, x, g.weight("norm", weights["norm"]), c.rms_norm_eps)
+    # logits_to_keep (default 0: every position): the last K positions' logits only, so a
+    # prefill that needs only the next token's logits skips lm_head on the rest
+    # [1]; an input (below). The HF-style graph gives it a default (an initializer of the
+    # same name) for runtimes that do not know it; the in-place (GQA) graph, run only
+    # through IOBinding, which cannot bind an initializer, requires it.
+    keep = KEEP if shared else g.ints(KEEP, [0])
+    x = g.op("Slice", x, g.op("Neg", keep), g.ints("slice_end", [2**62]), g.ints("axis_1", [1]))
     g.nodes.append(helper.make_node("MatMul", [x, _head(g, weights, c)], ["logits"]))
 
     inputs, outputs = _io_specs(c, shared)
@@ -266,6 +276,10 @@ def build_llama(
     if any(n.domain == MS_DOMAIN for n in g.nodes):  # contrib ops: MatMulNBits, GQA
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
     return helper.make_model(graph, opset_imports=opsets, producer_name="refsampler", ir_version=8)
+
+
+#: The input that selects how many last positions get logits (0: all), as HF's argument.
+KEEP = "logits_to_keep"
 
 
 def gqa_supported(config: LlamaConfig) -> bool:
@@ -295,7 +309,7 @@ def _io_specs(c: LlamaConfig, shared: bool = False) -> tuple[list, list]:
             spec("position_ids", i64, ["batch", "sequence_length"]),
         ]
         past_len, total_len = "past_sequence_length", "total_sequence_length"
-    outputs = [spec("logits", f32, ["batch", "sequence_length", c.vocab_size])]
+    outputs = [spec("logits", f32, ["batch", "logits_length", c.vocab_size])]
     for i in range(c.num_layers):
         for part in ("key", "value"):
             inputs.append(
@@ -308,6 +322,7 @@ def _io_specs(c: LlamaConfig, shared: bool = False) -> tuple[list, list]:
             outputs.append(
                 spec(f"present.{i}.{part}", f32, ["batch", c.num_kv_heads, total_len, c.head_dim])
             )
+    inputs.append(spec(KEEP, i64, [1]))
     return inputs, outputs
 
 

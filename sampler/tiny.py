@@ -25,7 +25,7 @@ from .onnx_llama import LlamaConfig, weight_shapes
 
 __all__ = ["TINY_BUILD_VERSION", "TINY_NAME", "TINY_CONFIG", "build_tiny_random", "tiny_weights"]
 
-TINY_BUILD_VERSION = 2
+TINY_BUILD_VERSION = 3  # 3: logits_to_keep
 TINY_NAME = "tiny-random-cl100k"
 TINY_CONFIG = LlamaConfig(
     vocab_size=100_277,

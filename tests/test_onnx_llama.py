@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import llama_reference as ref
 import numpy as np
@@ -205,14 +206,56 @@ def test_graph_is_valid_standard_onnx():
         "input_ids",
         "attention_mask",
         "position_ids",
-    ] + [f"past_key_values.{i}.{p}" for i in range(2) for p in ("key", "value")]
+    ] + [f"past_key_values.{i}.{p}" for i in range(2) for p in ("key", "value")] + [
+        "logits_to_keep"
+    ]
     assert [o.name for o in model.graph.output] == ["logits"] + [
         f"present.{i}.{p}" for i in range(2) for p in ("key", "value")
     ]
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa
     assert dims(model.graph.input[3]) == ["batch", 2, "past_sequence_length", 8]
     assert dims(model.graph.output[1]) == ["batch", 2, "total_sequence_length", 8]
-    assert dims(model.graph.output[0]) == ["batch", "sequence_length", 500]
+    assert dims(model.graph.output[0]) == ["batch", "logits_length", 500]
+
+
+@pytest.mark.parametrize("attention", ["exact", "gqa"])
+def test_logits_to_keep_gives_the_last_rows_bit_for_bit(attention, tiny_model_dir):
+    """A prefill that keeps only the last position's logits (no echo to score) samples
+    from exactly the row the full prefill computes; without the input (a runtime that does
+    not know it) the HF-style graph still returns every position."""
+    from sampler.decoder import Decoder
+
+    folder = tiny_model_dir
+    if attention == "gqa":
+        import shutil
+        import tempfile
+
+        from sampler.tiny import TINY_CONFIG, tiny_weights
+
+        folder = Path(tempfile.mkdtemp())
+        save_model(build_llama(tiny_weights(), TINY_CONFIG, attention="gqa"), folder / "model.onnx")
+        shutil.copy(tiny_model_dir / "refsampler.json", folder / "refsampler.json")
+    dec = Decoder.load(folder)
+    assert dec.keeps_last
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42]]
+    full: dict[int, np.ndarray] = {}
+    kept, _ = dec.prefill(prompts)  # [P, V], lm_head on the last positions only
+    dec.prefill(prompts, on_logits=lambda p, pos, z: full.__setitem__(p, np.array(z[-1])))
+    for p in range(len(prompts)):
+        assert np.array_equal(kept[p], full[p])
+    if attention == "exact":
+        ids = np.array([prompts[0]], np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1])[None],
+        }
+        for i in range(dec.num_layers):
+            for part in ("key", "value"):
+                feeds[f"past_key_values.{i}.{part}"] = np.zeros(
+                    (1, dec.num_kv_heads, 0, dec.head_dim), np.float32
+                )
+        assert dec.session.run(["logits"], feeds)[0].shape[1] == ids.shape[1]
 
 
 def test_past_plus_new_tokens_equals_full_pass():
