@@ -9,12 +9,15 @@ work unchanged. State lives in a :class:`~sampler.batch_store.Store`; the work i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -101,6 +104,10 @@ def batch_routes(
             form = await HTTPRequest(request.scope, counted).form(max_files=1, max_fields=8)
         except _TooLarge:
             return _too_large(max_upload_bytes)
+        except HTTPException as exc:  # a malformed multipart body
+            return error_response(400, f"The upload is not valid multipart: {exc.detail}")
+        except ClientDisconnect:
+            return Response(status_code=499)
         try:
             purpose, file = form.get("purpose"), form.get("file")
             if not isinstance(purpose, str) or purpose not in PURPOSES:
@@ -115,10 +122,13 @@ def batch_routes(
             if (file.size or 0) > max_upload_bytes:
                 return _too_large(max_upload_bytes)
             fd, tmp = tempfile.mkstemp(dir=store.files_dir, prefix=".upload-")
-            with os.fdopen(fd, "wb") as out:
-                while chunk := await file.read(1 << 20):
-                    out.write(chunk)
-            obj = store.add_file(Path(tmp), (file.filename or "upload.jsonl")[:256], purpose)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := await file.read(1 << 20):
+                        await asyncio.to_thread(out.write, chunk)  # not on the event loop
+                obj = store.add_file(Path(tmp), (file.filename or "upload.jsonl")[:256], purpose)
+            finally:
+                Path(tmp).unlink(missing_ok=True)  # (moved away when it succeeded)
         finally:
             await form.close()
         return JSON(obj)
@@ -227,14 +237,24 @@ def batch_routes(
         batch = store.get_batch(bid)
         if batch is None:
             return _missing("batch", bid, "batch_id")
-        if batch["status"] in DONE:
+        if batch["status"] in (*DONE, "finalizing"):
             return error_response(
                 409,
                 f"Batch {bid} has already ended ({batch['status']}): it cannot be cancelled.",
                 code="batch_not_cancellable",
             )
         if batch["status"] != "cancelling":
-            batch = store.update_batch(bid, status="cancelling")
+            changed = store.update_batch(
+                bid, expect=("validating", "in_progress"), status="cancelling"
+            )
+            if changed is None:  # it ended (or began finalizing) meanwhile
+                now = (store.get_batch(bid) or batch)["status"]
+                return error_response(
+                    409,
+                    f"Batch {bid} is {now}: it can no longer be cancelled.",
+                    code="batch_not_cancellable",
+                )
+            batch = changed
             runner.wake()
         return JSON(batch)
 

@@ -221,11 +221,16 @@ class Answers:
         self.background, self.limits = background, limits
         self._slots = threading.BoundedSemaphore(in_flight)
         self._lock = threading.Lock()
-        self._open: set[str] = set()  # submitted, no record yet
+        self._open: set[str] = set()  # submitted, record not written yet
+        self._writing: set[str] = set()  # its record is being written now
         self.jobs: dict[str, Any] = {}  # custom_id -> its running Job (for cancel)
 
-    def submit(self, cid: str, body: dict[str, Any]) -> None:
-        """Answer one body: at once when the contract rejects it, else when it finishes."""
+    def submit(
+        self, cid: str, body: dict[str, Any], stop: Callable[[], bool] | None = None
+    ) -> bool:
+        """Answer one body: at once when the contract rejects it, else when it finishes.
+        Waits for a free slot; returns False, with no record, when ``stop()`` becomes true
+        while waiting or the scheduler has closed (the request is left for a resume)."""
         try:
             if body.get("stream") is True:
                 raise RequestError(
@@ -236,11 +241,13 @@ class Answers:
             req = parse_request(body, self.sched.engine.info, self.limits)  # model required
         except RequestError as err:
             self.on_record(_record(cid, err.status, err.to_dict()), "rejected", 0)
-            return
+            return True
         except Exception as exc:  # a bug met by this body alone: its own 500
             self.on_record(_failure(cid, exc), "failed", 0)
-            return
-        self._slots.acquire()
+            return True
+        while not self._slots.acquire(timeout=0.1):
+            if stop is not None and stop():
+                return False
         with self._lock:
             self._open.add(cid)
         try:
@@ -249,22 +256,28 @@ class Answers:
             )
         except Exception as exc:
             with self._lock:
+                mine = cid in self._open  # (else cancel() took it, and its slot)
                 self._open.discard(cid)
-            self._slots.release()
-            self.on_record(_failure(cid, exc), "failed", 0)
-            return
+            if mine:
+                self._slots.release()
+            if getattr(self.sched, "closed", False):
+                return False  # shutting down: not this request's failure
+            if mine:
+                self.on_record(_failure(cid, exc), "failed", 0)
+            return True
         with self._lock:
             if cid in self._open:
                 self.jobs[cid] = job
-                return
+                return True
         self.sched.cancel(job)  # cancelled while it was being submitted
+        return True
 
     def _finish(self, cid: str, event: tuple[str, Any]) -> None:
         kind, value = event
         with self._lock:
-            if cid not in self._open:  # one record per request, whatever comes after
+            if cid not in self._open or cid in self._writing:  # one record per request
                 return
-            self._open.discard(cid)
+            self._writing.add(cid)
             self.jobs.pop(cid, None)
         try:
             if kind == "response":
@@ -272,26 +285,38 @@ class Answers:
                 self.on_record(_record(cid, 200, value), "completed", tokens)
             else:  # "error": a failure while running it
                 self.on_record(_failure(cid, value), "failed", 0)
-        finally:  # whatever happened, the slot comes back (the run must not hang)
+        finally:  # running until its record is written; the slot always comes back
+            with self._lock:
+                self._open.discard(cid)
+                self._writing.discard(cid)
             self._slots.release()
 
     @property
     def running(self) -> int:
-        """Requests submitted that have no record yet."""
+        """Requests submitted whose record is not written yet."""
         with self._lock:
             return len(self._open)
 
     def cancel(self) -> int:
-        """Stop every running request (no record is written for them); returns how many."""
+        """Stop every running request whose record is not being written (no record is
+        written for them); returns how many. Wait for :attr:`running` to reach 0 before
+        closing what ``on_record`` writes to."""
         with self._lock:
-            cids, jobs = list(self._open), list(self.jobs.values())
-            self._open.clear()
-            self.jobs.clear()
+            cids = [c for c in self._open if c not in self._writing]
+            jobs = [self.jobs.pop(c) for c in cids if c in self.jobs]
+            self._open.difference_update(cids)
         for job in jobs:
             self.sched.cancel(job)
         for _ in cids:
             self._slots.release()
         return len(cids)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no record is being written (after :meth:`cancel`)."""
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.running
 
     def drain(self) -> None:
         """Block until every submitted request has its record."""

@@ -85,8 +85,10 @@ class Runner:
             batch = self.store.get_batch(bid) or batch
             if self._stop.is_set():
                 return  # still in_progress: resumed at the next start
-            if batch["status"] == "in_progress":
-                batch = self.store.update_batch(bid, status="finalizing")
+            if batch["status"] == "in_progress":  # (unless a cancel came in between)
+                batch = self.store.update_batch(bid, expect=("in_progress",), status="finalizing")
+                batch = batch or self.store.get_batch(bid)
+                assert batch is not None
         if batch["status"] in ("finalizing", "cancelling"):
             self._finalize(batch)
 
@@ -103,22 +105,29 @@ class Runner:
                     problems.append((*line.problem, line.number))
                 elif line.problem is None and line.body is not None:
                     model = line.body.get("model")
-                    if isinstance(model, str) and model not in self.schedulers:
+                    unknown = isinstance(model, str) and model not in self.schedulers
+                    if unknown and len(problems) < MAX_ERRORS:
                         problems.append(
                             (
                                 "model_not_found",
-                                f"Line {line.number}: model {model[:80]!r} is not served here.",
+                                f"Line {line.number}: model {str(model)[:80]!r} is not served "
+                                "here.",
                                 line.number,
                             )
                         )
-        if self._cancelling(batch["id"]):
-            return self.store.update_batch(batch["id"], status="cancelling")
         if total == 0 and not problems:
             problems.append(("empty_file", "The input file has no requests.", None))
+        bid, was = batch["id"], ("validating",)  # a cancel meanwhile wins over both
         if problems:
-            return self.store.update_batch(batch["id"], status="failed", errors=_errors(problems))
-        counts = {"total": total, "completed": 0, "failed": 0}
-        return self.store.update_batch(batch["id"], status="in_progress", request_counts=counts)
+            done = self.store.update_batch(
+                bid, expect=was, status="failed", errors=_errors(problems)
+            )
+        else:
+            counts = {"total": total, "completed": 0, "failed": 0}
+            done = self.store.update_batch(
+                bid, expect=was, status="in_progress", request_counts=counts
+            )
+        return done or self.store.get_batch(bid) or batch
 
     def _execute(self, batch: dict) -> None:
         bid = batch["id"]
@@ -144,17 +153,19 @@ class Runner:
             for name, sched in self.schedulers.items()
         }
         first = next(iter(answers.values()))
-        saved = time.monotonic()
+        saved, stop = time.monotonic(), False
 
         def save(force: bool = False) -> bool:
-            """Write the counts at most twice a second; True when the run must stop."""
-            nonlocal saved
+            """Write the counts, and look for a cancel, at most twice a second; True when
+            the run must stop."""
+            nonlocal saved, stop
             if force or time.monotonic() - saved > 0.5:
                 with lock:
                     snapshot = dict(counts)
                 self.store.update_batch(bid, request_counts=snapshot)
+                stop = stop or self._cancelling(bid)
                 saved = time.monotonic()
-            return self._stop.is_set() or self._cancelling(bid)
+            return stop or self._stop.is_set()
 
         stopped = False
         try:
@@ -163,8 +174,8 @@ class Runner:
                     continue
                 model = line.body.get("model")
                 target = answers.get(model, first) if isinstance(model, str) else first
-                target.submit(line.custom_id, line.body)  # blocks while IN_FLIGHT are out
-                if save():
+                # waits while IN_FLIGHT are out; False: stopped meanwhile, no record
+                if not target.submit(line.custom_id, line.body, stop=save) or save():
                     stopped = True
                     break
             while not stopped and any(a.running for a in answers.values()):
@@ -173,23 +184,29 @@ class Runner:
         finally:
             for a in answers.values():
                 a.cancel()  # (nothing is left unless the batch stopped early)
+            for a in answers.values():
+                a.wait_idle()  # a record being written lands before the files close
             writer.close()
             save(force=True)
 
     def _finalize(self, batch: dict) -> None:
-        out, err = self.store.work_paths(batch["id"])
-        ids: dict[str, Any] = {}
+        """Publish the output and error files (each id saved as soon as its file is moved,
+        so a crash here loses neither), then end the batch."""
+        bid = batch["id"]
+        out, err = self.store.work_paths(bid)
         for key, path, name in (
             ("output_file_id", out, "output"),
             ("error_file_id", err, "errors"),
         ):
+            if batch.get(key):
+                continue  # published before a restart
             if path.exists() and path.stat().st_size:
-                f = self.store.add_file(path, f"{batch['id']}_{name}.jsonl", "batch_output")
-                ids[key] = f["id"]
+                f = self.store.add_file(path, f"{bid}_{name}.jsonl", "batch_output")
+                batch = self.store.update_batch(bid, **{key: f["id"]})
             else:
                 path.unlink(missing_ok=True)
         end = "cancelled" if batch["status"] == "cancelling" else "completed"
-        self.store.update_batch(batch["id"], status=end, **ids)
+        self.store.update_batch(bid, status=end)
 
 
 def _lines(path: Path) -> int:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store", "ACTIVE", "DONE"]
+__all__ = ["Store", "FolderBusy", "ACTIVE", "DONE"]
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner resumes these
 DONE = ("completed", "failed", "cancelled", "expired")
@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 
+class FolderBusy(RuntimeError):
+    """Another server holds the batch folder."""
+
+
 def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
@@ -69,7 +73,7 @@ class Store:
             fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._owner.close()
-            raise RuntimeError(
+            raise FolderBusy(
                 f"another server is running the batches in {self.root} (one per folder)"
             ) from None
         self._lock = threading.Lock()
@@ -186,11 +190,17 @@ class Store:
             data = [json.loads(r[0]) for r in rows.fetchall()]
         return data[:limit], len(data) > limit
 
-    def update_batch(self, batch_id: str, **changes: Any) -> dict[str, Any]:
-        """Set fields of a batch (``status`` changes stamp ``<status>_at``); returns it."""
+    def update_batch(
+        self, batch_id: str, *, expect: tuple[str, ...] | None = None, **changes: Any
+    ) -> Any:
+        """Set fields of a batch (``status`` changes stamp ``<status>_at``); returns it.
+        With ``expect``, only if its status is one of those (else None, nothing changed):
+        the runner and a cancel never overwrite each other's status."""
         with self._lock:
             row = self._db.execute("SELECT data FROM batches WHERE id = ?", (batch_id,)).fetchone()
             batch = json.loads(row[0])
+            if expect is not None and batch["status"] not in expect:
+                return None
             status = changes.get("status")
             if status is not None and status != batch["status"] and f"{status}_at" in batch:
                 batch[f"{status}_at"] = int(time.time())

@@ -321,6 +321,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    from .batch_store import FolderBusy
     from .registry import cache_dir, default_model
 
     config = ServerConfig(
@@ -341,7 +342,7 @@ def _serve(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"error: --model: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
-    except RuntimeError as err:  # another server holds --batch-dir
+    except FolderBusy as err:  # another server holds --batch-dir
         print(f"error: --batch-dir: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
     return EXIT_OK

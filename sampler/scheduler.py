@@ -54,6 +54,11 @@ class Job:
         self.cancelled = False
         self.finished = threading.Event()
 
+    @property
+    def rows(self) -> int:
+        """Rows this job holds in the batch now (its candidates not finished yet)."""
+        return sum(1 for c in self.completion.candidates if not c.done)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has sent its last event (for tests and scripts)."""
         return self.finished.wait(timeout)
@@ -139,6 +144,11 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a submit now raises)."""
+        return self._closed
+
+    @property
     def load(self) -> dict[str, int]:
         with self._cond:
             return {
@@ -206,8 +216,11 @@ class Scheduler:
         runs or waits)."""
         if not self._interactive(taken):
             return self.max_sequences
-        held = sum(j.size for j in self._active if j.background)
-        return self.background_share - held
+        return self.background_share - self._held()
+
+    def _held(self) -> int:
+        """Rows running background jobs hold in the batch now."""
+        return sum(j.rows for j in self._active if j.background and not j.cancelled)
 
     def _preemptible(self) -> list[Job]:
         """Running background jobs to stop, newest first, so that the first waiting
@@ -217,26 +230,32 @@ class Scheduler:
             return []
         room = self.max_sequences - len(self._batch)
         need = self._waiting[0].size if self._waiting else 0
-        held = sum(j.size for j in self._active if j.background)
+        held = self._held()
+        if room + held < need:  # even all of them would not make it fit: keep their work
+            need = 0
         out: list[Job] = []
         for job in reversed(self._active):
             if room >= need and held <= self.background_share:
                 break
             if job.background and not job.cancelled:
                 out.append(job)
-                room, held = room + job.size, held - job.size
-        self._freed = sum(job.size for job in out)
+                room, held = room + job.rows, held - job.rows
+        self._freed = sum(job.rows for job in out)
         return out
 
     def _preempt(self, jobs: list[Job]) -> None:
         """Stop background jobs and queue them again, first, from the beginning."""
-        for job in jobs:
-            self._batch.drop(job.completion.candidates)
-            self._active.remove(job)
-            job.completion = Completion(self.engine, job.completion.req)
-            self.preempted += 1
-        with self._cond:
-            self._background.extendleft(reversed(jobs))
+        stopped: list[Job] = []
+        try:
+            for job in jobs:
+                self._batch.drop(job.completion.candidates)
+                self._active.remove(job)
+                job.completion = Completion(self.engine, job.completion.req)
+                stopped.append(job)
+                self.preempted += 1
+        finally:  # (re-queued even if a drop raised: no job is left unanswered)
+            with self._cond:
+                self._background.extendleft(reversed(stopped))
 
     def _drop(self, jobs: list[Job]) -> None:
         for job in jobs:

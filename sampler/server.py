@@ -170,7 +170,12 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
         from .batch_runner import Runner
         from .batch_store import Store
 
-        store = Store(cfg.batch_dir)
+        try:
+            store = Store(cfg.batch_dir)
+        except Exception:  # (another server holds it): no worker threads left behind
+            for m in models.values():
+                m.scheduler.close()
+            raise
         runner = Runner(store, {name: m.scheduler for name, m in models.items()}, limits)
         routes += batch_routes(store, runner, unauthorized, max_upload_bytes=cfg.max_upload_bytes)
 

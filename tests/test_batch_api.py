@@ -140,6 +140,18 @@ def test_bad_requests_are_openai_errors(served):
     assert err.value.status_code == 413 and err.value.body["code"] == "file_too_large"
     r = httpx.post(url + "/v1/files", json={"purpose": "batch"})
     assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
+    r = httpx.post(  # two files in one form: a 400, not a 500
+        url + "/v1/files",
+        data={"purpose": "batch"},
+        files=[("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))],
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(
+        url + "/v1/files",
+        content=b"--x\r\nbroken",
+        headers={"content-type": "multipart/form-data"},  # no boundary
+    )
+    assert r.status_code == 400
     r = httpx.get(url + "/v1/batches", params={"limit": "0"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
     # a malformed line fails the batch at validation, with its line number (as OpenAI does)
@@ -220,6 +232,9 @@ def test_a_server_killed_mid_batch_resumes_it(engine, tiny_model_dir, tmp_path):
         before = client.batches.retrieve(bid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        work = home / "batches" / "work" / f"{bid}.output.jsonl"
+        kept = [json.loads(x)["id"] for x in work.read_text().splitlines()[:-1]]
+        assert kept  # lines written before the kill (the last may be partial)
         assert before.status == "in_progress" and before.request_counts.completed < 40
         proc = _serve(home, port)
         _up(url)
@@ -230,6 +245,7 @@ def test_a_server_killed_mid_batch_resumes_it(engine, tiny_model_dir, tmp_path):
         proc.kill()
         proc.wait()
     assert sorted(r["custom_id"] for r in out) == sorted(bodies)  # each exactly once
+    assert set(kept) <= {r["id"] for r in out}  # kept, not run again
     for r in out:
         alone = engine.complete(bodies[r["custom_id"]])
         assert _stable(r["response"]["body"]) == _stable(alone)

@@ -228,3 +228,26 @@ def test_a_body_that_trips_a_bug_gets_its_own_500_logged_under_its_id(
     logged = [r for r in caplog.records if rid in r.getMessage()]
     assert logged and logged[0].exc_info[0] is ZeroDivisionError
     assert (summary.completed, summary.failed) == (1, 1)
+
+
+def test_answers_cancel_writes_no_record_and_gives_every_slot_back(engine):
+    """Cancelled requests get no record, their slots come back (a later request runs),
+    and a record already being written is waited for."""
+    from sampler.batch_file import Answers
+    from sampler.scheduler import Scheduler
+
+    sched = Scheduler(engine, max_sequences=4)
+    records: list[str] = []
+    answers = Answers(sched, lambda rec, kind, tok: records.append(rec["custom_id"]), in_flight=3)
+    try:
+        body = {"model": MODEL, "prompt": "Long", "max_tokens": 200, "seed": 1}
+        for i in range(3):
+            assert answers.submit(f"c{i}", body)
+        assert answers.running == 3
+        assert not answers.submit("blocked", body, stop=lambda: True)  # no slot: stopped
+        assert answers.cancel() == 3 and answers.wait_idle(10) and answers.running == 0
+        assert answers.submit("after", {**body, "max_tokens": 2})
+        answers.drain()
+    finally:
+        sched.close()
+    assert records == ["after"]
