@@ -149,10 +149,12 @@ class Batch:
         self.cache: Any = None
         self.logits: np.ndarray | None = None  # [B, V] masked, for each seq's next token
         self._joining: list[tuple[Any, np.ndarray]] = []  # admitted, not merged yet
+        self._queued: list[tuple[list[Prompt], list[Any]]] = []  # admitted, not prefilled
+        self._failed: list[Candidate] = []  # failed in a prefill: reported by advance
         self._workspace = Workspace(engine.vocab_size)
 
     def __len__(self) -> int:
-        return len(self.seqs)
+        return len(self.seqs) + len(self._failed)  # (failed ones: reported by the next step)
 
     def admit(
         self,
@@ -160,16 +162,54 @@ class Batch:
         groups: Sequence[Sequence[Candidate]],
         on_logits: Any = None,
     ) -> None:
-        """Prefill ``prompts`` and add ``groups[p]`` (the candidates of prompt p)."""
+        """Add ``groups[p]`` (the candidates of prompt p) and prefill ``prompts``: before the
+        next step, together with every other request admitted meanwhile (one model call,
+        one read of the weights), or at once when ``on_logits`` scores an echo."""
+        new = [c for g in groups for c in g]
+        if on_logits is None:
+            if new:
+                self._queued.append((list(prompts), list(groups)))
+                self.seqs.extend(new)
+            return
+        self._prefill_queued()  # (the rows keep the order they were admitted in)
         logits, cache = self.engine.decoder.prefill(
             [p.tokens for p in prompts], on_logits=on_logits
         )
-        rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
-        new = [c for g in groups for c in g]
         if not new:
             return
+        rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
         self._joining.append((cache.take(rows), self.engine.mask(logits[rows])))  # [B', V]
         self.seqs.extend(new)
+
+    def _prefill_queued(self) -> None:
+        """Prefill every prompt admitted since the last step in one call. If that raises,
+        each request is prefilled alone, and the candidates of one that still raises fail
+        (they leave the batch; the next :meth:`advance` reports them)."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        try:
+            self._prefill_rows(
+                [p for ps, _ in queued for p in ps], [g for _, gs in queued for g in gs]
+            )
+            return
+        except Exception:
+            pass
+        for prompts, groups in queued:
+            try:
+                self._prefill_rows(prompts, groups)
+            except Exception as exc:
+                gone = {id(c) for g in groups for c in g}
+                self.seqs = [s for s in self.seqs if id(s) not in gone]
+                for g in groups:
+                    for c in g:
+                        c.fail(exc)
+                        self._failed.append(c)
+
+    def _prefill_rows(self, prompts: list[Prompt], groups: list[Any]) -> None:
+        logits, cache = self.engine.decoder.prefill([p.tokens for p in prompts])
+        rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
+        self._joining.append((cache.take(rows), self.engine.mask(logits[rows])))  # [B', V]
 
     def _join(self, *, logits: bool = True) -> None:
         """Merge the caches of the sequences admitted since the last step, in one go (one
@@ -191,8 +231,10 @@ class Batch:
         """One step for every sequence; returns the sequences that took a token (or
         failed: a sequence whose step raises gets :meth:`Candidate.fail` and leaves the
         batch, and every other sequence's step is exactly what it is without it)."""
+        self._prefill_queued()
+        failed, self._failed = self._failed, []
         if not self.seqs:
-            return []
+            return failed
         eng = self.engine
         uniforms = [s.rng.random() for s in self.seqs]
         outs = self._choose(uniforms)
@@ -206,7 +248,7 @@ class Batch:
                 s.accept(token, raw_lp, rep_lp, top, eng.tokenizer, eng.end_ids)
             except Exception as exc:  # a bug, met by this sequence alone
                 s.fail(exc)
-        stepped = self.seqs
+        stepped = self.seqs + failed
         keep = [b for b, s in enumerate(self.seqs) if not s.done]
         if not keep:
             self.seqs, self.cache, self.logits = [], None, None
@@ -261,6 +303,7 @@ class Batch:
 
     def drop(self, seqs: Sequence[Candidate]) -> None:
         """Remove sequences (a client went away); the rest are untouched."""
+        self._prefill_queued()
         self._join()
         gone = {id(s) for s in seqs}
         keep = [b for b, s in enumerate(self.seqs) if id(s) not in gone]

@@ -138,9 +138,11 @@ class Decoder:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if self.shared_cache:
             return self._prefill_shared(ids, pads, on_logits, chunk_size)
-        width = max(1, min(chunk_size, _LOGITS_BUDGET // (P * self.vocab_size * 4)))
-        cache = self._empty(P)
         keep = 0 if on_logits is not None else 1  # every position's logits only to report
+        width = chunk_size
+        if keep == 0 or not self.keeps_last:  # [P, width, V] logits come out of each chunk
+            width = max(1, min(chunk_size, _LOGITS_BUDGET // (P * self.vocab_size * 4)))
+        cache = self._empty(P)
         for c0 in range(0, L, width):
             c1 = min(L, c0 + width)
             chunk = ids[:, c0:c1], mask[:, :c1], pos[:, c0:c1]

@@ -198,7 +198,8 @@ class SeenLogits:
         advance, score = Batch.advance, Completion._score
 
         def seen_advance(batch):
-            batch._join()  # the rows admitted since the last step join batch.logits
+            batch._prefill_queued()  # the rows admitted since the last step are prefilled
+            batch._join()  # and join batch.logits
             for b, s in enumerate(batch.seqs):
                 reads = s.owner.req.prompts[s.prompt].tokens
                 self.rows[tuple(reads) + tuple(s.row.counts.added)] = batch.logits[b].copy()

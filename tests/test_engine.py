@@ -655,3 +655,49 @@ def test_background_jobs_hold_at_most_their_share_while_interactive_ones_run(eng
     finally:
         sched.close()
     assert held and max(held) <= 2
+
+
+def test_requests_admitted_together_share_one_prefill_and_a_failing_one_fails_alone(
+    engine, monkeypatch
+):
+    """Requests admitted between two steps are prefilled in one model call; if that call
+    raises, each is prefilled alone and only the one that still raises fails."""
+    from sampler.scheduler import Scheduler
+
+    bodies = [
+        dict(prompt=f"Prompt number {i}", max_tokens=4, seed=i, n=1 + i % 2) for i in range(4)
+    ]
+    real, calls = engine.decoder.prefill, []
+    bad = engine.parse(prompt="boom boom", max_tokens=4).prompts[0].tokens
+
+    def prefill(prompts, **kw):
+        calls.append(len(prompts))
+        if any(list(p) == list(bad) for p in prompts):
+            raise IndexError("injected prefill failure")
+        return real(prompts, **kw)
+
+    for with_bad in (False, True):
+        monkeypatch.setattr(engine.decoder, "prefill", prefill)
+        calls.clear()
+        events: dict[int, tuple] = {}
+        sched = Scheduler(engine, max_sequences=64)
+        todo = bodies + ([dict(prompt="boom boom", max_tokens=4)] if with_bad else [])
+        with sched._cond:  # hold the worker: all of them are admitted in one round
+            jobs = [
+                sched.submit(engine.parse(**b), lambda e, k=k: events.__setitem__(k, e))
+                for k, b in enumerate(todo)
+            ]
+        try:
+            assert all(j.wait(60) for j in jobs)
+        finally:
+            sched.close()
+        monkeypatch.setattr(engine.decoder, "prefill", real)
+        assert calls[0] == len(todo)  # one call for every prompt admitted together
+        for k, b in enumerate(bodies):
+            kind, payload = events[k]
+            assert kind == "response"
+            solo = engine.complete(**b)
+            assert [c["text"] for c in payload["choices"]] == [c["text"] for c in solo["choices"]]
+        if with_bad:
+            assert events[len(bodies)][0] == "error"
+            assert isinstance(events[len(bodies)][1], IndexError)
