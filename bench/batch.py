@@ -49,7 +49,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny-random-cl100k")
     p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="Ray actors (0: no Ray column)")
     args = p.parse_args()
     engine = Engine.load(args.model)

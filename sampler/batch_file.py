@@ -382,7 +382,7 @@ def run_batch(
     errors_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = False,
-    max_sequences: int = 64,
+    max_sequences: int = 128,
     in_flight: int = 256,
 ) -> BatchSummary:
     """Run a Batch API input file on ``engine``; returns the :class:`BatchSummary`.

@@ -109,7 +109,7 @@ def run_batch_ray(
     errors_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = False,
-    max_sequences: int = 64,
+    max_sequences: int = 128,
 ) -> BatchSummary:
     """Run a Batch API file on Ray: ``workers`` actors (default: the cluster's CPUs over
     ``threads``), each with its own ``Engine.load(model)``. ``address`` is an existing

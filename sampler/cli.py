@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--max-batch",
         type=int,
-        default=64,
+        default=128,
         help="sequences decoded together at most (default %(default)s)",
     )
     b.add_argument(
