@@ -181,6 +181,10 @@ def test_command_line(tiny_model_dir, tmp_path):
     _write(src, _bodies(3))
     assert main(["batch", str(src), "-o", str(out), "--model", MODEL]) == 0
     assert len(_read(out)) == 3
+    one = tmp_path / "one.jsonl"  # --workers 1 is the local run, line for line
+    assert main(["batch", str(src), "-o", str(one), "--model", MODEL, "--workers", "1"]) == 0
+    bodies = lambda path: {r["custom_id"]: _stable(r["response"]["body"]) for r in _read(path)}  # noqa: E731
+    assert bodies(one) == bodies(out)
     assert main(["batch", str(tmp_path / "missing.jsonl"), "-o", str(out)]) == 1
 
 
