@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._fast.draw import Workspace
+from .kvcache import SharedKVCache
 from .logprobs import reported
 from .params import Prompt, Request
 from .response import TokenEntry, top_dict
@@ -222,7 +223,12 @@ class Batch:
         self._joining = []
         if self.cache is not None:
             assert self.logits is not None
-            caches, rows = [self.cache, *caches], [self.logits, *rows]
+            if isinstance(self.cache, SharedKVCache):  # into its spare rows, in place
+                self.cache = self.cache.append(caches)
+                caches = [self.cache]
+            else:
+                caches = [self.cache, *caches]
+            rows = [self.logits, *rows]
         self.cache = caches[0] if len(caches) == 1 else type(caches[0]).merge(caches)
         if logits:
             self.logits = rows[0] if len(rows) == 1 else np.concatenate(rows)  # [B, V]
@@ -254,7 +260,7 @@ class Batch:
             self.seqs, self.cache, self.logits = [], None, None
             return stepped
         if len(keep) < len(self.seqs):
-            self.cache = self.cache.take(keep)
+            self.cache, keep = self._keep(keep)
             self.seqs = [self.seqs[b] for b in keep]
         tokens = np.array([outs[b][0] for b in keep], dtype=np.int64)  # type: ignore[index]
         logits, self.cache = eng.decoder.step(self.cache, tokens)
@@ -313,6 +319,13 @@ class Batch:
             self.seqs, self.cache, self.logits = [], None, None
             return
         assert self.logits is not None
-        self.cache = self.cache.take(keep)
+        self.cache, keep = self._keep(keep)
         self.logits = self.logits[keep]
         self.seqs = [self.seqs[b] for b in keep]
+
+    def _keep(self, keep: list[int]) -> tuple[Any, list[int]]:
+        """The cache holding rows ``keep`` (increasing), and which old row each new row
+        holds: the in-place cache moves only rows into the holes (another order)."""
+        if isinstance(self.cache, SharedKVCache):
+            return self.cache.compact(keep)
+        return self.cache.take(keep), keep

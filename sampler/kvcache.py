@@ -205,6 +205,57 @@ class SharedKVCache:
             lengths,
         )
 
+    def compact(self, keep: Sequence[int]) -> tuple[SharedKVCache, list[int]]:
+        """Keep rows ``keep`` (increasing) in place: each hole left by a removed row is
+        filled by one of the last rows, so only as many rows move as were removed, and no
+        buffer is allocated. Returns the cache (views of the same buffers; do not use this
+        one again) and, for each new row, the old row it holds.
+
+        >>> c = SharedKVCache.empty(4, num_layers=1, num_kv_heads=1, head_dim=2, capacity=4)
+        >>> c.lengths[:] = [1, 2, 3, 4]
+        >>> d, order = c.compact([0, 2, 3])
+        >>> order, d.lengths.tolist()
+        ([0, 3, 2], [1, 4, 3])
+        """
+        keep = [int(k) for k in keep]
+        m, kept = len(keep), set(keep)
+        holes = [r for r in range(m) if r not in kept]
+        movers = [r for r in keep if r >= m]
+        order = list(range(m))
+        for hole, mover in zip(holes, movers):
+            for buf in self.keys + self.values:
+                buf[hole] = buf[mover]
+            order[hole] = mover
+        lengths = self.lengths[order]
+        return (
+            SharedKVCache(
+                tuple(k[:m] for k in self.keys), tuple(v[:m] for v in self.values), lengths
+            ),
+            order,
+        )
+
+    def append(self, others: Sequence[SharedKVCache]) -> SharedKVCache:
+        """This cache's rows then ``others``' rows, written in place into spare rows of
+        this cache's buffers when they have room (do not use this one again); else
+        copied into new buffers with room for half as many rows again."""
+        new = sum(c.batch for c in others)
+        need = self.batch + new
+        longest = max([self.length] + [c.length for c in others])
+        root = [_root(b) for b in self.keys + self.values]
+        if all(r.shape[0] >= need for r in root) and longest <= self.capacity:
+            keys = tuple(_root(k)[:need] for k in self.keys)
+            values = tuple(_root(v)[:need] for v in self.values)
+            row = self.batch
+            for c in others:
+                n = c.length
+                for dst, src in zip(keys + values, c.keys + c.values):
+                    dst[row : row + c.batch, :, :n] = src[:, :, :n]  # (past n: never read)
+                row += c.batch
+            return SharedKVCache(
+                keys, values, np.concatenate([self.lengths, *[c.lengths for c in others]])
+            )
+        return SharedKVCache.merge([self, *others], rows=need + max(8, need // 2))
+
     def reserve(self, extra: int, limit: int) -> SharedKVCache:
         """This cache if it has room for ``extra`` more tokens per row, else a copy that has
         (capacity grows by doubling, up to ``limit``)."""
@@ -215,13 +266,17 @@ class SharedKVCache:
         return SharedKVCache.merge([self], capacity=cap)
 
     @staticmethod
-    def merge(caches: Sequence[SharedKVCache], *, capacity: int = 0) -> SharedKVCache:
-        """One cache holding the rows of ``caches`` in order (copied into new buffers)."""
+    def merge(
+        caches: Sequence[SharedKVCache], *, capacity: int = 0, rows: int = 0
+    ) -> SharedKVCache:
+        """One cache holding the rows of ``caches`` in order (copied into new buffers, with
+        room for ``rows`` rows in all when that is more: see :meth:`append`)."""
         first = _check_mergeable(caches, "SharedKVCache")
         shape = first.keys[0].shape
         cap = max([capacity] + [cache_capacity(c.length, c.capacity) for c in caches])
+        batch = sum(c.batch for c in caches)
         out = SharedKVCache.empty(
-            sum(c.batch for c in caches),
+            max(batch, rows),
             num_layers=len(first.keys),
             num_kv_heads=shape[1],
             head_dim=shape[3],
@@ -235,7 +290,27 @@ class SharedKVCache:
                 dst[row : row + c.batch, :, :n] = src[:, :, :n]
             out.lengths[row : row + c.batch] = c.lengths
             row += c.batch
-        return out
+        if out.batch == batch:
+            return out
+        return SharedKVCache(
+            tuple(k[:batch] for k in out.keys),
+            tuple(v[:batch] for v in out.values),
+            out.lengths[:batch],
+        )
+
+
+def _root(buf: np.ndarray) -> np.ndarray:
+    """The whole buffer a cache's row view starts (itself when it is not such a view)."""
+    base = buf.base
+    if (
+        isinstance(base, np.ndarray)
+        and base.shape[1:] == buf.shape[1:]
+        and base.ctypes.data == buf.ctypes.data
+        and base.dtype == buf.dtype
+        and base.flags.c_contiguous
+    ):
+        return base
+    return buf
 
 
 _CAPACITY_STEP = 256  # buffer lengths are multiples of this (or the context length)

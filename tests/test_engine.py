@@ -701,3 +701,38 @@ def test_requests_admitted_together_share_one_prefill_and_a_failing_one_fails_al
         if with_bad:
             assert events[len(bodies)][0] == "error"
             assert isinstance(events[len(bodies)][1], IndexError)
+
+
+def test_shared_cache_compact_and_append_equal_take_and_merge():
+    """The in-place row moves of the GQA cache hold exactly what a copying take/merge
+    holds, row for row (in the order they report)."""
+    from sampler.kvcache import SharedKVCache
+
+    rng = np.random.default_rng(0)
+
+    def cache(batch, lengths, capacity=8):
+        c = SharedKVCache.empty(batch, num_layers=2, num_kv_heads=1, head_dim=2, capacity=capacity)
+        for buf in c.keys + c.values:
+            buf[...] = rng.standard_normal(buf.shape)
+        c.lengths[:] = lengths
+        return c
+
+    def rows(c, r):
+        n = int(c.lengths[r])
+        return [buf[r, :, :n].copy() for buf in c.keys + c.values]
+
+    a = cache(5, [3, 1, 4, 2, 5])
+    before = [rows(a, r) for r in range(5)]
+    small, order = a.compact([0, 3, 4])
+    assert sorted(order) == [0, 3, 4] and small.batch == 3
+    for new, old in enumerate(order):
+        assert all(np.array_equal(x, y) for x, y in zip(rows(small, new), before[old]))
+    b, c = cache(2, [2, 6]), cache(1, [1])
+    grown = small.append([b, c])  # room: 5 rows allocated, 3 used, 3 more needed -> copy
+    again = grown.append([cache(1, [2])])  # into the spare rows, in place
+    merged = SharedKVCache.merge([small, b, c])
+    assert grown.lengths.tolist() == merged.lengths.tolist()
+    for r in range(merged.batch):
+        assert all(np.array_equal(x, y) for x, y in zip(rows(grown, r), rows(merged, r)))
+        assert all(np.array_equal(x, y) for x, y in zip(rows(again, r), rows(merged, r)))
+    assert again.batch == 7 and again.keys[0].base is grown.keys[0].base
