@@ -173,13 +173,7 @@ class Batch:
                 self.seqs.extend(new)
             return
         self._prefill_queued()  # (the rows keep the order they were admitted in)
-        logits, cache = self.engine.decoder.prefill(
-            [p.tokens for p in prompts], on_logits=on_logits
-        )
-        if not new:
-            return
-        rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
-        self._joining.append((cache.take(rows), self.engine.mask(logits[rows])))  # [B', V]
+        self._prefill_rows(list(prompts), list(groups), on_logits)
         self.seqs.extend(new)
 
     def _prefill_queued(self) -> None:
@@ -207,8 +201,15 @@ class Batch:
                         c.fail(exc)
                         self._failed.append(c)
 
-    def _prefill_rows(self, prompts: list[Prompt], groups: list[Any]) -> None:
-        logits, cache = self.engine.decoder.prefill([p.tokens for p in prompts])
+    def _prefill_rows(
+        self, prompts: list[Prompt], groups: list[Any], on_logits: Any = None
+    ) -> None:
+        """Prefill ``prompts``; their candidates' rows join at the next step."""
+        logits, cache = self.engine.decoder.prefill(
+            [p.tokens for p in prompts], on_logits=on_logits
+        )
+        if not any(groups):
+            return
         rows = np.repeat(np.arange(len(prompts)), [len(g) for g in groups])  # [B']
         self._joining.append((cache.take(rows), self.engine.mask(logits[rows])))  # [B', V]
 

@@ -147,6 +147,16 @@ def _done(path: Path) -> set[str]:
     return keys
 
 
+def record_json(record: dict[str, Any]) -> str:
+    """One output line's JSON; a lone surrogate from the input is escaped, still JSON."""
+    try:
+        text = json.dumps(record, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record)
+    return text
+
+
 class _Writer:
     """Appends records to the output and errors files, one flushed line each."""
 
@@ -156,12 +166,7 @@ class _Writer:
         self.errors = self.out if errors is None else open(errors, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any], *, error: bool = False) -> None:
-        try:
-            text = json.dumps(record, ensure_ascii=False)
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate from the input: escaped, still JSON
-            text = json.dumps(record)
-        self.write_text(text, error=error)
+        self.write_text(record_json(record), error=error)
 
     def write_text(self, text: str, *, error: bool = False) -> None:
         """Append one line of JSON text, flushed."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .batch_file import Answers, BatchSummary, _start, pending, progress_bar
+from .batch_file import Answers, BatchSummary, _start, pending, progress_bar, record_json
 
 __all__ = ["run_batch_ray", "RayMissing", "INSTALL"]
 
@@ -52,7 +52,7 @@ class _Worker:
 
         def on_record(record: dict, kind: str, tokens: int) -> None:
             with lock:
-                records.append((_dumps(record), kind, tokens))
+                records.append((record_json(record), kind, tokens))
 
         answers = Answers(self.sched, on_record, in_flight=BLOCK)
         for cid, body in zip(rows["custom_id"], rows["body"]):
@@ -63,15 +63,6 @@ class _Worker:
             "kind": np.array([r[1] for r in records], dtype=object),
             "tokens": np.array([r[2] for r in records], dtype=np.int64),
         }
-
-
-def _dumps(record: dict) -> str:
-    try:
-        text = json.dumps(record, ensure_ascii=False)
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from the input: escaped, still JSON
-        text = json.dumps(record)
-    return text
 
 
 def _ray() -> Any:

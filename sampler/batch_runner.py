@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from .batch_file import URL, Answers, _done, _Writer, read_lines
+from .batch_file import Answers, _done, _Writer, count_lines, read_lines
 from .batch_store import Store
 
 __all__ = ["Runner"]
@@ -135,8 +134,8 @@ class Runner:
         done = _done(out) | _done(err)  # a restart: keep what was written, cut a partial line
         counts = {
             "total": batch["request_counts"]["total"],
-            "completed": _lines(out),
-            "failed": _lines(err),
+            "completed": count_lines(out) if out.exists() else 0,
+            "failed": count_lines(err) if err.exists() else 0,
         }
         writer = _Writer(out, err)
         lock = threading.Lock()
@@ -209,20 +208,9 @@ class Runner:
         self.store.update_batch(bid, status=end)
 
 
-def _lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for raw in f if raw.strip())
-
-
 def _errors(problems: list[tuple]) -> dict[str, Any]:
     data = []
     for p in problems:
         code, message, line = (*p, None)[:3]
         data.append({"code": code, "message": message, "param": None, "line": line})
     return {"object": "list", "data": data}
-
-
-def endpoint_ok(endpoint: Any) -> bool:
-    return endpoint == URL
