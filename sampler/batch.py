@@ -23,6 +23,7 @@ from .response import TokenEntry, top_dict
 from .step import Row, sample_step
 from .stopping import TextTracker
 from .tokenizer import Tokenizer
+from .trace import trace_step
 
 __all__ = ["Candidate", "Batch"]
 
@@ -55,6 +56,7 @@ class Candidate:
         self.error: Exception | None = None  # what failed while stepping this sequence
         self._shown_text = 0
         self._shown_entries = 0
+        self.trace: dict[str, Any] | None = None  # this step's sampling_trace, if asked
 
     @property
     def done(self) -> bool:
@@ -107,8 +109,9 @@ class Candidate:
             return
         assert top is not None
         entry_top = top_dict(tok, top[0], top[1], token, lp)
+        trace, self.trace = self.trace, None
         self.entries.append(
-            TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel)
+            TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel, trace)
         )
         self._rel.append(-1 if end else rel)  # -1: the end token, shown with the last delta
 
@@ -293,20 +296,41 @@ class Batch:
         rows = [s.row for s in seqs]
         try:
             out = sample_step(logits, rows, uniforms[: len(rows)], workspace=self._workspace)
-            return [_picked(out, b) for b in range(len(rows))]
+            picked: list[tuple[int, float, float, Any] | None] = [
+                _picked(out, b) for b in range(len(rows))
+            ]
         except Exception:
-            pass
-        picked: list[tuple[int, float, float, Any] | None] = []
+            picked = []
+            for b, s in enumerate(seqs):
+                try:
+                    one = sample_step(
+                        logits[b : b + 1], [rows[b]], [uniforms[b]], workspace=self._workspace
+                    )
+                    picked.append(_picked(one, 0))
+                except Exception as exc:
+                    s.fail(exc)
+                    picked.append(None)
         for b, s in enumerate(seqs):
-            try:
-                one = sample_step(
-                    logits[b : b + 1], [rows[b]], [uniforms[b]], workspace=self._workspace
-                )
-                picked.append(_picked(one, 0))
-            except Exception as exc:
-                s.fail(exc)
-                picked.append(None)
+            got = picked[b]
+            if (
+                s.req.trace is not None
+                and got is not None
+                and not self._trace(s, logits[b], got[0])
+            ):
+                picked[b] = None
         return picked
+
+    def _trace(self, s: Candidate, z: np.ndarray, token: int) -> bool:
+        """The step's ``sampling_trace`` for ``s`` (before its counts take ``token``);
+        False if that raised (``s`` then fails alone)."""
+        assert s.req.trace is not None
+        try:
+            text = self.engine.tokenizer.token_text
+            s.trace = trace_step(z, s.row.params, s.row.counts, token, s.req.trace, text)
+            return True
+        except Exception as exc:  # a bug, met by this sequence alone
+            s.fail(exc)
+            return False
 
     def drop(self, seqs: Sequence[Candidate]) -> None:
         """Remove sequences (a client went away); the rest are untouched."""

@@ -130,7 +130,9 @@ class Completion:
                         and id(c) not in self._logprobs_sent
                     ):
                         logprobs = []  # no token kept: empty arrays, as the response has
-                    choice = choice_object(self._index(c), text, logprobs, c.finish_reason)
+                    choice = choice_object(
+                        self._index(c), text, logprobs, c.finish_reason, self._traced
+                    )
                     self._chunks.append(self._object([choice], None, self.req.include_usage))
             else:
                 self._texts[id(c)].append(text)
@@ -176,6 +178,10 @@ class Completion:
             self.echo_entries[p] = entries
 
     # -- shaping
+    @property
+    def _traced(self) -> bool:
+        return self.req.trace is not None
+
     def _index(self, c: Candidate) -> int:
         return c.prompt * self.req.n + c.index
 
@@ -200,7 +206,7 @@ class Completion:
         """The response object of a finished non-stream request."""
         assert self.done and not self.req.stream
         want_logprobs = self.req.sampling.logprobs is not None
-        choices = []
+        choices, candidates = [], []
         for p, group in enumerate(self.groups):
             ranked = group
             if self.req.best_of > self.req.n:  # best first; ties to the lower candidate
@@ -208,8 +214,32 @@ class Completion:
             for j, c in enumerate(ranked[: self.req.n]):
                 lp = self._entries[id(c)] if want_logprobs else None
                 text = "".join(self._texts[id(c)])
-                choices.append(choice_object(p * self.req.n + j, text, lp, c.finish_reason))
-        return self._object(choices, self._usage())
+                choices.append(
+                    choice_object(p * self.req.n + j, text, lp, c.finish_reason, self._traced)
+                )
+            if self._traced and self.req.best_of > self.req.n:
+                candidates += self._candidates(p, ranked)
+        obj = self._object(choices, self._usage())
+        if candidates:
+            obj["candidates"] = candidates  # (the sampling_trace extension)
+        return obj
+
+    def _candidates(self, p: int, ranked: list[Candidate]) -> list[dict[str, Any]]:
+        """Every best_of candidate of prompt ``p``: its mean raw logprob (the ranking),
+        its text and the choice index it was returned as (None: not returned)."""
+        returned = {id(c): p * self.req.n + j for j, c in enumerate(ranked[: self.req.n])}
+        return [
+            {
+                "prompt": p,
+                "candidate": c.index,
+                "mean_logprob": c.mean_logprob,
+                "tokens": c.generated,
+                "text": "".join(self._texts[id(c)]),
+                "finish_reason": c.finish_reason,
+                "index": returned.get(id(c)),
+            }
+            for c in self.groups[p]
+        ]
 
 
 class Engine:

@@ -22,6 +22,8 @@ import numpy as np
 from .errors import RequestError
 from .tokenizer import Tokenizer
 from .values import (
+    INT64_MAX,
+    INT64_MIN,
     clip,
     decimal,
     empty_array,
@@ -72,7 +74,23 @@ class Limits:
 
 
 #: Request fields beyond OpenAI's, validated like the rest (spec §11).
-EXTENSION_FIELDS = ("logprobs_mode",)
+EXTENSION_FIELDS = ("logprobs_mode", "sampling_trace")
+
+#: Each numeric field's ``(default, minimum, maximum)`` (None: no default or no bound):
+#: the one table the validation reads, and the playground's controls (``/playground``).
+RANGES: dict[str, tuple[Any, Any, Any]] = {
+    "max_tokens": (16, 0, None),
+    "temperature": (1.0, 0, 2),
+    "top_p": (1.0, 0, 1),
+    "n": (1, 1, 128),
+    "best_of": (None, 1, 20),
+    "logprobs": (None, 0, 5),
+    "presence_penalty": (0.0, -2, 2),
+    "frequency_penalty": (0.0, -2, 2),
+    "logit_bias": (None, -100, 100),
+    "seed": (None, INT64_MIN, INT64_MAX),
+    "sampling_trace": (None, 0, 20),
+}
 
 KNOWN_FIELDS = frozenset(
     {
@@ -185,7 +203,8 @@ def logit_bias_field(
                 param="logit_bias",
                 code="invalid_value",
             )
-        biases[token] = decimal(bias, f"logit_bias[{clip(key)}]", -100, 100, param="logit_bias")
+        _, lo, hi = RANGES["logit_bias"]
+        biases[token] = decimal(bias, f"logit_bias[{clip(key)}]", lo, hi, param="logit_bias")
     if not biases:
         return None
     ids = np.fromiter(biases.keys(), dtype=np.int64, count=len(biases))  # [k]
@@ -288,9 +307,23 @@ def suffix_field(body: Mapping, info: ModelInfo, echo: bool) -> str | None:
     return valid_text("suffix", value)
 
 
+def sampling_trace_field(body: Mapping, logprobs: int | None) -> int | None:
+    """The ``sampling_trace`` extension: how many top ids of each stage to trace (0-20),
+    or None. It rides in the ``logprobs`` object, so it needs ``logprobs``."""
+    k = integer(body, "sampling_trace", *RANGES["sampling_trace"])
+    if k is not None and logprobs is None:
+        raise RequestError(
+            "Invalid 'sampling_trace': the trace is carried in each choice's logprobs "
+            "object, so it needs logprobs too (an integer 0 to 5).",
+            param="sampling_trace",
+            code="invalid_value",
+        )
+    return k
+
+
 def n_best_of(body: Mapping, stream: bool) -> tuple[int, int]:
-    n = integer(body, "n", 1, 1, 128)
-    best_of = integer(body, "best_of", None, 1, 20)
+    n = integer(body, "n", *RANGES["n"])
+    best_of = integer(body, "best_of", *RANGES["best_of"])
     if best_of is None:
         return n, n
     if best_of < n:

@@ -29,6 +29,7 @@ import numpy as np
 from .errors import RequestError  # noqa: F401  (the type every rule raises)
 from .fields import (
     EXTENSION_FIELDS,
+    RANGES,
     Limits,
     ModelInfo,
     check_fields,
@@ -37,6 +38,7 @@ from .fields import (
     logprobs_mode_field,
     model_field,
     n_best_of,
+    sampling_trace_field,
     stop_field,
     stream_options_field,
     suffix_field,
@@ -108,15 +110,15 @@ def sampling_params(
     array([7])
     """
     return SamplingParams(
-        temperature=number(body, "temperature", 1.0, 0, 2),
-        top_p=number(body, "top_p", 1.0, 0, 1),
-        presence_penalty=number(body, "presence_penalty", 0.0, -2, 2),
-        frequency_penalty=number(body, "frequency_penalty", 0.0, -2, 2),
+        temperature=number(body, "temperature", *RANGES["temperature"]),
+        top_p=number(body, "top_p", *RANGES["top_p"]),
+        presence_penalty=number(body, "presence_penalty", *RANGES["presence_penalty"]),
+        frequency_penalty=number(body, "frequency_penalty", *RANGES["frequency_penalty"]),
         logit_bias=logit_bias_field(
             body.get("logit_bias"), max_id=max_bias_id, masked=masked, tokenizer=tokenizer
         ),
-        seed=integer(body, "seed", None, INT64_MIN, INT64_MAX),
-        logprobs=integer(body, "logprobs", None, 0, 5),
+        seed=integer(body, "seed", *RANGES["seed"]),
+        logprobs=integer(body, "logprobs", *RANGES["logprobs"]),
         logprobs_mode=logprobs_mode_field(body),
     )
 
@@ -136,6 +138,7 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     suffix: str | None = None
+    trace: int | None = None  # sampling_trace: top ids traced per stage (spec §11)
 
 
 def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> Request:
@@ -145,7 +148,7 @@ def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> R
     body = check_fields(body)
     model = model_field(body, info)
     given = raw_prompts(body)
-    max_tokens = integer(body, "max_tokens", 16, 0, None)
+    max_tokens = integer(body, "max_tokens", *RANGES["max_tokens"])
     stream = boolean(body, "stream")
     n, best_of = n_best_of(body, stream)
     echo = boolean(body, "echo")
@@ -157,6 +160,7 @@ def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> R
     sampling = sampling_params(
         body, max_bias_id=info.max_bias_id, masked=info._masked_set, tokenizer=info.tokenizer.name
     )
+    trace = sampling_trace_field(body, sampling.logprobs)
     if limits is not None:
         check_limits(len(given), n, best_of, body.get("best_of") is not None, limits)
     suffix = suffix_field(body, info, echo)
@@ -174,4 +178,5 @@ def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> R
         stream=stream,
         include_usage=include_usage,
         suffix=suffix,
+        trace=trace,
     )

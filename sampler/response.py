@@ -62,6 +62,7 @@ class TokenEntry:
     logprob: float | None  # None for the first echoed prompt token
     top: dict[str, float] | None
     offset: int  # character offset in prompt + completion
+    trace: dict[str, Any] | None = None  # the sampling_trace of a generated token
 
 
 def top_dict(
@@ -85,13 +86,18 @@ def top_dict(
     return {key: value for key, (value, _) in ordered}
 
 
-def logprobs_object(entries: Sequence[TokenEntry]) -> dict[str, list[Any]]:
-    return {
+def logprobs_object(entries: Sequence[TokenEntry], trace: bool = False) -> dict[str, Any]:
+    """A choice's ``logprobs``; with ``trace``, the ``sampling_trace`` array too (one
+    entry per token, null for an echoed prompt token)."""
+    obj: dict[str, Any] = {
         "tokens": [e.text for e in entries],
         "token_logprobs": [e.logprob for e in entries],
         "top_logprobs": [e.top for e in entries],
         "text_offset": [e.offset for e in entries],
     }
+    if trace:
+        obj["sampling_trace"] = [e.trace for e in entries]
+    return obj
 
 
 def choice_object(
@@ -99,11 +105,12 @@ def choice_object(
     text: str,
     entries: Sequence[TokenEntry] | None,
     finish_reason: str | None,
+    trace: bool = False,
 ) -> dict[str, Any]:
     return {
         "text": text,
         "index": index,
-        "logprobs": None if entries is None else logprobs_object(entries),
+        "logprobs": None if entries is None else logprobs_object(entries, trace),
         "finish_reason": finish_reason,
     }
 
