@@ -3,12 +3,14 @@
 #   make test   -- ruff, mypy, then the whole suite (with the notebooks and a strict docs build)
 #   make docs   -- serve the documentation site locally (mkdocs serve)
 #   make notebooks -- re-execute notebooks/ and save their outputs
+#   make screenshot -- docs/playground.png, the playground page on the default model
+#                      (needs Debian's chromium and chromium-driver)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean docs notebooks
+.PHONY: demo test venv clean docs notebooks screenshot
 
 venv: $(STAMP)
 
@@ -35,3 +37,6 @@ notebooks: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+screenshot: $(STAMP)
+	cd tests && ../$(PY) screenshot.py ../docs/playground.png

@@ -3,7 +3,8 @@
     sampler serve [--model M ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
 ``POST /v1/completions`` (JSON or server-sent events), ``GET /v1/models``,
-``GET /v1/models/{id}``, ``GET /health``, and OpenAI's Batch API (``/v1/files``,
+``GET /v1/models/{id}``, ``GET /health``, the playground page at ``GET /``
+(:mod:`sampler.playground`), and OpenAI's Batch API (``/v1/files``,
 ``/v1/batches``, see :mod:`sampler.batch_api`) when ``batch_dir`` is set. Errors have
 OpenAI's shape and status codes. Model work runs on each model's scheduler thread; the
 event loop only parses, validates and relays. Needs the ``server`` extra (starlette,
@@ -29,6 +30,7 @@ from starlette.routing import Route
 from .engine import Engine
 from .errors import RequestError, request_id, server_error
 from .params import EXTENSION_FIELDS, Limits, parse_request
+from .playground import playground_routes
 from .scheduler import Busy, Job, Scheduler
 from .web import JSON, dumps, error_response, log_failure, read_json, route, server_error_response
 
@@ -74,7 +76,10 @@ class _Model:
         }
 
 
-_EXTENSIONS = {"logprobs_mode": ["raw", "processed"]}
+_EXTENSIONS: dict[str, Any] = {
+    "logprobs_mode": ["raw", "processed"],
+    "sampling_trace": {"type": "integer", "minimum": 0, "maximum": 20, "needs": "logprobs"},
+}
 
 
 def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None = None) -> Starlette:
@@ -163,6 +168,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        *playground_routes(),
     ]
     runner = store = None
     if cfg.batch_dir is not None:
