@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="add BIAS to token ID's logit (repeatable)",
     )
     c.add_argument("--logprobs-mode", choices=("raw", "processed"))
+    c.add_argument(
+        "--sampling-trace",
+        type=int,
+        metavar="K",
+        help="with --json: each token's distribution after each step, top K ids (extension)",
+    )
     c.add_argument("--json", action="store_true", help="print the full response object")
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
 
@@ -190,6 +196,7 @@ _FIELDS = (
     "presence_penalty",
     "frequency_penalty",
     "logprobs_mode",
+    "sampling_trace",
 )
 
 

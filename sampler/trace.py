@@ -3,10 +3,11 @@
 For a generated token, :func:`trace_step` reports the row it was drawn from as it stood
 after each step, ``raw`` (after the mask) then :data:`~sampler.reference.STEP_ORDER`
 (``logit_bias``, ``penalties``, ``temperature``, ``top_p``), as logprobs of a few ids: the
-``k`` most probable of every stage and the chosen token. It is computed with the
-definition itself (:mod:`sampler.reference`), so the picture is the contract's, not the
-fast path's; the fast path is proven equal to it elsewhere. ``raw`` equals what
-``logprobs_mode: "raw"`` reports and ``top_p`` what ``"processed"`` reports.
+``k`` most probable of every stage and the chosen token. Each stage is the public batched
+processor of that step (:mod:`sampler.processors`, each tested equal to its definition in
+:mod:`sampler.reference`; ``tests/test_trace.py`` checks whole traces against the
+definition too), normalised as reported logprobs are: ``raw`` is what ``logprobs_mode:
+"raw"`` reports and ``top_p`` what ``"processed"`` reports.
 
 A greedy row (``temperature = 0``) is traced as the definition reports it: at temperature 1.
 A logprob of ``-inf`` is written ``-9999.0``, as everywhere in the API (spec §4).
@@ -29,14 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from . import reference as ref
+from . import processors as P
+from .logprobs import log_normalizer, reported, top_logprobs
 from .params import SamplingParams
 from .processors import TokenCounts
+from .reference import STEP_ORDER
 
 __all__ = ["STAGES", "trace_step"]
 
 #: The stages a trace reports, in order: the masked row, then each of steps 1-4.
-STAGES = ("raw", *ref.STEP_ORDER)
+STAGES = ("raw", *STEP_ORDER)
 
 
 def trace_step(
@@ -52,36 +55,37 @@ def trace_step(
 
     Returns ``ids`` (most probable raw first, ties to the lower id), one list of logprobs
     per stage in :data:`STAGES`, the ``bias`` added and ``penalty`` subtracted for each id,
-    ``nucleus`` (how many ids step 4 kept), ``in_nucleus`` per id and ``chosen``; with
-    ``text`` (an id's name, as ``logprobs`` writes it), ``tokens`` too.
+    ``nucleus`` (how many drawable ids step 4 kept), ``in_nucleus`` per id and ``chosen``;
+    with ``text`` (an id's name, as ``logprobs`` writes it), ``tokens`` too.
     """
-    bias = _bias(params)
-    generated = [t for t, c in zip(counts.ids.tolist(), counts.counts.tolist()) for _ in range(c)]
-    temperature = params.temperature or 1.0  # a greedy row: reported at temperature 1
-    rows = {"raw": ref._f32(z)}  # [V] each
-    rows["logit_bias"] = ref.logit_bias(rows["raw"], bias)
-    rows["penalties"] = ref.penalties(
-        rows["logit_bias"], generated, params.presence_penalty, params.frequency_penalty
+    greedy_at_1 = params.temperature or 1.0  # a greedy row: reported at temperature 1
+    rows = {"raw": np.array(z, dtype=np.float32)[None, :]}  # [1, V] each
+    rows["logit_bias"] = P.logit_bias(rows["raw"], [params.logit_bias])
+    rows["penalties"] = P.penalties(
+        rows["logit_bias"], [counts], [params.presence_penalty], [params.frequency_penalty]
     )
-    rows["temperature"] = ref.temperature(rows["penalties"], temperature)
-    kept = ref.nucleus(rows["temperature"], params.top_p)
-    inside = np.zeros(rows["raw"].size, dtype=bool)  # [V]
-    inside[kept] = True
-    rows["top_p"] = np.where(inside, rows["temperature"], np.float32(-np.inf))  # [V]
+    rows["temperature"] = P.temperature(rows["penalties"], [greedy_at_1])
+    rows["top_p"] = P.top_p(rows["temperature"], [params.top_p])
+    norms = {name: log_normalizer(rows[name])[0] for name in STAGES}
     picked = {int(token)}
     for name in STAGES:
-        picked.update(ref.top_ids(rows[name], k))
-    ids = sorted(picked, key=lambda j: (-float(rows["raw"][j]), j))
-    lps = {name: ref.logprobs(rows[name]) for name in STAGES}  # [V] float64 each
+        top, _ = top_logprobs(rows[name], k, lognorm=norms[name][None])  # [1, k]
+        picked.update(top[0].tolist())
+    raw = rows["raw"][0]
+    ids = sorted(picked, key=lambda j: (-float(raw[j]), j))
+    at = np.array(ids, dtype=np.int64)  # [n]
     out: dict[str, Any] = {"ids": ids}
     if text is not None:
         out["tokens"] = [text(j) for j in ids]
     for name in STAGES:
-        out[name] = [ref.reported(float(lps[name][j])) for j in ids]
+        lps = rows[name][0, at].astype(np.float64) - norms[name]  # [n]
+        out[name] = [reported(float(v)) for v in lps]
+    bias = _bias(params)
+    kept = np.isfinite(rows["top_p"][0])  # [V]
     out["bias"] = [float(np.float32(bias.get(j, 0.0))) for j in ids]
     out["penalty"] = [_penalty(counts.count(j), params) for j in ids]
-    out["nucleus"] = len(kept)
-    out["in_nucleus"] = [bool(inside[j]) for j in ids]
+    out["nucleus"] = int(kept.sum())
+    out["in_nucleus"] = [bool(kept[j]) for j in ids]
     out["chosen"] = int(token)
     return out
 

@@ -63,6 +63,18 @@ def test_json_has_every_flag_applied(capsys):
     assert resp["usage"]["completion_tokens"] == 9
 
 
+def test_sampling_trace_flag(capsys):
+    code, out, _ = run(
+        capsys, "complete", "Hi", "--json", "--max-tokens", "2", "--logprobs", "1",
+        "--sampling-trace", "2", "--logprobs-mode", "processed", "--seed", "1",
+    )  # fmt: skip
+    assert code == 0
+    trace = json.loads(out)["choices"][0]["logprobs"]["sampling_trace"]
+    assert len(trace) == 2 and all(len(t["ids"]) >= 2 for t in trace)
+    code, _, err = run(capsys, "complete", "Hi", "--sampling-trace", "2")
+    assert code == 2 and "sampling_trace" in err
+
+
 def test_prompt_from_stdin(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("From stdin"))
     code, out, _ = run(capsys, "complete", "--max-tokens", "0", "--echo", "--json")

@@ -7,8 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sampler import Engine
+from sampler import reference as ref
 from sampler.errors import RequestError
 from sampler.params import SamplingParams
 from sampler.processors import TokenCounts
@@ -69,6 +72,59 @@ def test_greedy_row_is_traced_at_temperature_one():
     z = np.log(np.array([0.6, 0.4], dtype=np.float32))
     t = trace_step(z, SamplingParams(temperature=0.0), TokenCounts(), token=0, k=2)
     assert [math.exp(v) for v in t["temperature"]] == pytest.approx([0.6, 0.4], abs=1e-6)
+
+
+def definition_trace(z, params, generated, token, k):
+    """The trace built from :mod:`sampler.reference` alone: full sorts, fsum normalisers."""
+    bias = dict(zip(*(a.tolist() for a in params.logit_bias))) if params.logit_bias else {}
+    rows = {"raw": ref._f32(z)}
+    rows["logit_bias"] = ref.logit_bias(rows["raw"], bias)
+    rows["penalties"] = ref.penalties(
+        rows["logit_bias"], generated, params.presence_penalty, params.frequency_penalty
+    )
+    rows["temperature"] = ref.temperature(rows["penalties"], params.temperature or 1.0)
+    rows["top_p"] = ref.top_p(rows["temperature"], params.top_p)
+    ids = {token, *(j for name in STAGES for j in ref.top_ids(rows[name], k))}
+    ids = sorted(ids, key=lambda j: (-float(rows["raw"][j]), j))
+    out = {"ids": ids, "nucleus": int(np.isfinite(rows["top_p"]).sum())}
+    for name in STAGES:
+        out[name] = [ref.reported(float(ref.logprobs(rows[name])[j])) for j in ids]
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    vocab=st.integers(2, 300),
+    k=st.integers(0, 6),
+    temperature=st.sampled_from([0.0, 0.3, 1.0, 1.7]),
+    top_p=st.sampled_from([0.0, 0.2, 0.9, 1.0]),
+    presence=st.floats(-2, 2),
+    frequency=st.floats(-2, 2),
+)
+def test_trace_equals_the_definition(seed, vocab, k, temperature, top_p, presence, frequency):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal(vocab) * 3).astype(np.float32)  # [V]
+    z[rng.random(vocab) < 0.1] = -np.inf  # masked ids
+    z[rng.integers(vocab)] = 0.0  # (at least one finite)
+    generated = rng.integers(0, vocab, size=rng.integers(0, 8)).tolist()
+    bias_ids = np.unique(rng.integers(0, vocab, size=3))
+    params = SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias=(bias_ids, rng.uniform(-100, 100, bias_ids.size)),
+    )
+    counts = TokenCounts()
+    for t in generated:
+        counts.add(t)
+    token = int(rng.integers(vocab))
+    got = trace_step(z, params, counts, token, k)
+    want = definition_trace(z, params, generated, token, k)
+    assert got["ids"] == want["ids"] and got["nucleus"] == want["nucleus"]
+    for name in STAGES:  # (the fast normaliser sums float32 exponentials: ~1e-8 apart)
+        assert got[name] == pytest.approx(want[name], abs=1e-6), name
 
 
 @pytest.fixture(scope="module")
