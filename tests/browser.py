@@ -42,8 +42,10 @@ def missing() -> str | None:
     return None
 
 
-def chromium(width: int = 1280, height: int = 1000) -> Any:
-    """A new headless chromium session (the caller quits it)."""
+def chromium(width: int = 1280, height: int = 1000, *, phone: bool = False) -> Any:
+    """A new headless chromium session (the caller quits it). With ``phone``, a mobile
+    screen of ``width`` CSS pixels (headless windows are at least 500 wide), where the
+    page's viewport meta tag applies."""
     reason = missing()
     if reason:
         pytest.skip(reason)
@@ -55,7 +57,11 @@ def chromium(width: int = 1280, height: int = 1000) -> Any:
     for flag in (*FLAGS, f"--window-size={width},{height}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    if phone:
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    return driver
 
 
 def wait(predicate: Any, timeout: float = 30.0, every: float = 0.05) -> Any:

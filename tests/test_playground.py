@@ -403,11 +403,52 @@ def test_stop_cancels_the_request(driver, base, engine):
     assert driver.find_element("id", "run").is_enabled()
 
 
+CONTRAST = """
+function rgb(c) { const m = c.match(/[\\d.]+/g).map(Number); return m; }
+function lum([r, g, b]) {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+}
+function background(node) {
+  for (; node; node = node.parentElement) {
+    const c = rgb(getComputedStyle(node).backgroundColor);
+    if (c.length < 4 || c[3] > 0) return c;
+  }
+  return [255, 255, 255];
+}
+return [...document.querySelectorAll(arguments[0])].filter((n) => n.offsetParent).map((n) => {
+  const a = lum(rgb(getComputedStyle(n).color)), b = lum(background(n));
+  return [n.id || n.className || n.tagName, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+});
+"""
+
+
+@needs_browser
+def test_text_contrast(driver, base):
+    """WCAG AA: text at least 4.5:1 against what is behind it, tokens of every shade too."""
+    open_page(driver, base)
+    fill(driver, "seed", 12)
+    fill(driver, "temperature", 1.5)
+    selector = "label, .range, .help, .error, button, #status, .tok, .legend span, h1, h2, pre"
+    fill(driver, "top_p", "9")  # an error message
+    assert run(driver).startswith("error")
+    ratios = driver.execute_script(CONTRAST, ".error")
+    assert len(ratios) == 1
+    fill(driver, "top_p", "")
+    fill(driver, "echo", True)
+    assert run(driver).startswith("done")
+    ratios += driver.execute_script(CONTRAST, selector)
+    assert len(ratios) > 50
+    low = [(name, round(r, 2)) for name, r in ratios if r < 4.5]
+    assert low == []
+
+
 @needs_browser
 def test_phone_width(base):
-    d = chromium(390, 844)
+    d = chromium(390, 844, phone=True)
     try:
         open_page(d, base)
+        assert d.execute_script("return window.innerWidth") == 390
         fill(d, "seed", 2)
         fill(d, "n", 2)
         assert run(d).startswith("done")

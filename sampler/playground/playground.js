@@ -248,6 +248,7 @@
     $("chart").hidden = true;
     state.body = request;
     renderSnippets(request);
+    if (window.matchMedia("(max-width: 760px)").matches) $("choices").scrollIntoView();
     const controller = (state.controller = new AbortController());
     $("run").disabled = true;
     $("stop").disabled = false;
