@@ -205,7 +205,8 @@
 
   function serialise(body, seedText, indent) {
     const text = JSON.stringify(body, null, indent);
-    return seedText === null ? text : text.replace('"\\u0000seed"', seedText);
+    // Anchored on the key: a prompt holding the placeholder's text is escaped differently.
+    return seedText === null ? text : text.replace(/("seed": ?)"\\u0000seed"/, (_, key) => key + seedText);
   }
 
   function clearErrors() {
