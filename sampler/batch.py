@@ -109,9 +109,19 @@ class Candidate:
             return
         assert top is not None
         entry_top = top_dict(tok, top[0], top[1], token, lp)
+        alternatives = tuple(zip(top[0].tolist(), map(reported, top[1].tolist())))
         trace, self.trace = self.trace, None
         self.entries.append(
-            TokenEntry(tok.token_text(token), reported(lp), entry_top, self.base + rel, trace)
+            TokenEntry(
+                tok.token_text(token),
+                reported(lp),
+                entry_top,
+                self.base + rel,
+                trace,
+                token=token,
+                alternatives=alternatives,
+                end=end,
+            )
         )
         self._rel.append(-1 if end else rel)  # -1: the end token, shown with the last delta
 

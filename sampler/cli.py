@@ -38,16 +38,8 @@ def _logit_bias_item(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"BIAS in {text!r} is not a number") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .onnx_llama import ATTENTIONS  # NumPy only (onnx loads when a graph is built)
-
-    parser = argparse.ArgumentParser(
-        prog="sampler", description="OpenAI Completions semantics, run locally on the CPU."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("complete", help="complete a prompt (streams text as it is generated)")
-    c.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted")
+def add_sampling_flags(c: argparse.ArgumentParser) -> None:
+    """The flags ``complete`` and ``chat`` share: the model and the sampling fields."""
     c.add_argument(
         "--model",
         help="a known model name or a model folder (default: "
@@ -57,11 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float)
     c.add_argument("--top-p", type=float)
     c.add_argument("--n", type=int)
-    c.add_argument("--best-of", type=int)
-    c.add_argument("--logprobs", type=int)
-    c.add_argument("--echo", action="store_true", default=None)
     c.add_argument("--stop", action="append", help="a stop string (repeatable, at most 4)")
-    c.add_argument("--suffix")
     c.add_argument("--seed", type=int)
     c.add_argument("--presence-penalty", type=float)
     c.add_argument("--frequency-penalty", type=float)
@@ -73,6 +61,24 @@ def _parser() -> argparse.ArgumentParser:
         help="add BIAS to token ID's logit (repeatable)",
     )
     c.add_argument("--logprobs-mode", choices=("raw", "processed"))
+    c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .onnx_llama import ATTENTIONS  # NumPy only (onnx loads when a graph is built)
+
+    parser = argparse.ArgumentParser(
+        prog="sampler", description="OpenAI Completions semantics, run locally on the CPU."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("complete", help="complete a prompt (streams text as it is generated)")
+    c.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted")
+    add_sampling_flags(c)
+    c.add_argument("--best-of", type=int)
+    c.add_argument("--logprobs", type=int)
+    c.add_argument("--echo", action="store_true", default=None)
+    c.add_argument("--suffix")
     c.add_argument(
         "--sampling-trace",
         type=int,
@@ -80,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
         help="with --json: each token's distribution after each step, top K ids (extension)",
     )
     c.add_argument("--json", action="store_true", help="print the full response object")
-    c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+
+    from .chat_cli import add_parser as add_chat
+
+    add_chat(sub, add_sampling_flags)
 
     sub.add_parser("models", help="list the models this install knows")
 
@@ -201,8 +210,13 @@ _FIELDS = (
 
 
 def _request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"prompt": prompt}
-    for name in _FIELDS:
+    return {"prompt": prompt, **sampling_fields(args, _FIELDS)}
+
+
+def sampling_fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The request fields the flags set (``names``, then ``stop`` and ``logit_bias``)."""
+    body: dict[str, Any] = {}
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             body[name] = value
@@ -421,6 +435,13 @@ def _conformance(args: argparse.Namespace) -> int:
     return conformance(args)
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from .chat_cli import run
+
+    engine = _load(args)
+    return engine if isinstance(engine, int) else run(engine, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
@@ -430,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "batch": _batch,
         "conformance": _conformance,
+        "chat": _chat,
     }
     if args.command in commands:
         return commands[args.command](args)

@@ -15,12 +15,14 @@ What it does, in order:
    the same result as HF's ``rotate_half`` on pairs ``(j, j + hd/2)``; :func:`unpermute_rope_rows`
    undoes that, because our graph rotates like HF. No ``output.weight`` means the head is
    tied to the embedding.
-3. **Tokenizer** from ``tokenizer.ggml.*`` as byte-level BPE ranks for tiktoken
+3. **Chat template**: ``tokenizer.chat_template`` and the texts of the BOS, EOS and padding
+   tokens, kept as the folder's ``chat`` (:mod:`sampler.chat_template` renders it).
+4. **Tokenizer** from ``tokenizer.ggml.*`` as byte-level BPE ranks for tiktoken
    (:func:`sampler.gguf_vocab.gguf_vocab`): token strings are mapped back to bytes with
    GPT-2's byte<->unicode table, and the ids are the ranks, which is only right when merge
    ``k``'s result has a larger id than merge ``k-1``'s -- checked, as is every other
    assumption, with an error naming what was found.
-4. The folder is written atomically (a temporary sibling, renamed when complete).
+5. The folder is written atomically (a temporary sibling, renamed when complete).
 
 ``gguf`` (the llama.cpp project's reader) is imported here only, so ``import sampler`` stays
 light. Tests: ``tests/test_gguf.py`` checks converted logits against a NumPy forward pass that
@@ -57,7 +59,7 @@ __all__ = ["CONVERT_VERSION", "convert_gguf"]
 #: Bumped whenever the output changes for the same input, through this module or through
 #: sampler.onnx_llama's graph: the registry's folder names carry it, so a changed converter
 #: never reuses an old folder.
-CONVERT_VERSION = 3  # 3: the graph takes logits_to_keep
+CONVERT_VERSION = 4  # 3: the graph takes logits_to_keep; 4: the chat template
 
 # GGUF tensor name -> HF name (``blk.{i}.`` prefix for the per-layer ones)
 
@@ -176,6 +178,7 @@ def convert_gguf(
             "context_length": c.max_position,
             "eos_token_ids": list(v.eos_token_ids),
             "fim": v.fim,
+            "chat": model.chat,
             "source": {
                 "gguf": model.path.name,
                 "sha256": sha256_file(model.path),

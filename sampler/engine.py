@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 
 from .batch import Batch, Candidate
+from .chat_response import ChatShape
 from .logprobs import log_normalizer, reported, top_logprobs
 from .params import ModelInfo, Request, parse_request
 from .response import (
+    CompletionShape,
     TokenEntry,
-    choice_object,
-    completion_id,
-    completion_object,
     fingerprint,
     now,
     top_dict,
@@ -56,7 +55,8 @@ class Completion:
     def __init__(self, engine: Engine, req: Request) -> None:
         self.engine = engine
         self.req = req
-        self.id = completion_id()
+        self.shape = ChatShape(engine.tokenizer) if req.chat else CompletionShape()
+        self.id = self.shape.new_id()
         self.created = now()
         entropy = request_entropy(req.sampling.seed)
         self.groups = [
@@ -112,27 +112,25 @@ class Completion:
         mine = sorted((c for c in stepped if c.owner is self and c.error is None), key=self._index)
         for c in mine:
             text, entries = c.delta()
-            if id(c) in self._unsent:
+            first = id(c) in self._unsent
+            if first:
                 self._unsent.discard(id(c))
                 if self.req.echo:
                     head = self.req.prompts[c.prompt].text
                     text, entries = head + text, self.echo_entries[c.prompt] + entries
             if self.req.stream:
-                if text or entries or c.done:
-                    logprobs = (
-                        entries if entries and self.req.sampling.logprobs is not None else None
-                    )
-                    if logprobs:
-                        self._logprobs_sent.add(id(c))
-                    elif (
-                        c.done
-                        and self.req.sampling.logprobs is not None
-                        and id(c) not in self._logprobs_sent
-                    ):
-                        logprobs = []  # no token kept: empty arrays, as the response has
-                    choice = choice_object(
-                        self._index(c), text, logprobs, c.finish_reason, self._traced
-                    )
+                logprobs = entries if entries and self.req.sampling.logprobs is not None else None
+                if logprobs:
+                    self._logprobs_sent.add(id(c))
+                elif (
+                    c.done
+                    and self.req.sampling.logprobs is not None
+                    and id(c) not in self._logprobs_sent
+                ):
+                    logprobs = []  # no token kept: empty arrays, as the response has
+                for choice in self.shape.chunk_choices(
+                    self._index(c), text, logprobs, c.finish_reason, self._traced, first
+                ):
                     self._chunks.append(self._object([choice], None, self.req.include_usage))
             else:
                 self._texts[id(c)].append(text)
@@ -192,14 +190,15 @@ class Completion:
     def _object(
         self, choices: list[dict[str, Any]], use: dict[str, int] | None, usage_key: bool = True
     ) -> dict[str, Any]:
-        return completion_object(
+        return self.shape.object(
             self.id,
             self.created,
             self.req.model,
             self.engine.fingerprint,
             choices,
             use,
-            with_usage_key=usage_key,
+            chunk=self.req.stream,
+            usage_key=usage_key,
         )
 
     def response(self) -> dict[str, Any]:
@@ -215,7 +214,7 @@ class Completion:
                 lp = self._entries[id(c)] if want_logprobs else None
                 text = "".join(self._texts[id(c)])
                 choices.append(
-                    choice_object(p * self.req.n + j, text, lp, c.finish_reason, self._traced)
+                    self.shape.choice(p * self.req.n + j, text, lp, c.finish_reason, self._traced)
                 )
             if self._traced and self.req.best_of > self.req.n:
                 candidates += self._candidates(p, ranked)
@@ -267,6 +266,7 @@ class Engine:
             self.end_ids,
             vocab_size=self.vocab_size,
             fim=fim_ids,
+            chat=getattr(cfg, "chat", None),
         )
         self._masked = self.info.masked_ids  # [m]
         self.fingerprint = fingerprint(cfg.digest, cfg.tokenizer)
@@ -297,7 +297,24 @@ class Engine:
         self, request: Mapping[str, Any] | None = None, /, **fields: Any
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Answer one Completions request: a response dict, or chunks when streaming."""
-        run = Completion(self, self.parse(request, **fields))
+        return self.run(self.parse(request, **fields))
+
+    def chat(
+        self, request: Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Answer one chat request (``messages``; see :mod:`sampler.chat_request`): a
+        ``chat.completion`` dict, or ``chat.completion.chunk`` dicts when streaming."""
+        from .chat_request import parse_chat_request
+
+        if request is not None and not isinstance(request, Mapping):
+            return self.run(parse_chat_request(request, self.info))
+        body = {**(request or {}), **fields}
+        body.setdefault("model", self.name)
+        return self.run(parse_chat_request(body, self.info))
+
+    def run(self, req: Request) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Answer a validated request alone (the server shares one batch among many)."""
+        run = Completion(self, req)
         if run.req.stream:
             return self._stream(run)
         batch = Batch(self)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RequestError
+from .model import ChatConfig
 from .tokenizer import Tokenizer
 from .values import (
     INT64_MAX,
@@ -46,6 +47,7 @@ class ModelInfo:
     end_ids: tuple[int, ...]
     vocab_size: int | None = None  # logits width; defaults to the tokenizer's
     fim: tuple[int, int, int] | None = None  # prefix, middle, suffix ids
+    chat: ChatConfig | None = None  # the chat template (None: no /v1/chat/completions)
 
     @functools.cached_property
     def masked_ids(self) -> np.ndarray:
@@ -90,6 +92,9 @@ RANGES: dict[str, tuple[Any, Any, Any]] = {
     "logit_bias": (None, -100, 100),
     "seed": (None, INT64_MIN, INT64_MAX),
     "sampling_trace": (None, 0, 20),
+    # the chat endpoint's own (sampler.chat_request)
+    "max_completion_tokens": (None, 1, None),
+    "top_logprobs": (None, 0, 20),
 }
 
 KNOWN_FIELDS = frozenset(

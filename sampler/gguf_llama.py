@@ -78,6 +78,7 @@ class GGUFLlama:
     config: LlamaConfig
     vocab: GGUFVocab
     name: str  # general.name, or the file name
+    chat: dict[str, str | None] | None = None  # tokenizer.chat_template and its tokens
 
     @property
     def tensor_types(self) -> dict[str, str]:
@@ -143,7 +144,28 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
         llama_config(meta, len(tokens)),
         vocab,
         meta.get("general.name", str, path.stem),
+        chat_template(meta, tokens),
     )
+
+
+def chat_template(meta: _Meta, tokens: list) -> dict[str, str | None] | None:
+    """The ``chat`` entry of the model folder: ``tokenizer.chat_template`` and the texts of
+    the BOS, EOS and padding tokens it is rendered with (None: the file has no template)."""
+    template = meta.get("tokenizer.chat_template", str, None)
+    if not template:
+        return None
+
+    def text(kind: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{kind}_token_id", int, None)
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    return {
+        "template": template,
+        "bos_token": text("bos"),
+        "eos_token": text("eos"),
+        "pad_token": text("padding"),
+        "source": "gguf tokenizer.chat_template",
+    }
 
 
 def llama_config(meta: _Meta, vocab_size: int) -> LlamaConfig:

@@ -5,14 +5,18 @@ A model folder holds::
     refsampler.json   {"format": "refsampler-model/1", "name": ..., "onnx": "model.onnx",
                        "tokenizer": "cl100k_base", "context_length": 2048,
                        "eos_token_ids": [100257],
-                       "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260} | null}
+                       "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260} | null,
+                       "chat": {"template": ..., "bos_token": ..., "eos_token": ...,
+                                "pad_token": ...} | absent}
     model.onnx        a decoder with the HF/Optimum KV-cache I/O names (see sampler.onnx_llama)
 
 ``tokenizer`` is a registered name (``cl100k_base``) or an object describing a byte-level BPE
 stored in the folder (``{"file": "tokenizer.tiktoken", "sha256", "pattern",
 "special_tokens", "vocab_size", "name"}``, written by ``sampler.convert``; see
-``sampler.tokenizer.tokenizer_for``). :mod:`sampler.decoder` runs the graph, with the caches
-of :mod:`sampler.kvcache`.
+``sampler.tokenizer.tokenizer_for``). ``chat`` is the model's chat template (Jinja2, as HF
+tokenizers keep it) and the special tokens it is rendered with; a model without one has no
+``/v1/chat/completions`` (:mod:`sampler.chat_template`). :mod:`sampler.decoder` runs the
+graph, with the caches of :mod:`sampler.kvcache`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "FimTokens", "ModelConfig", "load_config", "file_digest", "sha256_file"]
+__all__ = [
+    "FORMAT",
+    "ChatConfig",
+    "FimTokens",
+    "ModelConfig",
+    "load_config",
+    "file_digest",
+    "sha256_file",
+]
 
 FORMAT = "refsampler-model/1"
 CONFIG_FILE = "refsampler.json"
@@ -45,6 +57,17 @@ class FimTokens:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    """A model's chat template and the special-token texts its rendering is given."""
+
+    template: str
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    source: str | None = None  # where the template came from (/tokenizer_info, the docs)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A model folder's ``refsampler.json``, plus where it is and the ONNX file's sha256."""
 
@@ -56,6 +79,7 @@ class ModelConfig:
     fim: FimTokens | None
     path: Path
     digest: str
+    chat: ChatConfig | None = None
 
     @property
     def onnx_path(self) -> Path:
@@ -98,6 +122,7 @@ def load_config(folder: str | os.PathLike) -> ModelConfig:
         fim=field.fim("fim"),
         path=folder,
         digest=file_digest(onnx_path),
+        chat=field.chat("chat"),
     )
 
 
@@ -141,6 +166,24 @@ class _FieldReader:
         ):
             raise self.error(name, "null or {'prefix': id, 'middle': id, 'suffix': id}")
         return FimTokens(**value)
+
+    def chat(self, name: str) -> ChatConfig | None:
+        if self.raw.get(name, None) is None:
+            return None  # absent or null: the model has no chat template
+        value = self.get(name, dict)
+        tokens = ("bos_token", "eos_token", "pad_token")
+        if (
+            not isinstance(value.get("template"), str)
+            or not value["template"]
+            or not set(value) <= {"template", "source", *tokens}
+            or not all(isinstance(value.get(k), (str, type(None))) for k in (*tokens, "source"))
+        ):
+            raise self.error(
+                name,
+                "null or {'template': non-empty string, 'bos_token', 'eos_token', "
+                "'pad_token': string or null, 'source': string}",
+            )
+        return ChatConfig(**value)
 
 
 def _is_token_id(v: object) -> bool:

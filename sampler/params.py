@@ -139,6 +139,7 @@ class Request:
     include_usage: bool = False
     suffix: str | None = None
     trace: int | None = None  # sampling_trace: top ids traced per stage (spec §11)
+    chat: bool = False  # answered in the chat endpoint's shapes (sampler.chat_request)
 
 
 def parse_request(body: Any, info: ModelInfo, limits: Limits | None = None) -> Request:

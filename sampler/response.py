@@ -30,6 +30,7 @@ __all__ = [
     "choice_object",
     "completion_object",
     "usage",
+    "CompletionShape",
 ]
 
 _ALPHANUM = string.ascii_letters + string.digits
@@ -63,6 +64,9 @@ class TokenEntry:
     top: dict[str, float] | None
     offset: int  # character offset in prompt + completion
     trace: dict[str, Any] | None = None  # the sampling_trace of a generated token
+    token: int = -1  # its id (-1: not kept, as for echoed prompt tokens)
+    alternatives: tuple[tuple[int, float], ...] = ()  # the top ids and logprobs, best first
+    end: bool = False  # an end token: ends the choice, shown in logprobs only
 
 
 def top_dict(
@@ -144,3 +148,54 @@ def completion_object(
     if with_usage_key:
         obj["usage"] = usage
     return obj
+
+
+class CompletionShape:
+    """The Completions endpoint's shapes of a response, its choices and its stream chunks.
+
+    :class:`sampler.engine.Completion` builds every object through a shape, so that the
+    chat endpoint (:class:`sampler.chat_response.ChatShape`) differs in shape only.
+    """
+
+    def new_id(self) -> str:
+        return completion_id()
+
+    def choice(
+        self,
+        index: int,
+        text: str,
+        entries: Sequence[TokenEntry] | None,
+        finish: str | None,
+        trace: bool,
+    ) -> dict[str, Any]:
+        """A choice of the whole response."""
+        return choice_object(index, text, entries, finish, trace)
+
+    def chunk_choices(
+        self,
+        index: int,
+        text: str,
+        entries: Sequence[TokenEntry] | None,
+        finish: str | None,
+        trace: bool,
+        first: bool,
+    ) -> list[dict[str, Any]]:
+        """The choices of the chunks one step adds to a choice, one chunk each (none when
+        the step shows nothing)."""
+        if not (text or entries or finish is not None):
+            return []
+        return [choice_object(index, text, entries, finish, trace)]
+
+    def object(
+        self,
+        id: str,
+        created: int,
+        model: str,
+        fp: str,
+        choices: list[dict[str, Any]],
+        use: dict[str, int] | None,
+        *,
+        chunk: bool,
+        usage_key: bool = True,
+    ) -> dict[str, Any]:
+        return completion_object(id, created, model, fp, choices, use, with_usage_key=usage_key)

@@ -2,13 +2,15 @@
 
     sampler serve [--model M ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
-``POST /v1/completions`` (JSON or server-sent events), ``GET /v1/models``,
-``GET /v1/models/{id}``, ``GET /health``, the playground page at ``GET /``
-(:mod:`sampler.playground`), and OpenAI's Batch API (``/v1/files``,
-``/v1/batches``, see :mod:`sampler.batch_api`) when ``batch_dir`` is set. Errors have
-OpenAI's shape and status codes. Model work runs on each model's scheduler thread; the
-event loop only parses, validates and relays. Needs the ``server`` extra (starlette,
-uvicorn, python-multipart).
+``POST /v1/completions`` and ``POST /v1/chat/completions`` (JSON or server-sent events;
+the chat endpoint renders the messages by the model's template, :mod:`sampler.chat_request`),
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``, the tokenizer endpoints
+(``/tokenizer_info``, ``/tokenize``, ``/detokenize``: :mod:`sampler.tokenizer_api`), the
+playground page at ``GET /`` (:mod:`sampler.playground`), and OpenAI's Batch API
+(``/v1/files``, ``/v1/batches``, see :mod:`sampler.batch_api`) when ``batch_dir`` is set.
+Errors have OpenAI's shape and status codes. Model work runs on each model's scheduler
+thread; the event loop only parses, validates and relays. Needs the ``server`` extra
+(starlette, uvicorn, python-multipart).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import copy
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +29,13 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from .chat_request import parse_chat_request
 from .engine import Engine
 from .errors import RequestError, request_id, server_error
 from .params import EXTENSION_FIELDS, Limits, parse_request
 from .playground import playground_routes
 from .scheduler import Busy, Job, Scheduler
+from .tokenizer_api import tokenizer_routes
 from .web import JSON, dumps, error_response, log_failure, read_json, route, server_error_response
 
 __all__ = ["ServerConfig", "create_app", "serve"]
@@ -104,8 +108,7 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
             return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
 
-    @route
-    async def completions(request: HTTPRequest) -> Response:
+    async def answer(request: HTTPRequest, parse: Callable[..., Any]) -> Response:
         refused = unauthorized(request)
         if refused is not None:
             return refused
@@ -115,12 +118,20 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
         name = body.get("model") if isinstance(body, dict) else None
         model = models.get(name) if isinstance(name, str) else None
         info = (model or next(iter(models.values()))).engine.info
-        try:  # tokenising a large prompt takes a while: not on the event loop
-            req = await asyncio.to_thread(parse_request, body, info, limits)
+        try:  # tokenising (and rendering) a large prompt takes a while: not on the loop
+            req = await asyncio.to_thread(parse, body, info, limits)
         except RequestError as err:
             return JSON(err.to_dict(), status_code=err.status)
-        assert model is not None  # parse_request refused any other model with a 404
+        assert model is not None  # the parser refused any other model with a 404
         return await _run(request, model.scheduler, req)
+
+    @route
+    async def completions(request: HTTPRequest) -> Response:
+        return await answer(request, parse_request)
+
+    @route
+    async def chat_completions(request: HTTPRequest) -> Response:
+        return await answer(request, parse_chat_request)
 
     @route
     async def list_models(request: HTTPRequest) -> Response:
@@ -165,10 +176,14 @@ def create_app(engines: Engine | Sequence[Engine], config: ServerConfig | None =
 
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *playground_routes(),
+        *tokenizer_routes(
+            {name: m.engine for name, m in models.items()}, unauthorized, cfg.max_body_bytes
+        ),
     ]
     runner = store = None
     if cfg.batch_dir is not None:

@@ -23,9 +23,16 @@ import numpy as np
 
 from .onnx_llama import LlamaConfig, weight_shapes
 
-__all__ = ["TINY_BUILD_VERSION", "TINY_NAME", "TINY_CONFIG", "build_tiny_random", "tiny_weights"]
+__all__ = [
+    "TINY_BUILD_VERSION",
+    "TINY_CHAT_TEMPLATE",
+    "TINY_NAME",
+    "TINY_CONFIG",
+    "build_tiny_random",
+    "tiny_weights",
+]
 
-TINY_BUILD_VERSION = 3  # 3: logits_to_keep
+TINY_BUILD_VERSION = 4  # 3: logits_to_keep; 4: a chat template
 TINY_NAME = "tiny-random-cl100k"
 TINY_CONFIG = LlamaConfig(
     vocab_size=100_277,
@@ -39,6 +46,15 @@ TINY_CONFIG = LlamaConfig(
     tie_word_embeddings=False,
     max_position=2048,
 )
+#: The tiny model's chat template (it was never tuned on one: this one is ours, so that the
+#: chat endpoint's tests run on it). Each message is ``role: content`` and the end-of-text
+#: token; the reply begins after ``assistant:``, and the model's end token ends it.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] + ': ' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+)
 _MANIFEST = {
     "format": "refsampler-model/1",
     "name": TINY_NAME,
@@ -47,6 +63,7 @@ _MANIFEST = {
     "context_length": TINY_CONFIG.max_position,
     "eos_token_ids": [100257],
     "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260},
+    "chat": {"template": TINY_CHAT_TEMPLATE, "eos_token": "<|endoftext|>", "source": "refsampler"},
 }
 # Standard deviation x sqrt(fan_in) per weight kind. The head's sets the logits' spread
 # (rms-normed input, so row std ~ _GAIN["lm_head"]); q/k make attention non-uniform; v/o/mlp

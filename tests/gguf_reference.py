@@ -122,9 +122,11 @@ def write_tiny_gguf(
     pre: str = "smollm",
     extra_tensors: dict[str, np.ndarray] | None = None,
     replace: dict[str, np.ndarray] | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """A random Llama GGUF; matrices stored as ``qtype``, norms F32 (as llama.cpp does).
-    ``extra_tensors`` are added as they are; ``replace`` swaps generated tensors by name."""
+    ``extra_tensors`` are added as they are; ``replace`` swaps generated tensors by name;
+    ``chat_template`` is written as ``tokenizer.chat_template`` (BOS 1, padding 2)."""
     import gguf
     from gguf.quants import quantize
 
@@ -153,6 +155,10 @@ def write_tiny_gguf(
     w.add_token_types(types)
     w.add_token_merges(merges)
     w.add_eos_token_id(2)  # <|im_end|>, as SmolLM2-Instruct
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+        w.add_bos_token_id(1)
+        w.add_pad_token_id(2)
 
     def matrix(name: str, rows: int, cols: int, gain: float | None) -> None:
         x = rng.standard_normal((rows, cols)).astype(np.float32)

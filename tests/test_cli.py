@@ -112,3 +112,52 @@ def test_models_lists_the_tiny_model(capsys):
 def test_n_above_one_prints_each_choice(capsys):
     code, out, _ = run(capsys, "complete", "x", "--n", "2", "--max-tokens", "2", "--seed", "1")
     assert code == 0 and "--- choice 0 (length) ---" in out and "--- choice 1" in out
+
+
+def test_chat_one_message_streams_the_json_reply(capsys):
+    flags = ["--max-tokens", "5", "--seed", "2", "--temperature", "0.8", "--system", "Be brief."]
+    code, out, err = run(capsys, "chat", "Hi", *flags)
+    assert code == 0 and err == ""
+    code, js, _ = run(capsys, "chat", "Hi", *flags, "--json", "--logprobs", "2")
+    reply = json.loads(js)
+    assert out == reply["choices"][0]["message"]["content"] + "\n"
+    assert len(reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+    from sampler import Engine
+
+    want = Engine.load("tiny-random-cl100k").chat(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=5,
+        seed=2,
+        temperature=0.8,
+    )
+    assert reply["choices"][0]["message"] == want["choices"][0]["message"]
+
+
+def test_chat_conversation_keeps_the_history(capsys, monkeypatch):
+    from sampler import Engine
+
+    engine = Engine.load("tiny-random-cl100k")
+    monkeypatch.setattr("sys.stdin", io.StringIO("first\nsecond\n/reset\nthird\n/exit\nnever\n"))
+    code, out, err = run(capsys, "chat", "--max-tokens", "4", "--seed", "7")
+    assert code == 0 and "(history cleared)" in err
+    first = engine.chat(messages=[{"role": "user", "content": "first"}], max_tokens=4, seed=7)
+    a = first["choices"][0]["message"]["content"]
+    history = [{"role": "user", "content": "first"}, {"role": "assistant", "content": a}]
+    second = engine.chat(
+        messages=[*history, {"role": "user", "content": "second"}], max_tokens=4, seed=7
+    )
+    third = engine.chat(messages=[{"role": "user", "content": "third"}], max_tokens=4, seed=7)
+    replies = [
+        a,
+        second["choices"][0]["message"]["content"],
+        third["choices"][0]["message"]["content"],
+    ]
+    assert out == "".join(r + "\n" for r in replies)
+
+
+def test_chat_refusal_exit_2_and_the_conversation_goes_on(capsys, monkeypatch):
+    code, _, err = run(capsys, "chat", "Hi", "--top-p", "3")
+    assert code == 2 and "(param: top_p)" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\n"))
+    code, out, err = run(capsys, "chat", "--max-tokens", "2", "--logit-bias", "100258=1")
+    assert code == 2 and "(param: logit_bias)" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import chat_templates
 import gguf_reference as ref
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sampler import cli
+from sampler.chat_template import render
 from sampler.convert import convert_gguf
 from sampler.decoder import Decoder
 from sampler.engine import Engine
@@ -253,12 +255,21 @@ def test_unrepresentable_bytes_refused(tok):
 
 
 def test_cli_convert_end_to_end(tmp_path, capsys):
-    src = ref.write_tiny_gguf(tmp_path / "tiny.Q8_0.gguf", "Q8_0", tied=True)
+    src = ref.write_tiny_gguf(
+        tmp_path / "tiny.Q8_0.gguf", "Q8_0", tied=True, chat_template=chat_templates.SMOLLM2
+    )
     assert cli.main(["convert", str(src)]) == 0
     out = tmp_path / "tiny.Q8_0"
     assert capsys.readouterr().out.strip() == str(out)
     manifest = json.loads((out / "refsampler.json").read_text())
     assert manifest["eos_token_ids"] == [0, 2] and manifest["fim"] is None
+    assert manifest["chat"] == {
+        "template": chat_templates.SMOLLM2,
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "source": "gguf tokenizer.chat_template",
+    }
     assert manifest["tokenizer"]["file"] == "tokenizer.tiktoken"
     assert {"model.onnx", "refsampler.json", "tokenizer.tiktoken"} <= {
         p.name for p in out.iterdir()
@@ -266,6 +277,13 @@ def test_cli_convert_end_to_end(tmp_path, capsys):
 
     engine = Engine.load(out)
     assert engine.name == "tiny.Q8_0"
+    hi = [{"role": "user", "content": "Hi"}]
+    chat = engine.chat(messages=hi, max_tokens=4, seed=1, logit_bias={"2": 100})
+    assert chat["choices"][0]["finish_reason"] == "stop"  # <|im_end|> ends the reply
+    assert chat["usage"]["prompt_tokens"] == len(
+        engine.tokenizer.encode(render(engine.info.chat, hi))
+    )
+    assert engine.tokenizer.encode(render(engine.info.chat, hi))[:1] == [1]  # <|im_start|>
     r = engine.complete(prompt="The capital of France is", max_tokens=6, seed=1, logprobs=2)
     assert r["usage"]["prompt_tokens"] == 5 and len(r["choices"][0]["logprobs"]["tokens"]) <= 6
 

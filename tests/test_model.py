@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from sampler.decoder import Decoder
 from sampler.kvcache import KVCache, SharedKVCache
-from sampler.model import FimTokens, load_config
+from sampler.model import ChatConfig, FimTokens, load_config
 from sampler.onnx_llama import LlamaConfig, build_llama, random_weights, save_model
 from sampler.tiny import TINY_BUILD_VERSION, build_tiny_random
 
@@ -115,6 +115,17 @@ def test_fim_may_be_null(tmp_path, model_dir):
     assert load_config(tmp_path).fim is None
 
 
+def test_chat_may_be_absent_or_null_or_a_template(tmp_path, model_dir):
+    (tmp_path / "model.onnx").symlink_to(model_dir / "model.onnx")
+    for chat, want in [
+        (None, None),
+        ({"template": "t", "eos_token": "</s>"}, ChatConfig("t", eos_token="</s>")),
+    ]:
+        (tmp_path / "refsampler.json").write_text(json.dumps(manifest(chat=chat)))
+        assert load_config(tmp_path).chat == want
+    assert "chat" not in manifest() and load_config(model_dir).chat is None
+
+
 def test_digest_sidecar_is_used_and_invalidated(tmp_path):
     folder = write_model(tmp_path / "m")
     onnx_file, sidecar = folder / "model.onnx", folder / "model.onnx.sha256"
@@ -154,6 +165,10 @@ def test_missing_field_is_named(tmp_path, model_dir, field):
         ("eos_token_ids", [-1]),
         ("fim", {"prefix": 1, "middle": 2}),
         ("fim", [1, 2, 3]),
+        ("chat", "{{ messages }}"),
+        ("chat", {"template": ""}),
+        ("chat", {"template": "x", "eos_token": 2}),
+        ("chat", {"template": "x", "colour": "red"}),
     ],
 )
 def test_bad_field_is_named(tmp_path, model_dir, field, value):
