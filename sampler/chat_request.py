@@ -32,7 +32,6 @@ from typing import Any
 
 from .errors import RequestError
 from .fields import (
-    RANGES,
     Limits,
     ModelInfo,
     check_limits,
@@ -51,6 +50,7 @@ __all__ = [
     "chat_prompt",
     "messages_field",
     "CHAT_FIELDS",
+    "CHAT_RANGES",
     "UNSUPPORTED_FIELDS",
     "ROLES",
 ]
@@ -99,6 +99,13 @@ UNSUPPORTED_FIELDS = (
     "prompt_cache_key",
     "safety_identifier",
 )
+
+#: The chat endpoint's own numeric fields, as :data:`sampler.fields.RANGES` holds the
+#: shared ones: ``(default, minimum, maximum)``.
+CHAT_RANGES: dict[str, tuple[int | None, int | None, int | None]] = {
+    "max_completion_tokens": (None, 1, None),
+    "top_logprobs": (None, 0, 20),
+}
 
 #: Message roles, and the role each is rendered as.
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -269,7 +276,7 @@ def _content(value: Any, where: str) -> str:
 def _top_logprobs(body: Mapping) -> int | None:
     """The alternatives to report per token (None: no logprobs)."""
     wanted = boolean(body, "logprobs")
-    k = integer(body, "top_logprobs", *RANGES["top_logprobs"])
+    k = integer(body, "top_logprobs", *CHAT_RANGES["top_logprobs"])
     if k is not None and not wanted:
         raise RequestError(
             "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
@@ -281,8 +288,8 @@ def _top_logprobs(body: Mapping) -> int | None:
 
 def _max_tokens(body: Mapping) -> int | None:
     """``max_completion_tokens`` or ``max_tokens`` (None: the rest of the context)."""
-    newer = integer(body, "max_completion_tokens", *RANGES["max_completion_tokens"])
-    older = integer(body, "max_tokens", *RANGES["max_completion_tokens"])
+    newer = integer(body, "max_completion_tokens", *CHAT_RANGES["max_completion_tokens"])
+    older = integer(body, "max_tokens", *CHAT_RANGES["max_completion_tokens"])
     if newer is not None and older is not None:
         raise RequestError(
             "Invalid 'max_tokens': send either 'max_completion_tokens' or the older "

@@ -92,9 +92,6 @@ RANGES: dict[str, tuple[Any, Any, Any]] = {
     "logit_bias": (None, -100, 100),
     "seed": (None, INT64_MIN, INT64_MAX),
     "sampling_trace": (None, 0, 20),
-    # the chat endpoint's own (sampler.chat_request)
-    "max_completion_tokens": (None, 1, None),
-    "top_logprobs": (None, 0, 20),
 }
 
 KNOWN_FIELDS = frozenset(
