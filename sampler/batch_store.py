@@ -55,6 +55,20 @@ class FolderBusy(RuntimeError):
     """Another server holds the batch folder."""
 
 
+def held(root: str | os.PathLike) -> bool:
+    """Whether a running server holds the batch folder ``root`` now."""
+    lock = Path(root) / "runner.lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 

@@ -342,14 +342,22 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    from .batch_store import FolderBusy
+    from .batch_store import FolderBusy, held
     from .registry import cache_dir, default_model
 
+    batch_dir: str | None = args.batch_dir or str(cache_dir() / "batches")
+    if args.batch_dir is None and held(batch_dir):  # a second server at the defaults
+        print(
+            f"warning: another server runs the Batch API in {batch_dir}; this one serves "
+            "without /v1/files and /v1/batches (give it its own --batch-dir for them)",
+            file=sys.stderr,
+        )
+        batch_dir = None
     config = ServerConfig(
         api_key=args.api_key,
         max_sequences=args.max_batch,
         max_waiting=args.max_queue,
-        batch_dir=args.batch_dir or str(cache_dir() / "batches"),
+        batch_dir=batch_dir,
         max_upload_bytes=args.max_upload_mb * 2**20,
     )
     try:

@@ -186,6 +186,28 @@ def test_one_server_per_batch_dir(engine, tmp_path):
         app.state.shutdown()
 
 
+def test_a_second_server_at_the_default_folder_serves_without_batches(
+    engine, tmp_path, monkeypatch, capsys
+):
+    from sampler import cli, server
+    from sampler.registry import cache_dir
+
+    seen = []
+    monkeypatch.setattr(server, "serve", lambda models, **kw: seen.append(kw["config"]))
+    app = create_app(engine, ServerConfig(batch_dir=str(cache_dir() / "batches")))
+    try:
+        assert cli.main(["serve", "--model", MODEL]) == 0  # the default folder is held
+        assert seen[-1].batch_dir is None
+        assert "serves without /v1/files and /v1/batches" in capsys.readouterr().err
+        mine = str(cache_dir() / "batches")
+        assert cli.main(["serve", "--model", MODEL, "--batch-dir", mine]) == 0
+        assert seen[-1].batch_dir == mine  # (named: then create_app refuses it, exit 2)
+    finally:
+        app.state.shutdown()
+    assert cli.main(["serve", "--model", MODEL]) == 0  # free again: the Batch API is on
+    assert seen[-1].batch_dir == str(cache_dir() / "batches") and capsys.readouterr().err == ""
+
+
 def _serve(home, port):
     cmd = [sys.executable, "-m", "sampler.cli", "serve", "--model", MODEL, "--port", str(port)]
     cmd += ["--max-batch", "8"]  # requests finish one after another, not all in one step
