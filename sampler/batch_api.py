@@ -1,9 +1,10 @@
 """``/v1/files`` and ``/v1/batches``: OpenAI's Batch API, served (``sampler serve``).
 
 Upload a JSONL file with ``purpose=batch``, create a batch on it with
-``endpoint="/v1/completions"``, poll it, download ``output_file_id`` and
-``error_file_id``; cancel it. The official SDK's ``client.files`` and ``client.batches``
-work unchanged. State lives in a :class:`~sampler.batch_store.Store`; the work is done by a
+``endpoint="/v1/completions"`` (or ``"/v1/chat/completions"``: every line must name the
+batch's endpoint), poll it, download ``output_file_id`` and ``error_file_id``; cancel it.
+The official SDK's ``client.files`` and ``client.batches`` work unchanged. State lives in a
+:class:`~sampler.batch_store.Store`; the work is done by a
 :class:`~sampler.batch_runner.Runner`, in the background of interactive requests.
 """
 
@@ -22,7 +23,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from .batch_file import URL
+from .batch_file import URLS
 from .batch_runner import Runner
 from .batch_store import DONE, Store
 from .web import JSON, error_response, read_json, route
@@ -187,11 +188,10 @@ def batch_routes(
             return error_response(
                 400, "input_file_id is required (a file id).", param="input_file_id"
             )
-        if endpoint != URL:
+        if endpoint not in URLS:
             return error_response(
                 400,
-                f"endpoint must be {URL!r} (the only one batched here), "
-                f"got {str(endpoint)[:60]!r}.",
+                f"endpoint must be {URLS[0]!r} or {URLS[1]!r}, got {str(endpoint)[:60]!r}.",
                 param="endpoint",
             )
         if window not in WINDOWS:

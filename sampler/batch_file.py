@@ -1,6 +1,7 @@
-"""Offline batches: OpenAI's Batch API file format for ``/v1/completions``, run locally.
+"""Offline batches: OpenAI's Batch API file format, run locally.
 
-Input lines are ``{"custom_id", "method": "POST", "url": "/v1/completions", "body"}``;
+Input lines are ``{"custom_id", "method": "POST", "url": "/v1/completions", "body"}`` (or
+``"url": "/v1/chat/completions"`` with a chat body: lines of both kinds may share a file);
 output lines are what OpenAI writes, ``{"id", "custom_id", "response": {"status_code",
 "request_id", "body"}, "error": null}``. A request the contract rejects gets the 4xx body
 the server would send, as its response. A line that is not a request at all (invalid
@@ -30,12 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .chat_request import parse_chat_request
 from .errors import RequestError, request_id, server_error
 from .params import parse_request
 
 __all__ = ["Answers", "BatchSummary", "pending", "read_lines", "run_batch"]
 
 URL = "/v1/completions"
+CHAT_URL = "/v1/chat/completions"
+URLS = (URL, CHAT_URL)  # the endpoints a line may name (each parsed as that endpoint does)
 log = logging.getLogger("sampler.batch_file")
 
 
@@ -70,6 +74,7 @@ class _Line:
     custom_id: str | None
     body: dict[str, Any] | None
     problem: tuple[str, str] | None  # (code, message) of a line that is not a request
+    url: str = URL  # the endpoint it names
 
 
 def read_lines(path: str | os.PathLike) -> Iterator[_Line]:
@@ -110,17 +115,17 @@ def _check_line(number: int, text: str, seen: set[str]) -> _Line:
     seen.add(cid)
     if obj.get("method") != "POST":
         return bad("invalid_method", f"Line {number}: method must be 'POST'.", cid)
-    if obj.get("url") != URL:
+    url = obj.get("url")
+    if url not in URLS:
         return bad(
             "invalid_url",
-            f"Line {number}: url must be {URL!r} (this batch "
-            f"runs Completions only), got {str(obj.get('url'))[:80]!r}.",
+            f"Line {number}: url must be {URL!r} or {CHAT_URL!r}, got {str(url)[:80]!r}.",
             cid,
         )
     body = obj.get("body")
     if not isinstance(body, dict):
         return bad("invalid_body", f"Line {number}: body must be a JSON object.", cid)
-    return _Line(number, cid, body, None)
+    return _Line(number, cid, body, None, url)
 
 
 def _done(path: Path) -> set[str]:
@@ -231,7 +236,11 @@ class Answers:
         self.jobs: dict[str, Any] = {}  # custom_id -> its running Job (for cancel)
 
     def submit(
-        self, cid: str, body: dict[str, Any], stop: Callable[[], bool] | None = None
+        self,
+        cid: str,
+        body: dict[str, Any],
+        stop: Callable[[], bool] | None = None,
+        url: str = URL,
     ) -> bool:
         """Answer one body: at once when the contract rejects it, else when it finishes.
         Waits for a free slot; returns False, with no record, when ``stop()`` becomes true
@@ -243,7 +252,8 @@ class Answers:
                     param="stream",
                     code="invalid_value",
                 )
-            req = parse_request(body, self.sched.engine.info, self.limits)  # model required
+            parse = parse_chat_request if url == CHAT_URL else parse_request
+            req = parse(body, self.sched.engine.info, self.limits)  # model required
         except RequestError as err:
             self.on_record(_record(cid, err.status, err.to_dict()), "rejected", 0)
             return True
@@ -346,9 +356,9 @@ def _start(out: Path, errs: Path | None, resume: bool) -> tuple[set[str], _Write
 
 def pending(
     input_path: str | os.PathLike, done: set[str], writer: _Writer, summary: BatchSummary
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The requests still to run, ``(custom_id, body)``; bad lines are written on the way
-    and what ``done`` holds is skipped, both counted in ``summary``."""
+) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """The requests still to run, ``(custom_id, body, url)``; bad lines are written on the
+    way and what ``done`` holds is skipped, both counted in ``summary``."""
     for line in read_lines(input_path):
         summary.lines += 1
         key = line.custom_id if line.problem is None else f"line:{line.number}"
@@ -362,7 +372,7 @@ def pending(
             summary.bad_lines += 1
             continue
         assert line.body is not None and line.custom_id is not None
-        yield line.custom_id, line.body
+        yield line.custom_id, line.body, line.url
 
 
 def count_lines(path: str | os.PathLike) -> int:
@@ -414,10 +424,10 @@ def run_batch(
     answers = Answers(sched, on_record, in_flight=in_flight)
     try:
         passed = 0  # skipped and bad lines the bar has counted
-        for cid, body in pending(input_path, done, writer, summary):
+        for cid, body, url in pending(input_path, done, writer, summary):
             bar.update(summary.skipped + summary.bad_lines - passed)
             passed = summary.skipped + summary.bad_lines
-            answers.submit(cid, body)
+            answers.submit(cid, body, url=url)
         bar.update(summary.skipped + summary.bad_lines - passed)
         answers.drain()
     finally:

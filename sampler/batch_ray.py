@@ -2,7 +2,7 @@
 
 The driver reads the input, writes the error lines of bad lines and skips what a resumed
 output holds, exactly as the local run does (:func:`sampler.batch_file.pending`). The good
-lines become a Ray Dataset of ``(custom_id, body)`` rows; ``map_batches`` hands blocks of
+lines become a Ray Dataset of ``(custom_id, body, url)`` rows; ``map_batches`` hands blocks of
 them to a pool of actors, each holding one :class:`~sampler.engine.Engine` (loaded once per
 actor) and one continuously batched scheduler; the records stream back to the driver, which
 appends and flushes each line as the local run does. A seeded request's body does not
@@ -55,8 +55,8 @@ class _Worker:
                 records.append((record_json(record), kind, tokens))
 
         answers = Answers(self.sched, on_record, in_flight=BLOCK)
-        for cid, body in zip(rows["custom_id"], rows["body"]):
-            answers.submit(str(cid), json.loads(str(body)))
+        for cid, body, url in zip(rows["custom_id"], rows["body"], rows["url"]):
+            answers.submit(str(cid), json.loads(str(body)), url=str(url))
         answers.drain()
         return {
             "record": np.array([r[0] for r in records], dtype=object),
@@ -114,8 +114,8 @@ def run_batch_ray(
     started = not ray.is_initialized()
     try:
         rows = [
-            {"custom_id": cid, "body": json.dumps(body)}
-            for cid, body in pending(input_path, done, writer, summary)
+            {"custom_id": cid, "body": json.dumps(body), "url": url}
+            for cid, body, url in pending(input_path, done, writer, summary)
         ]
         bar.update(summary.skipped + summary.bad_lines)
         if rows:

@@ -102,6 +102,16 @@ class Runner:
                 total += 1
                 if line.problem is not None and len(problems) < MAX_ERRORS:
                     problems.append((*line.problem, line.number))
+                elif line.problem is None and line.url != batch["endpoint"]:
+                    if len(problems) < MAX_ERRORS:
+                        problems.append(
+                            (
+                                "invalid_url",
+                                f"Line {line.number}: url {line.url!r} does not match the "
+                                f"batch's endpoint {batch['endpoint']!r}.",
+                                line.number,
+                            )
+                        )
                 elif line.problem is None and line.body is not None:
                     model = line.body.get("model")
                     unknown = isinstance(model, str) and model not in self.schedulers
@@ -174,7 +184,7 @@ class Runner:
                 model = line.body.get("model")
                 target = answers.get(model, first) if isinstance(model, str) else first
                 # waits while IN_FLIGHT are out; False: stopped meanwhile, no record
-                if not target.submit(line.custom_id, line.body, stop=save) or save():
+                if not target.submit(line.custom_id, line.body, stop=save, url=line.url) or save():
                     stopped = True
                     break
             while not stopped and any(a.running for a in answers.values()):

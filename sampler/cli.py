@@ -345,10 +345,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .batch_store import FolderBusy, held
     from .registry import cache_dir, default_model
 
-    batch_dir: str | None = args.batch_dir or str(cache_dir() / "batches")
-    if args.batch_dir is None and held(batch_dir):  # a second server at the defaults
+    default = str(cache_dir() / "batches")
+    batch_dir: str | None = args.batch_dir or default
+    if args.batch_dir is None and held(default):  # a second server at the defaults
         print(
-            f"warning: another server runs the Batch API in {batch_dir}; this one serves "
+            f"warning: another server runs the Batch API in {default}; this one serves "
             "without /v1/files and /v1/batches (give it its own --batch-dir for them)",
             file=sys.stderr,
         )

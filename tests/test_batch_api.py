@@ -86,6 +86,42 @@ def test_sdk_runs_a_batch_end_to_end(engine, served, tmp_path):
         client.files.content(done.output_file_id)
 
 
+def test_a_chat_batch_and_a_line_of_the_other_endpoint(engine, served):
+    client, _ = served
+    chats = {
+        f"c{i}": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"Hi {i}"}],
+            "max_tokens": 4,
+            "seed": i,
+        }
+        for i in range(3)
+    }
+    data = "".join(_line(c, b, url="/v1/chat/completions") + "\n" for c, b in chats.items())
+    f = client.files.create(file=("chat.jsonl", data.encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = _wait(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 3
+    for r in _lines(client.files.content(done.output_file_id).content):
+        assert _stable(r["response"]["body"]) == _stable(engine.chat(chats[r["custom_id"]]))
+    # a Completions line in a chat batch fails it at validation, naming the line
+    mixed = data + _line("p", {"model": MODEL, "prompt": "x"}) + "\n"
+    f = client.files.create(file=("mixed.jsonl", mixed.encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    failed = _wait(client, batch.id)
+    assert failed.status == "failed"
+    assert [(e.line, e.code) for e in failed.errors.data] == [(4, "invalid_url")]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(
+            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+    assert e.value.body["param"] == "endpoint"
+
+
 def test_sdk_cancels_a_running_batch(served):
     client, _ = served
     bodies = {k: {**b, "max_tokens": 60} for k, b in _bodies(60).items()}

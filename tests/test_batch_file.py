@@ -73,6 +73,38 @@ def test_each_body_equals_engine_complete(engine, tmp_path):
     assert summary.tokens == sum(r["response"]["body"]["usage"]["completion_tokens"] for r in recs)
 
 
+def test_chat_lines_beside_completions_lines(engine, tmp_path):
+    chats = {
+        f"c{i}": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"Question {i}?"}],
+            "max_completion_tokens": 5 + i,
+            "seed": i,
+            "logprobs": i % 2 == 0,
+            "n": 1 + i % 2,
+        }
+        for i in range(4)
+    }
+    chats["c_bad"] = {"model": MODEL, "messages": [], "max_tokens": 2}
+    bodies = _bodies(4)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [_line(cid, b) for cid, b in bodies.items()]
+    lines += [_line(cid, b, url="/v1/chat/completions") for cid, b in chats.items()]
+    src.write_text("\n".join(lines) + "\n")
+    summary = run_batch(engine, src, out)
+    assert (summary.completed, summary.rejected) == (8, 1)
+    got = {r["custom_id"]: r["response"] for r in _read(out)}
+    for cid, body in chats.items():
+        if cid == "c_bad":
+            assert got[cid]["status_code"] == 400
+            assert got[cid]["body"]["error"]["param"] == "messages"
+            continue
+        assert got[cid]["body"]["object"] == "chat.completion"
+        assert _stable(got[cid]["body"]) == _stable(engine.chat(body))
+    for cid, body in bodies.items():
+        assert _stable(got[cid]["body"]) == _stable(engine.complete(body))
+
+
 def test_bad_lines_get_their_own_error_lines(engine, tmp_path):
     good = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, "seed": 1}
     lines = [
@@ -81,7 +113,7 @@ def test_bad_lines_get_their_own_error_lines(engine, tmp_path):
         "[1, 2]",
         _line("ok1", good),  # a duplicate custom_id
         _line("m", good, method="GET"),
-        _line("u", good, url="/v1/chat/completions"),
+        _line("u", good, url="/v1/embeddings"),
         _line("b", [1]),
         json.dumps({"method": "POST", "url": "/v1/completions", "body": good}),
         "",

@@ -42,9 +42,12 @@ def test_ray_with_two_workers_equals_the_local_run_and_resumes(tiny_model_dir, t
     with open(src, "a") as f:  # bad lines and a rejected body go through the driver
         f.write("not json\n" + _line("r3", {"model": MODEL}) + "\n")
         f.write(_line("bad_t", {"model": MODEL, "prompt": "x", "temperature": -1}) + "\n")
-    assert run_batch(Engine.load(tiny_model_dir), src, local).lines == 43
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+        f.write(_line("chat", {**chat, "seed": 4}, url="/v1/chat/completions") + "\n")
+    assert run_batch(Engine.load(tiny_model_dir), src, local).lines == 44
     whole = {_key(r): _comparable(r) for r in _read(local)}
-    assert len(whole) == 43  # 40, bad_t, and error lines for the invalid JSON and repeated r3
+    assert len(whole) == 44  # 40, bad_t, chat, error lines for the invalid JSON and repeated r3
+    assert whole["chat"]["response"]["body"]["object"] == "chat.completion"
     # a run that died after 10 lines, in the middle of the 11th: --resume finishes it on Ray
     kept = _read(local)[:10]
     ray_out.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"id": "batch_req_x')
