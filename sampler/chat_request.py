@@ -13,7 +13,8 @@ exactly as the Completions request for the rendered prompt with the same fields 
 - ``developer`` messages are rendered as ``system`` ones (templates know only ``system``);
   text parts of one message are joined with a newline;
 - fields of OpenAI's chat API that this server does not implement (``tools``,
-  ``response_format``, ``audio`` ...) are refused by name unless null, never ignored.
+  ``response_format``, ``audio`` ...) are refused by name, never ignored, unless null or a
+  value that asks for nothing more (``tools: []``, ``store: false``, ``metadata``, ...).
 
 >>> from sampler.model import ChatConfig
 >>> from sampler.tokenizer import get_tokenizer
@@ -133,8 +134,18 @@ def parse_chat_request(body: Any, info: ModelInfo, limits: Limits | None = None)
     if limits is not None:
         check_limits(1, n, n, False, limits)
     prompt = chat_prompt(info, messages)
-    max_tokens = info.context_length - len(prompt.tokens) if limit is None else limit
-    check_context((prompt,), max(max_tokens, 1), info)
+    if limit is None:  # the rest of the context, which must hold at least one token
+        room = info.context_length - len(prompt.tokens)
+        if room < 1:
+            raise RequestError(
+                f"This model's maximum context length is {info.context_length} tokens, and "
+                f"the rendered messages take {len(prompt.tokens)}, which leaves no room for "
+                "a reply. Shorten the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+    max_tokens = room if limit is None else limit
+    check_context((prompt,), max_tokens, info)
     return Request(
         model=model,
         prompts=(prompt,),
@@ -156,7 +167,7 @@ def _check_fields(body: Any) -> Mapping:
             f"object, but what was sent was {json_type(body)}."
         )
     for name in body:
-        if name in UNSUPPORTED_FIELDS and body[name] is not None:
+        if name in UNSUPPORTED_FIELDS and not _neutral(name, body[name]):
             raise RequestError(
                 f"Invalid '{name}': this server does not implement '{name}'; remove it "
                 "(see docs/chat.md for the fields it takes).",
@@ -169,6 +180,25 @@ def _check_fields(body: Any) -> Mapping:
                 param=name if isinstance(name, str) else None,
             )
     return body
+
+
+#: Values of unimplemented fields that ask for nothing this server does not already do.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "tools": ([],),
+    "functions": ([],),
+    "parallel_tool_calls": (True, False),  # (no tools: nothing to call in parallel)
+    "modalities": (["text"],),
+    "store": (False,),
+    "service_tier": ("auto", "default"),
+}
+
+
+def _neutral(name: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if name == "metadata":  # tags for OpenAI's stored completions: nothing is stored here
+        return isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())
+    return any(type(value) is type(v) and value == v for v in _NEUTRAL.get(name, ()))
 
 
 def messages_field(body: Mapping) -> list[dict[str, str]]:
@@ -203,10 +233,12 @@ def _message(m: Any, where: str) -> dict[str, str]:
             param=f"{where}.role",
             code="missing_required_parameter",
         )
+    if not isinstance(role, str):
+        raise type_error(f"{where}.role", "a string", role)
     if role not in ROLES:
         raise RequestError(
-            f"Invalid value for '{where}.role': {clip(role) if isinstance(role, str) else role!r}"
-            ". This server takes 'system', 'developer', 'user' and 'assistant' messages "
+            f"Invalid value for '{where}.role': {clip(valid_text(f'{where}.role', role))}. "
+            "This server takes 'system', 'developer', 'user' and 'assistant' messages "
             "(no tools, so no 'tool' or 'function' messages).",
             param=f"{where}.role",
             code="invalid_value",

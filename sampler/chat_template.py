@@ -9,8 +9,10 @@ messages give the same text: Jinja2's immutable sandbox (a template can read its
 but not change them, nor reach Python's internals), ``trim_blocks`` and ``lstrip_blocks``,
 the ``loopcontrols`` extension, the ``{% generation %}`` block (rendered as its body), a
 ``tojson`` filter that keeps non-ASCII text, and the globals ``raise_exception(message)``
-and ``strftime_now(format)``. The variables are ``messages``, ``add_generation_prompt``
-and the special-token texts ``bos_token``, ``eos_token``, ``pad_token``.
+and ``strftime_now(format)``. The variables are ``messages``, ``add_generation_prompt``,
+``tools`` and ``documents`` (None: this server takes neither), and the special-token texts
+``bos_token``, ``eos_token``, ``unk_token``, ``pad_token`` that the model has (a token it
+lacks is undefined, as in HF).
 
 The text is then tokenised like a Completions prompt, special tokens included: the markup
 the template writes (``<|im_start|>`` ...) becomes its special tokens, as in HF.
@@ -53,39 +55,49 @@ def render(
 ) -> str:
     """The prompt text of ``messages`` by ``chat``'s template; a template that refuses
     them (``raise_exception``) or fails on them is a 400 naming ``messages``."""
-    import jinja2
-
-    try:
-        template = compile_template(chat.template)
-    except TemplateUnusable as err:
+    template = _compiled(chat.template)
+    if isinstance(template, TemplateUnusable):
         raise RequestError(
-            f"The model's chat template cannot be used: {err}", param="messages"
-        ) from None
+            f"The model's chat template cannot be used: {template}", param="messages"
+        )
+    tokens = {
+        name: value
+        for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+        if (value := getattr(chat, name)) is not None  # (a token the model lacks: undefined)
+    }
     try:
         return template.render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
-            bos_token=chat.bos_token or "",
-            eos_token=chat.eos_token or "",
-            pad_token=chat.pad_token or "",
+            tools=None,
+            documents=None,
+            **tokens,
         )
     except _Raised as err:
         raise RequestError(
             f"Invalid 'messages': the model's chat template refused them: {err}",
             param="messages",
         ) from None
-    except (jinja2.TemplateError, TypeError, ValueError, LookupError) as err:
+    except Exception as err:  # whatever the template's own code does with these messages
         raise RequestError(
             f"Invalid 'messages': the model's chat template could not render them "
-            f"({type(err).__name__}: {err}).",
+            f"({type(err).__name__}: {str(err)[:200]}).",
             param="messages",
         ) from None
 
 
 @functools.lru_cache(maxsize=16)
+def _compiled(source: str) -> jinja2.Template | TemplateUnusable:
+    """The compiled template, or why it does not compile (both cached: a broken template
+    is not compiled again for each request)."""
+    try:
+        return compile_template(source)
+    except TemplateUnusable as err:
+        return err
+
+
 def compile_template(source: str) -> jinja2.Template:
-    """The compiled template (cached by its text); :class:`TemplateUnusable` if it does
-    not compile."""
+    """The compiled template; :class:`TemplateUnusable` if it does not compile."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -101,6 +113,8 @@ def compile_template(source: str) -> jinja2.Template:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as err:
         raise TemplateUnusable(f"line {err.lineno}: {err.message}") from None
+    except Exception as err:  # (Jinja's compiler raises Python's SyntaxError, and others)
+        raise TemplateUnusable(f"{type(err).__name__}: {str(err)[:200]}") from None
 
 
 def _raise(message: str) -> None:

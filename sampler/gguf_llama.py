@@ -150,7 +150,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
 
 def chat_template(meta: _Meta, tokens: list) -> dict[str, str | None] | None:
     """The ``chat`` entry of the model folder: ``tokenizer.chat_template`` and the texts of
-    the BOS, EOS and padding tokens it is rendered with (None: the file has no template)."""
+    the BOS, EOS, unknown and padding tokens it is rendered with (None: no template)."""
     template = meta.get("tokenizer.chat_template", str, None)
     if not template:
         return None
@@ -163,6 +163,7 @@ def chat_template(meta: _Meta, tokens: list) -> dict[str, str | None] | None:
         "template": template,
         "bos_token": text("bos"),
         "eos_token": text("eos"),
+        "unk_token": text("unknown"),
         "pad_token": text("padding"),
         "source": "gguf tokenizer.chat_template",
     }

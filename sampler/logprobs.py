@@ -48,8 +48,8 @@ def top_logprobs(
     """The ``k`` most probable ids of each row and their logprobs, most probable first.
 
     Ties go to the lower id. No sort: block maxima (:mod:`sampler._fast.topk`) search only
-    the blocks that can hold the answer (``k`` is at most 5 in the API). Returns
-    ``(ids [B, k], logprobs [B, k])``.
+    the blocks that can hold the answer (``k`` is at most 20 in the API: chat's
+    ``top_logprobs``). Returns ``(ids [B, k], logprobs [B, k])``.
     """
     if lognorm is None:
         lognorm = log_normalizer(logits)

@@ -7,7 +7,7 @@ A model folder holds::
                        "eos_token_ids": [100257],
                        "fim": {"prefix": 100258, "middle": 100259, "suffix": 100260} | null,
                        "chat": {"template": ..., "bos_token": ..., "eos_token": ...,
-                                "pad_token": ...} | absent}
+                                "unk_token": ..., "pad_token": ...} | absent}
     model.onnx        a decoder with the HF/Optimum KV-cache I/O names (see sampler.onnx_llama)
 
 ``tokenizer`` is a registered name (``cl100k_base``) or an object describing a byte-level BPE
@@ -65,6 +65,7 @@ class ChatConfig:
     eos_token: str | None = None
     pad_token: str | None = None
     source: str | None = None  # where the template came from (/tokenizer_info, the docs)
+    unk_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class _FieldReader:
         if self.raw.get(name, None) is None:
             return None  # absent or null: the model has no chat template
         value = self.get(name, dict)
-        tokens = ("bos_token", "eos_token", "pad_token")
+        tokens = ("bos_token", "eos_token", "unk_token", "pad_token")
         if (
             not isinstance(value.get("template"), str)
             or not value["template"]
@@ -181,7 +182,7 @@ class _FieldReader:
             raise self.error(
                 name,
                 "null or {'template': non-empty string, 'bos_token', 'eos_token', "
-                "'pad_token': string or null, 'source': string}",
+                "'unk_token', 'pad_token': string or null, 'source': string}",
             )
         return ChatConfig(**value)
 

@@ -41,6 +41,7 @@ def tokenizer_info(engine: Any) -> dict[str, Any]:
         "eos_token": eos,
         "bos_token": chat.bos_token if chat is not None else None,
         "pad_token": chat.pad_token if chat is not None else None,
+        "unk_token": chat.unk_token if chat is not None else None,
         "eos_token_ids": list(info.end_ids),
         "add_bos_token": False,
         "chat_template": chat.template if chat is not None else None,
@@ -61,13 +62,24 @@ def tokenize(engine: Any, body: Any) -> dict[str, Any]:
     body = _fields(body, {"model", "prompt", "messages", "add_special_tokens"})
     boolean(body, "add_special_tokens")
     prompt, messages = body.get("prompt"), body.get("messages")
-    if isinstance(prompt, list) and messages is None:  # lm-eval sends messages as "prompt"
+    if (  # lm-eval sends chat messages as "prompt"
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(m, Mapping) for m in prompt)
+        and messages is None
+    ):
         prompt, messages = None, prompt
         body = {"messages": messages}
-    if (prompt is None) == (messages is None):
+    if prompt is None and messages is None:
         raise RequestError(
-            "Send exactly one of 'prompt' (a string) and 'messages' (chat messages).",
+            "Missing required parameter: 'prompt' (a string), or 'messages' (chat messages).",
             param="prompt",
+            code="missing_required_parameter",
+        )
+    if prompt is not None and messages is not None:
+        raise RequestError(
+            "Send one of 'prompt' (a string) and 'messages' (chat messages), not both.",
+            param="messages",
             code="invalid_value",
         )
     if messages is not None:
@@ -92,8 +104,11 @@ def detokenize(engine: Any, body: Any) -> dict[str, Any]:
             param="tokens",
             code="missing_required_parameter",
         )
-    if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
+    if not isinstance(tokens, list):
         raise type_error("tokens", "an array of integers", tokens)
+    for t in tokens:
+        if not is_int(t):
+            raise type_error("tokens", "an array of integers", t)
     tok = engine.tokenizer
     for t in tokens:
         if not tok.is_token(int(t)):

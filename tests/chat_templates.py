@@ -32,3 +32,11 @@ FEATURES = """{{ bos_token }}
     {% if loop.index > 6 %}{% break %}{% endif %}
 {% endfor %}
 {% if add_generation_prompt %}[BOT] {% endif %}"""
+
+#: The variables HF passes beside the messages: tools and documents (None here), and the
+#: special tokens the tokenizer has (a missing one is undefined, not empty).
+VARIABLES = (
+    "{% if tools is not none %}[tools]{% endif %}{% if documents is not none %}[docs]{% endif %}"
+    "{% if pad_token is defined %}[pad {{ pad_token }}]{% endif %}[unk {{ unk_token }}]"
+    "{% for m in messages %}{{ m.role }}={{ m.content }};{% endfor %}"
+)

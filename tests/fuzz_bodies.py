@@ -280,3 +280,79 @@ def bodies(draw: st.DrawFn) -> tuple[Any, bytes]:
         return (obj if isinstance(obj, dict) else None), raw
     obj = draw(body_objects())
     return parsed(obj), dump(obj).encode("ascii")  # (json.dumps escapes non-ASCII)
+
+
+# -- chat bodies (/v1/chat/completions, and /tokenize's messages)
+
+_VALID_MESSAGE = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["system", "developer", "user", "assistant"]),
+        "content": st.one_of(
+            _VALID_TEXT,
+            st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _VALID_TEXT})),
+        ),
+    },
+    optional={"name": _VALID_TEXT},
+)
+_HOSTILE_MESSAGE = st.one_of(
+    _ANY,
+    st.fixed_dictionaries(
+        {"role": st.one_of(_LITERALS, _TEXTS, _ANY), "content": st.one_of(_TEXTS, _ANY)},
+        optional={"name": _ANY, "tool_calls": _ANY, "x" * 3: _ANY},
+    ),
+    st.fixed_dictionaries(
+        {
+            "role": st.just("user"),
+            "content": st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.one_of(st.sampled_from(["text", "image_url"]), _ANY)},
+                    optional={"text": _ANY, "image_url": _ANY},
+                ),
+                max_size=3,
+            ),
+        }
+    ),
+)
+_VALID_CHAT: dict[str, st.SearchStrategy] = {
+    "model": st.just(MODEL),
+    "messages": st.lists(_VALID_MESSAGE, min_size=1, max_size=3),
+    "max_completion_tokens": st.sampled_from([1, 2, 3]),
+    "max_tokens": st.sampled_from([1, 2, 3]),
+    "temperature": _VALID["temperature"],
+    "top_p": _VALID["top_p"],
+    "n": _VALID["n"],
+    "stop": _VALID["stop"],
+    "presence_penalty": _VALID["presence_penalty"],
+    "frequency_penalty": _VALID["frequency_penalty"],
+    "logit_bias": _VALID["logit_bias"],
+    "logprobs": st.booleans(),
+    "top_logprobs": st.integers(0, 20),
+    "seed": _VALID["seed"],
+    "stream": st.booleans(),
+    "stream_options": _VALID["stream_options"],
+    "user": _VALID_TEXT,
+    "logprobs_mode": _VALID["logprobs_mode"],
+    "tools": st.sampled_from([None, [], [{"type": "function"}]]),
+    "store": st.sampled_from([None, False, True]),
+    "metadata": st.sampled_from([None, {}, {"a": "b"}, {"a": 1}]),
+}
+
+
+@st.composite
+def chat_bodies(draw: st.DrawFn) -> tuple[Any, bytes]:
+    """``(obj, raw)`` for the chat endpoint: like :func:`bodies`, with hostile messages."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(bodies())
+    names = draw(st.lists(st.sampled_from(sorted(_VALID_CHAT)), unique=True, max_size=7))
+    if draw(st.integers(0, 9)):
+        names = ["model", "messages", *[n for n in names if n not in ("model", "messages")]]
+    wrong = set(draw(st.lists(st.sampled_from(names), max_size=3))) if names else set()
+    obj: dict[str, Any] = {}
+    for name in names:
+        if name == "messages" and name in wrong:
+            obj[name] = draw(
+                st.one_of(st.lists(st.one_of(_VALID_MESSAGE, _HOSTILE_MESSAGE), max_size=3), _ANY)
+            )
+        else:
+            obj[name] = draw(_bad(name) if name in wrong else _VALID_CHAT[name])
+    return parsed(obj), dump(obj).encode("ascii")

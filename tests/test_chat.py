@@ -71,7 +71,7 @@ def hf_tokenizer():
 
     vocab = models.WordLevel({"<unk>": 0}, unk_token="<unk>")  # (rendering uses no vocabulary)
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(vocab), bos_token="<s>", eos_token="</s>"
+        tokenizer_object=Tokenizer(vocab), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
 
 
@@ -85,13 +85,13 @@ MESSAGE = st.fixed_dictionaries(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     messages=st.lists(MESSAGE, min_size=1, max_size=5),
-    template=st.sampled_from(["SMOLLM2", "FEATURES"]),
+    template=st.sampled_from(["SMOLLM2", "FEATURES", "VARIABLES"]),
     generation=st.booleans(),
 )
 def test_rendering_equals_hf_apply_chat_template(messages, template, generation):
     hf = hf_tokenizer()
     source = getattr(chat_templates, template)
-    chat = ChatConfig(source, bos_token="<s>", eos_token="</s>")
+    chat = ChatConfig(source, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     try:
         want = hf.apply_chat_template(
             messages, chat_template=source, tokenize=False, add_generation_prompt=generation
@@ -347,6 +347,9 @@ def test_sdk_sync_stream_and_async(client, base, engine):
         ({"messages": "Hi"}, "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.[0].role"),
         ({"messages": [{"content": "x"}]}, "messages.[0].role"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages.[0].role"),
+        ({"messages": [{"role": {"a": 1}, "content": "x"}]}, "messages.[0].role"),
+        ({"messages": [{"role": "\ud800", "content": "x"}]}, "messages.[0].role"),
         ({"messages": [{"role": "user"}]}, "messages.[0].content"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.[0].content"),
         (
@@ -373,6 +376,10 @@ def test_sdk_sync_stream_and_async(client, base, engine):
         ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages.[0].content"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"store": True}, "store"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"metadata": {"a": 1}}, "metadata"),
+        ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
         ({"best_of": 2}, "best_of"),
         ({"echo": True}, "echo"),
         ({"top_logprobs": 2}, "top_logprobs"),
@@ -413,7 +420,17 @@ def post(base, body):
 def test_null_unsupported_fields_are_absent(client):
     r = client.post(
         "/chat/completions",
-        body={"model": MODEL, "messages": HI, "max_tokens": 2, "tools": None, "store": None},
+        body={
+            "model": MODEL,
+            "messages": HI,
+            "max_tokens": 2,
+            "tools": [],
+            "store": False,
+            "metadata": {"job": "x"},
+            "parallel_tool_calls": True,
+            "modalities": ["text"],
+            "service_tier": None,
+        },
         cast_to=object,
     )
     assert r["object"] == "chat.completion"
@@ -423,6 +440,11 @@ def test_context_overflow_and_template_refusals(engine, tiny_model_dir, tmp_path
     with pytest.raises(RequestError) as e:
         engine.chat(messages=[{"role": "user", "content": "word " * 2100}])
     assert "maximum context length is 2048" in e.value.message
+    assert e.value.param == "messages" and "leaves no room for a reply" in e.value.message
+    with pytest.raises(RequestError) as e:  # (a length asked for: the Completions message)
+        engine.chat(messages=[{"role": "user", "content": "word " * 2040}], max_tokens=9)
+    # user : (" word" x 2040) " " <|endoftext|> \n assistant :  = 2 + 2040 + 5 tokens
+    assert "(2047 in your prompt; 9 for the completion)" in e.value.message
 
     def with_chat(chat):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
@@ -437,6 +459,16 @@ def test_context_overflow_and_template_refusals(engine, tiny_model_dir, tmp_path
         ({"template": "{% if %}"}, "chat template cannot be used: line 1"),
         ({"template": "{{ raise_exception('no ' + messages[0].role) }}"}, "refused them: no user"),
         ({"template": "{{ messages.pop() }}"}, "could not render them"),  # the sandbox holds
+        ({"template": "{{ 1 / (messages | length - 1) }}"}, "ZeroDivisionError"),
+        ({"template": "{{ 10.0 ** 400 }}"}, "OverflowError"),
+        ({"template": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}, "RecursionError"),
+        (
+            {
+                "template": "{% for m in messages %}{% macro f() %}{% break %}{% endmacro %}"
+                "{% endfor %}"
+            },
+            "chat template cannot be used: SyntaxError",
+        ),
     ]:
         with pytest.raises(RequestError) as e:
             with_chat(chat).chat(messages=HI)

@@ -15,7 +15,7 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 import pytest
-from fuzz_bodies import MODEL, bodies
+from fuzz_bodies import MODEL, bodies, chat_bodies
 from hypothesis import HealthCheck, assume, given, settings
 from serving import running
 
@@ -53,12 +53,10 @@ def _cheap(engine: Engine, obj) -> bool:
     return len(req.prompts) * req.best_of * req.max_tokens <= BUDGET
 
 
-def _post(url, raw: bytes) -> tuple[int, dict, bytes]:
+def _post(url, raw: bytes, path: str = "/v1/completions") -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     try:
-        conn.request(
-            "POST", "/v1/completions", body=raw, headers={"Content-Type": "application/json"}
-        )
+        conn.request("POST", path, body=raw, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -151,3 +149,74 @@ def test_the_library_raises_only_request_errors(engine, case):
             list(out)
     except RequestError as e:
         check_refusal(obj, e.to_dict()["error"])
+
+
+# -- the chat endpoint and /tokenize: the same property
+
+
+def _cheap_chat(engine: Engine, obj) -> bool:
+    from sampler.chat_request import parse_chat_request
+
+    if not isinstance(obj, dict):
+        return True
+    try:
+        req = parse_chat_request({"model": MODEL, **obj}, engine.info)
+    except RequestError:
+        return True
+    return req.n * req.max_tokens <= BUDGET
+
+
+def check_chat_refusal(obj, err: dict) -> None:
+    """As :func:`check_refusal`, but a field inside a message is named by its path
+    (``messages.[0].content.[1].type``)."""
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    param = err["param"]
+    if param is None:
+        return
+    assert isinstance(obj, dict), err
+    top = param.split(".")[0]
+    assert top in {encodable(k) for k in obj} or (
+        err["code"] == "missing_required_parameter" and top in ("model", "messages")
+    ), err
+
+
+@settings(max_examples=EXAMPLES, **_SETTINGS)
+@given(chat_bodies())
+def test_no_chat_body_gets_a_5xx(server, engine, case):
+    url, app = server
+    obj, raw = case
+    assume(_cheap_chat(engine, obj))
+    status, headers, payload = _post(url, raw, "/v1/chat/completions")
+    assert status in (200, 400, 404), (status, payload[:500])
+    if status != 200:
+        check_chat_refusal(obj, json.loads(payload)["error"])
+    elif headers.get("content-type", "").startswith("text/event-stream"):
+        events = [e for e in payload.decode().split("\n\n") if e]
+        assert events[-1] == "data: [DONE]", events[-3:]
+        for e in events[:-1]:
+            assert json.loads(e[len("data: ") :])["object"] == "chat.completion.chunk", e
+    else:
+        assert json.loads(payload)["object"] == "chat.completion"
+    # /tokenize takes the same messages: a 200 or a 400 naming a field, never a 5xx
+    if isinstance(obj, dict) and obj.get("messages") is not None:
+        body = json.dumps({"messages": obj["messages"]}).encode()
+        status, _, payload = _post(url, body, "/tokenize")
+        assert status in (200, 400), (status, payload[:500])
+        if status == 400:
+            check_chat_refusal({"messages": obj["messages"]}, json.loads(payload)["error"])
+
+
+@settings(max_examples=EXAMPLES, **_SETTINGS)
+@given(chat_bodies())
+def test_engine_chat_raises_only_request_errors(engine, case):
+    obj, raw = case
+    if obj is None:
+        return
+    assume(_cheap_chat(engine, obj))
+    try:
+        out = engine.chat(obj)
+        if not isinstance(out, dict):
+            list(out)
+    except RequestError as e:
+        check_chat_refusal(obj, e.to_dict()["error"])

@@ -267,6 +267,7 @@ def test_cli_convert_end_to_end(tmp_path, capsys):
         "template": chat_templates.SMOLLM2,
         "bos_token": "<|im_start|>",
         "eos_token": "<|im_end|>",
+        "unk_token": None,  # (the file names none)
         "pad_token": "<|im_end|>",
         "source": "gguf tokenizer.chat_template",
     }
