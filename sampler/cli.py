@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="fetch and convert a known model now (else: on first use)")
     p.add_argument("name", help="a known model name (see `sampler models`)")
 
-    v = sub.add_parser("convert", help="convert a Llama GGUF file into a model folder")
-    v.add_argument("gguf", metavar="PATH.gguf", help="a Llama-architecture GGUF file")
+    v = sub.add_parser("convert", help="convert a Llama, Qwen2 or Qwen3 GGUF into a model folder")
+    v.add_argument("gguf", metavar="PATH.gguf", help="a llama, qwen2 or qwen3 GGUF file")
     v.add_argument("--out", help="the model folder to create (default: PATH without .gguf)")
     v.add_argument(
         "--weights",

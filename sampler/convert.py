@@ -1,4 +1,4 @@
-"""GGUF -> model folder: a Llama-architecture GGUF file becomes ONNX + tokenizer + manifest.
+"""GGUF -> model folder: a Llama, Qwen2 or Qwen3 GGUF file becomes ONNX + tokenizer + manifest.
 
     convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2/")    # or: sampler convert
 

@@ -35,6 +35,7 @@ __all__ = [
     "llama_int4_weights",
     "int4_matrix",
     "unpermute_rope_rows",
+    "ARCHITECTURES",
 ]
 
 
@@ -44,6 +45,8 @@ _LAYER_TENSORS = {
     "attn_k": "k_proj",
     "attn_v": "v_proj",
     "attn_output": "o_proj",
+    "attn_q_norm": "q_norm",
+    "attn_k_norm": "k_norm",
     "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "gate_proj",
     "ffn_up": "up_proj",
@@ -51,6 +54,11 @@ _LAYER_TENSORS = {
 }
 
 _GLOBAL_TENSORS = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
+_BIASED = ("q_proj", "k_proj", "v_proj")
+
+#: The ``general.architecture`` values that convert. llama.cpp's converter reorders the
+#: Q/K rows of ``llama`` files only (its RoPE for Qwen is HF's ``rotate_half``).
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -79,6 +87,11 @@ class GGUFLlama:
     vocab: GGUFVocab
     name: str  # general.name, or the file name
     chat: dict[str, str | None] | None = None  # tokenizer.chat_template and its tokens
+
+    @property
+    def architecture(self) -> str:
+        """``general.architecture``: one of :data:`ARCHITECTURES`."""
+        return str(self.reader.fields["general.architecture"].contents())
 
     @property
     def tensor_types(self) -> dict[str, str]:
@@ -121,9 +134,10 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
     meta = _Meta(reader, path)
     arch = meta.get("general.architecture", str)
-    if arch != "llama":
+    if arch not in ARCHITECTURES:
         raise ValueError(
-            f"{path}: general.architecture is {arch!r}; only 'llama' GGUF files convert"
+            f"{path}: general.architecture is {arch!r}; the GGUF files that convert are "
+            f"{', '.join(repr(a) for a in ARCHITECTURES)}"
         )
     tokens = meta.get("tokenizer.ggml.tokens", list)
     fim_keys = {"prefix": "fim_pre", "middle": "fim_mid", "suffix": "fim_suf"}
@@ -141,7 +155,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
     return GGUFLlama(
         path,
         reader,
-        llama_config(meta, len(tokens)),
+        llama_config(meta, len(tokens), arch),
         vocab,
         meta.get("general.name", str, path.stem),
         chat_template(meta, tokens),
@@ -169,27 +183,29 @@ def chat_template(meta: _Meta, tokens: list) -> dict[str, str | None] | None:
     }
 
 
-def llama_config(meta: _Meta, vocab_size: int) -> LlamaConfig:
-    """The :class:`LlamaConfig` of the ``llama.*`` metadata; unsupported variants refused."""
-    scaling = meta.get("llama.rope.scaling.type", str, "none")
+def llama_config(meta: _Meta, vocab_size: int, arch: str = "llama") -> LlamaConfig:
+    """The :class:`LlamaConfig` of the ``{arch}.*`` metadata; unsupported variants refused.
+    Qwen2 adds biases to the q, k and v projections; Qwen3 RMS-norms each q and k head."""
+    a = arch
+    scaling = meta.get(f"{a}.rope.scaling.type", str, "none")
     if scaling != "none":
         raise ValueError(
-            f"{meta.path}: llama.rope.scaling.type is {scaling!r}; RoPE scaling is not supported"
+            f"{meta.path}: {a}.rope.scaling.type is {scaling!r}; RoPE scaling is not supported"
         )
-    layers = meta.get("llama.block_count", int)
-    width = meta.get("llama.embedding_length", int)
-    ffn = meta.get("llama.feed_forward_length", int)
-    heads = meta.get("llama.attention.head_count", int)
-    kv_heads = meta.get("llama.attention.head_count_kv", int, heads)
-    head_dim = meta.get("llama.attention.key_length", int, width // heads)
-    value_dim = meta.get("llama.attention.value_length", int, head_dim)
-    rotary = meta.get("llama.rope.dimension_count", int, head_dim)
+    layers = meta.get(f"{a}.block_count", int)
+    width = meta.get(f"{a}.embedding_length", int)
+    ffn = meta.get(f"{a}.feed_forward_length", int)
+    heads = meta.get(f"{a}.attention.head_count", int)
+    kv_heads = meta.get(f"{a}.attention.head_count_kv", int, heads)
+    head_dim = meta.get(f"{a}.attention.key_length", int, width // heads)
+    value_dim = meta.get(f"{a}.attention.value_length", int, head_dim)
+    rotary = meta.get(f"{a}.rope.dimension_count", int, head_dim)
     if value_dim != head_dim or rotary != head_dim:
         raise ValueError(
             f"{meta.path}: key length {head_dim}, value length {value_dim} and RoPE dimension "
             f"{rotary} differ; only full-head RoPE with equal key/value sizes is supported"
         )
-    ctx = meta.get("llama.context_length", int)
+    ctx = meta.get(f"{a}.context_length", int)
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=width,
@@ -198,15 +214,20 @@ def llama_config(meta: _Meta, vocab_size: int) -> LlamaConfig:
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rope_theta=float(meta.get("llama.rope.freq_base", float, 10000.0)),
-        rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", float)),
+        rope_theta=float(meta.get(f"{a}.rope.freq_base", float, 10000.0)),
+        rms_norm_eps=float(meta.get(f"{a}.attention.layer_norm_rms_epsilon", float)),
         tie_word_embeddings="output.weight" not in {t.name for t in meta.reader.tensors},
         max_position=ctx,
+        attention_bias=arch == "qwen2",
+        qk_norm=arch == "qwen3",
     )
 
 
 def _hf_name(gguf_name: str) -> str | None:
     base, _, suffix = gguf_name.rpartition(".")
+    if suffix == "bias":  # (Qwen2's q, k and v biases)
+        name = _hf_name(base + ".weight")
+        return name + ".bias" if name and name.split(".")[-1] in _BIASED else None
     if suffix != "weight":
         return None
     if base in _GLOBAL_TENSORS:
@@ -255,9 +276,9 @@ def llama_weights(model: GGUFLlama, *, progress: bool = False) -> dict[str, np.n
                 f"{model.path}: tensor {t.name!r} has shape {w.shape} after "
                 f"dequantisation, expected {expected[name]} for {name}"
             )
-        if name.endswith(".q_proj"):
+        if model.architecture == "llama" and name.endswith(".q_proj"):
             w = unpermute_rope_rows(w, c.num_heads)
-        elif name.endswith(".k_proj"):
+        elif model.architecture == "llama" and name.endswith(".k_proj"):
             w = unpermute_rope_rows(w, c.num_kv_heads)
         weights[name] = w
     missing = sorted(set(expected) - set(weights))
@@ -310,7 +331,7 @@ def llama_int4_weights(model: GGUFLlama) -> dict[str, Int4Matrix]:
             continue
         cols, rows = (int(n) for n in t.shape)  # GGUF lists the fastest dimension first
         w = int4_matrix(kind, t.data, rows, cols)
-        if name.endswith(".q_proj") or name.endswith(".k_proj"):
+        if model.architecture == "llama" and name.endswith((".q_proj", ".k_proj")):
             heads = c.num_heads if name.endswith(".q_proj") else c.num_kv_heads
             order = unpermute_rope_rows(np.arange(rows)[:, None], heads)[:, 0]
             w = w.rows(order)

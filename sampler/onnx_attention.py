@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .onnx_graph import MS_DOMAIN, Graph, Weights, attend, linear, rope
+from .onnx_graph import MS_DOMAIN, Graph, Weights, attend, dense, linear, rms_norm, rope
 
 __all__ = [
     "HeadShape",
@@ -40,6 +40,8 @@ class HeadShape(Protocol):
     def rope_theta(self) -> float: ...
     @property
     def max_position(self) -> int: ...
+    @property
+    def rms_norm_eps(self) -> float: ...
 
 
 def rope_tables(config: HeadShape) -> tuple[np.ndarray, np.ndarray]:
@@ -140,13 +142,22 @@ def self_attention(
 def qkv_roped(
     g: Graph, i: int, x: str, w: Weights, c: HeadShape, cos: str, sin: str
 ) -> tuple[str, str]:
-    """One MatMul for q, k and v; RoPE on q and k together: ([B, S, H+Hkv, hd], v [B, S,
-    Hkv, hd])."""
+    """One MatMul for q, k and v (plus their biases, Qwen2's); each head of q and k
+    RMS-normed when the weights have ``q_norm``/``k_norm`` (Qwen3's); RoPE on q and k
+    together: ([B, S, H+Hkv, hd], v [B, S, Hkv, hd])."""
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
     qkv = linear(g, x, f"layers.{i}.qkv_proj", [w["q_proj"], w["k_proj"], w["v_proj"]])
     # [B, S, (H+2Hkv)*hd]
+    if "q_proj.bias" in w:
+        bias = np.concatenate([dense(w[f"{p}_proj.bias"]) for p in "qkv"])  # [(H+2Hkv)*hd]
+        qkv = g.op("Add", qkv, g.weight(f"layers.{i}.qkv_bias", bias))
     qkv = g.op("Reshape", qkv, g.ints("qkv_shape", [0, 0, H + 2 * Hkv, hd]))
     qk, v = g.ops("Split", qkv, g.ints("qkv_split", [H + Hkv, Hkv]), axis=2, n_out=2)
+    if "q_norm" in w:  # over each head's hd values, before RoPE
+        q, k = g.ops("Split", qk, g.ints("qk_split", [H, Hkv]), axis=2, n_out=2)
+        q = rms_norm(g, q, g.weight(f"layers.{i}.q_norm", w["q_norm"]), c.rms_norm_eps)
+        k = rms_norm(g, k, g.weight(f"layers.{i}.k_norm", w["k_norm"]), c.rms_norm_eps)
+        qk = g.op("Concat", q, k, axis=2)  # [B, S, H+Hkv, hd]
     return rope(g, qk, cos, sin, c.head_dim), v
 
 

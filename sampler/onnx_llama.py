@@ -103,6 +103,8 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     max_position: int = 2048
+    attention_bias: bool = False  # q, k and v projections with biases (Qwen2)
+    qk_norm: bool = False  # each head of q and k RMS-normed before RoPE (Qwen3)
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:
@@ -147,6 +149,10 @@ def weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
             p + "up_proj": (ffn, d),
             p + "down_proj": (d, ffn),
         }
+        if c.attention_bias:
+            shapes |= {p + "q_proj.bias": (q,), p + "k_proj.bias": (kv,), p + "v_proj.bias": (kv,)}
+        if c.qk_norm:
+            shapes |= {p + "q_norm": (c.head_dim,), p + "k_norm": (c.head_dim,)}
     shapes["norm"] = (d,)
     if not c.tie_word_embeddings:
         shapes["lm_head"] = (c.vocab_size, d)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import regex
@@ -173,9 +174,12 @@ def write_tiny_gguf(
         else:
             w.add_tensor(name, quantize(x, qt), raw_dtype=qt)
 
-    def norm(name: str) -> None:
-        x = (1.0 + 0.1 * rng.standard_normal(W)).astype(np.float32)
+    def norm(name: str, size: int = W) -> None:
+        x = (1.0 + 0.1 * rng.standard_normal(size)).astype(np.float32)
         w.add_tensor(name, (replace or {}).get(name, x))
+
+    def bias(name: str, size: int) -> None:  # F32, as llama.cpp writes 1-D tensors
+        w.add_tensor(name, (0.5 * rng.standard_normal(size)).astype(np.float32))
 
     matrix("token_embd.weight", V, W, None)
     for i in range(d["layers"]):
@@ -184,6 +188,13 @@ def write_tiny_gguf(
         matrix(b + "attn_q.weight", d["heads"] * hd, W, _GAIN["attn_q"])
         matrix(b + "attn_k.weight", d["kv_heads"] * hd, W, _GAIN["attn_k"])
         matrix(b + "attn_v.weight", d["kv_heads"] * hd, W, _GAIN["attn_v"])
+        if arch == "qwen2":
+            bias(b + "attn_q.bias", d["heads"] * hd)
+            bias(b + "attn_k.bias", d["kv_heads"] * hd)
+            bias(b + "attn_v.bias", d["kv_heads"] * hd)
+        if arch == "qwen3":
+            norm(b + "attn_q_norm.weight", hd)
+            norm(b + "attn_k_norm.weight", hd)
         matrix(b + "attn_output.weight", W, d["heads"] * hd, _GAIN["attn_output"])
         norm(b + "ffn_norm.weight")
         matrix(b + "ffn_gate.weight", F, W, _GAIN["ffn_gate"])
@@ -222,31 +233,57 @@ def _rope_adjacent(x: np.ndarray, theta: float) -> np.ndarray:
     return out
 
 
-def forward(path: Path, tokens) -> np.ndarray:
-    """Logits float64 [S, V] of one sequence at positions 0..S-1, read from the GGUF."""
+def _rope_neox(x: np.ndarray, theta: float) -> np.ndarray:
+    """llama.cpp's "neox" RoPE (its choice for Qwen2 and Qwen3): rotate pairs (j, j + hd/2)
+    by pos * theta^(-2j/hd). x [S, hd] at positions 0..S-1."""
+    S, hd = x.shape
+    half = hd // 2
+    out = np.empty_like(x)
+    for j in range(half):
+        angle = np.arange(S) * theta ** (-2.0 * j / hd)  # [S]
+        c, s = np.cos(angle), np.sin(angle)
+        x0, x1 = x[:, j], x[:, j + half]
+        out[:, j] = x0 * c - x1 * s
+        out[:, j + half] = x0 * s + x1 * c
+    return out
+
+
+def forward(path: Path, tokens, rope: Any = None) -> np.ndarray:
+    """Logits float64 [S, V] of one sequence at positions 0..S-1, read from the GGUF: the
+    architecture's metadata, its RoPE as llama.cpp applies it (adjacent pairs for llama,
+    halves for qwen2/qwen3; ``rope`` overrides it), Qwen2's q/k/v biases, Qwen3's per-head
+    q/k norms."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
     r = GGUFReader(str(path))
-    meta = {k: f.contents() for k, f in r.fields.items() if k.startswith("llama.")}
+    arch = str(r.fields["general.architecture"].contents())
+    meta = {
+        k.split(".", 1)[1]: f.contents() for k, f in r.fields.items() if k.startswith(arch + ".")
+    }
     W = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float64) for t in r.tensors}
-    H, Hkv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
-    theta, eps = meta["llama.rope.freq_base"], meta["llama.attention.layer_norm_rms_epsilon"]
+    H, Hkv = meta["attention.head_count"], meta["attention.head_count_kv"]
+    theta, eps = meta["rope.freq_base"], meta["attention.layer_norm_rms_epsilon"]
+    rot = rope or (_rope_adjacent if arch == "llama" else _rope_neox)
     tokens = np.asarray(tokens)
     S = len(tokens)
     x = W["token_embd.weight"][tokens]  # [S, d]
     hd = x.shape[1] // H
     causal = np.tril(np.ones((S, S), dtype=bool))
-    for i in range(meta["llama.block_count"]):
+    for i in range(meta["block_count"]):
         L = lambda name: W[f"blk.{i}.{name}.weight"]  # noqa: E731
+        B = lambda name: W.get(f"blk.{i}.{name}.bias", 0.0)  # noqa: E731
         n = _rms_norm(x, L("attn_norm"), eps)
-        q = (n @ L("attn_q").T).reshape(S, H, hd)
-        k = (n @ L("attn_k").T).reshape(S, Hkv, hd)
-        v = (n @ L("attn_v").T).reshape(S, Hkv, hd)
+        q = (n @ L("attn_q").T + B("attn_q")).reshape(S, H, hd)
+        k = (n @ L("attn_k").T + B("attn_k")).reshape(S, Hkv, hd)
+        v = (n @ L("attn_v").T + B("attn_v")).reshape(S, Hkv, hd)
+        if f"blk.{i}.attn_q_norm.weight" in W:  # each head's hd values
+            q = _rms_norm(q, L("attn_q_norm"), eps)
+            k = _rms_norm(k, L("attn_k_norm"), eps)
         heads = []
         for h in range(H):
             g = h // (H // Hkv)  # as ggml's broadcast in mul_mat: q head h reads KV head h/r
-            scores = _rope_adjacent(q[:, h], theta) @ _rope_adjacent(k[:, g], theta).T
+            scores = rot(q[:, h], theta) @ rot(k[:, g], theta).T
             scores = np.where(causal, scores / np.sqrt(hd), -np.inf)  # [S, S]
             p = np.exp(scores - scores.max(axis=-1, keepdims=True))
             heads.append((p / p.sum(axis=-1, keepdims=True)) @ v[:, g])  # [S, hd]

@@ -82,6 +82,40 @@ def test_logits_match_reference_reading_the_gguf(tmp_path, qtype, tied, attentio
     assert manifest["attention"] == attention
 
 
+@pytest.mark.parametrize("attention", ["gqa", "exact"])
+@pytest.mark.parametrize(
+    "arch, qtype, tied",
+    [
+        ("qwen2", "Q8_0", True),
+        ("qwen2", "F32", False),
+        ("qwen3", "Q4_1", True),
+        ("qwen3", "F16", False),
+    ],
+)
+def test_qwen_logits_match_reference_reading_the_gguf(tmp_path, arch, qtype, tied, attention):
+    """Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm), RoPE on halves as llama.cpp
+    runs them: the Q/K rows are used as the file holds them (no un-permutation)."""
+    src = ref.write_tiny_gguf(tmp_path / "m.gguf", qtype, tied=tied, arch=arch, pre="qwen2")
+    out = convert_gguf(src, tmp_path / "m", attention=attention)
+    decoder = Decoder.load(out)
+    tokens = np.random.default_rng(3).integers(0, len(TOKENS), 40).tolist()
+    full = all_logits(decoder, tokens)  # [S, V]
+    expected = ref.forward(src, tokens)
+    assert full.std() > 1.0
+    assert np.abs(full - expected).max() < 1e-4
+    last, cache = decoder.prefill([tokens[:25]])
+    steps = [last[0]]
+    for t in tokens[25:]:
+        logits, cache = decoder.step(cache, [t])
+        steps.append(logits[0])
+    assert np.abs(np.stack(steps) - full[24:]).max() < INCREMENTAL[attention]
+    # the reference can tell the layouts apart: llama's RoPE pairs give other logits
+    assert np.abs(full - ref.forward(src, tokens, rope=ref._rope_adjacent)).max() > 1e-2
+    engine = Engine.load(out)  # a tokenizer by Qwen2's pattern, and a completion
+    r = engine.complete(prompt="The year 2024 ends.", max_tokens=3, seed=1)
+    assert r["usage"]["prompt_tokens"] > 0
+
+
 def test_float16_weights(tmp_path):
     src = ref.write_tiny_gguf(tmp_path / "m.gguf", "F16")
     a = Decoder.load(convert_gguf(src, tmp_path / "a"))
@@ -108,8 +142,8 @@ def test_unpermutation_is_needed(tmp_path, monkeypatch):
 
 
 def test_unsupported_files_say_what_they_found(tmp_path):
-    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="qwen2")
-    with pytest.raises(ValueError, match="general.architecture is 'qwen2'"):
+    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="gemma3")
+    with pytest.raises(ValueError, match="general.architecture is 'gemma3'; the GGUF files"):
         convert_gguf(src, tmp_path / "q")
     src = ref.write_tiny_gguf(tmp_path / "p.gguf", pre="deepseek-llm")
     with pytest.raises(ValueError, match="tokenizer.ggml.pre is 'deepseek-llm'"):
@@ -370,6 +404,6 @@ def test_head_size_gqa_cannot_run_falls_back_to_exact(tmp_path, monkeypatch):
 def test_cli_convert_errors(tmp_path, capsys):
     assert cli.main(["convert", str(tmp_path / "nope.gguf")]) == 1
     assert "no such file" in capsys.readouterr().err
-    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="qwen2")
+    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="gemma3")
     assert cli.main(["convert", str(src), "--out", str(tmp_path / "o")]) == 1
-    assert "qwen2" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert "gemma3" in capsys.readouterr().err and not (tmp_path / "o").exists()
