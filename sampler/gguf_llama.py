@@ -1,4 +1,4 @@
-"""A Llama-architecture GGUF file read into NumPy: hyper-parameters, metadata, weights.
+"""A Llama-family GGUF (llama, qwen2, qwen3) read into NumPy: hyper-parameters, metadata, weights.
 
 :func:`read_gguf` opens the file (``gguf``, llama.cpp's reader, imported here only);
 :func:`llama_config` maps ``llama.*`` metadata to a :class:`~sampler.onnx_llama.LlamaConfig`;
