@@ -108,8 +108,10 @@ class Candidate:
         if self.req.sampling.logprobs is None:
             return
         assert top is not None
-        entry_top = top_dict(tok, top[0], top[1], token, lp)
-        alternatives = tuple(zip(top[0].tolist(), map(reported, top[1].tolist())))
+        # each endpoint writes its own: Completions the dict by text, chat the list of ids
+        chat = self.req.chat
+        entry_top = None if chat else top_dict(tok, top[0], top[1], token, lp)
+        alternatives = tuple(zip(top[0].tolist(), map(reported, top[1].tolist()))) if chat else ()
         trace, self.trace = self.trace, None
         self.entries.append(
             TokenEntry(

@@ -16,22 +16,18 @@ join to the message's UTF-8 text.
 
 from __future__ import annotations
 
-import secrets
-import string
 from collections.abc import Sequence
 from typing import Any
 
-from .response import TokenEntry
+from .response import TokenEntry, completion_id, completion_object
 from .tokenizer import Tokenizer
 
 __all__ = ["ChatShape", "chat_id"]
 
-_ALPHANUM = string.ascii_letters + string.digits
-
 
 def chat_id() -> str:
     """``chatcmpl-`` + 29 random alphanumerics (never seeded: ids are not outputs)."""
-    return "chatcmpl-" + "".join(secrets.choice(_ALPHANUM) for _ in range(29))
+    return completion_id("chatcmpl-")
 
 
 class ChatShape:
@@ -93,17 +89,10 @@ class ChatShape:
         chunk: bool,
         usage_key: bool = True,
     ) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "id": id,
-            "object": "chat.completion.chunk" if chunk else "chat.completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": fp,
-            "choices": choices,
-        }
-        if usage_key:
-            obj["usage"] = use
-        return obj
+        kind = "chat.completion.chunk" if chunk else "chat.completion"
+        return completion_object(
+            id, created, model, fp, choices, use, with_usage_key=usage_key, object_type=kind
+        )
 
     def logprobs(self, entries: Sequence[TokenEntry] | None) -> dict[str, Any] | None:
         """A choice's chat ``logprobs``: ``{"content": [...], "refusal": None}``."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -65,7 +64,7 @@ def add_sampling_flags(c: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .onnx_llama import ATTENTIONS  # NumPy only (onnx loads when a graph is built)
+    from . import batch_cli, model_cli  # (each command's flags, next to its code)
 
     parser = argparse.ArgumentParser(
         prog="sampler", description="OpenAI Completions semantics, run locally on the CPU."
@@ -90,32 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     from .chat_cli import add_parser as add_chat
 
     add_chat(sub, add_sampling_flags)
-
-    sub.add_parser("models", help="list the models this install knows")
-
-    p = sub.add_parser("pull", help="fetch and convert a known model now (else: on first use)")
-    p.add_argument("name", help="a known model name (see `sampler models`)")
-
-    v = sub.add_parser("convert", help="convert a Llama, Qwen2 or Qwen3 GGUF into a model folder")
-    v.add_argument("gguf", metavar="PATH.gguf", help="a llama, qwen2 or qwen3 GGUF file")
-    v.add_argument("--out", help="the model folder to create (default: PATH without .gguf)")
-    v.add_argument(
-        "--weights",
-        choices=("float32", "float16", "int4"),
-        default="float32",
-        help="how the ONNX file stores the weights (compute is float32 either way; "
-        "int4 keeps Q4_0/Q4_1 matrices as 4-bit blocks for ONNX Runtime's "
-        "MatMulNBits)",
-    )
-    v.add_argument("--name", help="the model id in responses (default: the folder's name)")
-    v.add_argument(
-        "--attention",
-        choices=ATTENTIONS,
-        help="gqa (the default when the head size is a multiple of 8, else "
-        "exact): ONNX Runtime's GroupQueryAttention with the KV cache updated "
-        "in place; exact/fast: the Hugging Face/Optimum cache I/O (past and "
-        "new keys concatenated every step), attention sums in float64/float32",
-    )
+    model_cli.add_parsers(sub)
 
     s = sub.add_parser("serve", help="serve the OpenAI Completions API over HTTP")
     s.add_argument(
@@ -148,44 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the largest file /v1/files accepts, in MiB (default %(default)s)",
     )
 
-    b = sub.add_parser(
-        "batch", help="run an OpenAI Batch API file of /v1/completions requests (JSONL)"
-    )
-    b.add_argument("input", metavar="INPUT.jsonl")
-    b.add_argument("-o", "--output", required=True, metavar="OUTPUT.jsonl")
-    b.add_argument(
-        "--errors",
-        metavar="ERRORS.jsonl",
-        help="lines that are not requests go here (default: the output)",
-    )
-    b.add_argument(
-        "--resume", action="store_true", help="keep what OUTPUT already holds and run only the rest"
-    )
-    b.add_argument("--model", help="the model (default: $SAMPLER_MODEL or smollm2-135m-instruct)")
-    b.add_argument(
-        "--max-batch",
-        type=int,
-        default=128,
-        help="sequences decoded together at most (default %(default)s)",
-    )
-    b.add_argument(
-        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1)"
-    )
-    b.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="run on Ray Data: a local cluster, or the one at ADDRESS ('auto', ray://host:10001)",
-    )
-    b.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="engines (Ray actors) to spread the lines over; N > 1 implies --ray "
-        "(default: 1 locally, the cluster's CPUs / --threads on Ray)",
-    )
-
+    batch_cli.add_parser(sub)
     from .conformance.command import add_parser  # argparse only (httpx loads when run)
 
     add_parser(sub)
@@ -277,62 +214,6 @@ def _complete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _models() -> int:
-    from .registry import default_model, known_models
-
-    default = default_model()
-    for m in known_models():
-        mark = "*" if m.name == default else " "
-        state = "ready" if m.cached() else m.first_use
-        print(f"{mark} {m.name:<24} {m.description} [{state}]")
-    return EXIT_OK
-
-
-def _pull(args: argparse.Namespace) -> int:
-    from .pull import PullError
-    from .registry import pull
-
-    try:
-        folder = pull(args.name)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_REQUEST
-    except PullError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    print(folder)
-    return EXIT_OK
-
-
-def _convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .convert import convert_gguf
-
-    src = Path(args.gguf)
-    out = Path(args.out) if args.out else src.with_suffix("")
-    if out == src:
-        out = src.with_name(src.name + ".model")
-    if not src.is_file():
-        print(f"error: {src}: no such file", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        folder = convert_gguf(
-            src,
-            out,
-            name=args.name,
-            weight_dtype=args.weights,
-            attention=args.attention,
-            progress=sys.stderr.isatty(),
-            log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        )
-    except (ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    print(folder)
-    return EXIT_OK
-
-
 def _serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerConfig, serve
@@ -378,66 +259,6 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _batch(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.input):
-        print(f"error: {args.input}: no such file", file=sys.stderr)
-        return EXIT_FAILED
-    if args.workers is not None and args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return EXIT_BAD_REQUEST
-    if args.ray is not None or (args.workers or 1) > 1:
-        return _batch_ray(args)
-    from .batch_file import run_batch
-
-    engine = _load(args)
-    if isinstance(engine, int):
-        return engine
-    summary = run_batch(
-        engine,
-        args.input,
-        args.output,
-        errors_path=args.errors,
-        resume=args.resume,
-        progress=sys.stderr.isatty(),
-        max_sequences=args.max_batch,
-    )
-    print(summary.line(), file=sys.stderr)
-    return EXIT_OK
-
-
-def _batch_ray(args: argparse.Namespace) -> int:
-    from .batch_ray import RayMissing, run_batch_ray
-    from .pull import PullError
-    from .registry import default_model, resolve
-
-    model = args.model or default_model()
-    address = args.ray or None
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        try:  # a local cluster: fetch and convert once here, not in every worker
-            model = str(resolve(model))
-        except (FileNotFoundError, PullError) as err:
-            print(f"error: --model: {err}", file=sys.stderr)
-            return EXIT_BAD_REQUEST if isinstance(err, FileNotFoundError) else EXIT_FAILED
-    try:
-        summary = run_batch_ray(
-            model,
-            args.input,
-            args.output,
-            address=address,
-            workers=args.workers,
-            threads=args.threads,
-            errors_path=args.errors,
-            resume=args.resume,
-            progress=sys.stderr.isatty(),
-            max_sequences=args.max_batch,
-        )
-    except RayMissing as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_REQUEST
-    print(summary.line(), file=sys.stderr)
-    return EXIT_OK
-
-
 def _conformance(args: argparse.Namespace) -> int:
     from .conformance.command import main as conformance
 
@@ -452,19 +273,21 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import batch_cli, model_cli
+
     args = _parser().parse_args(argv)
     commands = {
         "complete": _complete,
-        "pull": _pull,
-        "convert": _convert,
+        "pull": model_cli.pull,
+        "convert": model_cli.convert,
         "serve": _serve,
-        "batch": _batch,
+        "batch": lambda args: batch_cli.run(args, _load),
         "conformance": _conformance,
         "chat": _chat,
     }
     if args.command in commands:
         return commands[args.command](args)
-    return _models()
+    return model_cli.models()
 
 
 if __name__ == "__main__":  # pragma: no cover

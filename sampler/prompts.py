@@ -85,14 +85,7 @@ def prompt_tokens(raw: str | list[int], info: ModelInfo, suffix: str | None) -> 
         text = valid_text("prompt", raw)
         shown = tuple(_encode("prompt", text, tok))
     else:
-        for t in raw:
-            if not tok.is_token(int(t)):
-                raise RequestError(
-                    f"Invalid 'prompt': {show(t)} is not a token id of the model's tokenizer "
-                    f"({tok.name}, ids 0 to {tok.max_id}, some of which are not tokens).",
-                    param="prompt",
-                    code="invalid_value",
-                )
+        check_token_ids("prompt", raw, tok)
         shown = tuple(int(t) for t in raw)
         text = tok.decode_bytes(shown).decode("utf-8", "replace")
     if suffix is not None:
@@ -103,6 +96,18 @@ def prompt_tokens(raw: str | list[int], info: ModelInfo, suffix: str | None) -> 
     if not shown:  # conditioned on end-of-text, which is neither echoed nor counted
         return Prompt(tokens=(info.end_ids[0],), shown=(), text=text, counted=0)
     return Prompt(tokens=shown, shown=shown, text=text, counted=len(shown))
+
+
+def check_token_ids(param: str, ids: list, tok: Tokenizer) -> None:
+    """Every integer of ``ids`` is a token of ``tok``, or a 400 naming ``param``."""
+    for t in ids:
+        if not tok.is_token(int(t)):
+            raise RequestError(
+                f"Invalid '{param}': {show(t)} is not a token id of the model's tokenizer "
+                f"({tok.name}, ids 0 to {tok.max_id}, some of which are not tokens).",
+                param=param,
+                code="invalid_value",
+            )
 
 
 def check_context(prompts: tuple[Prompt, ...], max_tokens: int, info: ModelInfo) -> None:

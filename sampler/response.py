@@ -36,9 +36,9 @@ __all__ = [
 _ALPHANUM = string.ascii_letters + string.digits
 
 
-def completion_id() -> str:
-    """``cmpl-`` + 29 random alphanumerics (never seeded: ids are not outputs)."""
-    return "cmpl-" + "".join(secrets.choice(_ALPHANUM) for _ in range(29))
+def completion_id(prefix: str = "cmpl-") -> str:
+    """``prefix`` + 29 random alphanumerics (never seeded: ids are not outputs)."""
+    return prefix + "".join(secrets.choice(_ALPHANUM) for _ in range(29))
 
 
 def now() -> int:
@@ -136,10 +136,11 @@ def completion_object(
     usage: dict[str, int] | None,
     *,
     with_usage_key: bool = True,
+    object_type: str = "text_completion",
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "id": id,
-        "object": "text_completion",
+        "object": object_type,
         "created": created,
         "model": model,
         "system_fingerprint": system_fingerprint,

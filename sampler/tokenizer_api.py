@@ -23,7 +23,9 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .chat_request import chat_prompt, messages_field
 from .errors import RequestError
+from .prompts import check_token_ids, prompt_tokens
 from .values import boolean, clip, is_int, show, type_error, valid_text
 from .web import JSON, read_json, route
 
@@ -56,9 +58,6 @@ def tokenize(engine: Any, body: Any) -> dict[str, Any]:
     """``POST /tokenize``: ``{"prompt": str}`` or ``{"messages": [...]}`` (rendered by the
     chat template, as ``/v1/chat/completions`` renders them) -> ``{"tokens", "count",
     "max_model_len"}``."""
-    from .chat_request import messages_field
-    from .prompts import prompt_tokens
-
     body = _fields(body, {"model", "prompt", "messages", "add_special_tokens"})
     boolean(body, "add_special_tokens")
     prompt, messages = body.get("prompt"), body.get("messages")
@@ -83,8 +82,6 @@ def tokenize(engine: Any, body: Any) -> dict[str, Any]:
             code="invalid_value",
         )
     if messages is not None:
-        from .chat_request import chat_prompt
-
         ids = list(chat_prompt(engine.info, messages_field(body)).tokens)
     else:
         if not isinstance(prompt, str):
@@ -110,14 +107,7 @@ def detokenize(engine: Any, body: Any) -> dict[str, Any]:
         if not is_int(t):
             raise type_error("tokens", "an array of integers", t)
     tok = engine.tokenizer
-    for t in tokens:
-        if not tok.is_token(int(t)):
-            raise RequestError(
-                f"Invalid 'tokens': {show(t)} is not a token id of the model's tokenizer "
-                f"({tok.name}, ids 0 to {tok.max_id}, some of which are not tokens).",
-                param="tokens",
-                code="invalid_value",
-            )
+    check_token_ids("tokens", tokens, tok)
     text = tok.decode_bytes(int(t) for t in tokens).decode("utf-8", "replace")
     return {"prompt": text}
 

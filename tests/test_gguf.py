@@ -66,20 +66,25 @@ def test_logits_match_reference_reading_the_gguf(tmp_path, qtype, tied, attentio
     assert manifest["source"]["tensor_types"] == sorted({"F32", qtype})
     decoder = Decoder.load(out)
     assert decoder.vocab_size == len(TOKENS) and decoder.config.context_length == 96
-    tokens = np.random.default_rng(7).integers(0, len(TOKENS), 40).tolist()
+    matches_reference(src, decoder, attention, seed=7)
+    assert manifest["attention"] == attention
+
+
+def matches_reference(src, decoder: Decoder, attention: str, seed: int) -> np.ndarray:
+    """The converted logits of 40 random tokens equal the reference's read of the file
+    (1e-4), and incremental decoding (KV cache) gives the full-sequence logits."""
+    tokens = np.random.default_rng(seed).integers(0, len(TOKENS), 40).tolist()
     full = all_logits(decoder, tokens)  # [S, V]
     expected = ref.forward(src, tokens)
     assert full.std() > 1.0  # logits that say something
     assert np.abs(full - expected).max() < 1e-4
-
-    # incremental decoding (KV cache) gives the full-sequence logits
     last, cache = decoder.prefill([tokens[:25]])
     steps = [last[0]]
     for t in tokens[25:]:
         logits, cache = decoder.step(cache, [t])
         steps.append(logits[0])
     assert np.abs(np.stack(steps) - full[24:]).max() < INCREMENTAL[attention]
-    assert manifest["attention"] == attention
+    return full
 
 
 @pytest.mark.parametrize("attention", ["gqa", "exact"])
@@ -97,18 +102,8 @@ def test_qwen_logits_match_reference_reading_the_gguf(tmp_path, arch, qtype, tie
     runs them: the Q/K rows are used as the file holds them (no un-permutation)."""
     src = ref.write_tiny_gguf(tmp_path / "m.gguf", qtype, tied=tied, arch=arch, pre="qwen2")
     out = convert_gguf(src, tmp_path / "m", attention=attention)
-    decoder = Decoder.load(out)
+    full = matches_reference(src, Decoder.load(out), attention, seed=3)
     tokens = np.random.default_rng(3).integers(0, len(TOKENS), 40).tolist()
-    full = all_logits(decoder, tokens)  # [S, V]
-    expected = ref.forward(src, tokens)
-    assert full.std() > 1.0
-    assert np.abs(full - expected).max() < 1e-4
-    last, cache = decoder.prefill([tokens[:25]])
-    steps = [last[0]]
-    for t in tokens[25:]:
-        logits, cache = decoder.step(cache, [t])
-        steps.append(logits[0])
-    assert np.abs(np.stack(steps) - full[24:]).max() < INCREMENTAL[attention]
     # the reference can tell the layouts apart: llama's RoPE pairs give other logits
     assert np.abs(full - ref.forward(src, tokens, rope=ref._rope_adjacent)).max() > 1e-2
     engine = Engine.load(out)  # a tokenizer by Qwen2's pattern, and a completion
