@@ -1,4 +1,5 @@
-"""GGUF -> model folder: a Llama, Qwen2 or Qwen3 GGUF file becomes ONNX + tokenizer + manifest.
+"""GGUF -> model folder: a Llama, Qwen2, Qwen3 or Gemma 3 GGUF file becomes ONNX + tokenizer +
+manifest.
 
     convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2/")    # or: sampler convert
 
@@ -17,11 +18,13 @@ What it does, in order:
    tied to the embedding.
 3. **Chat template**: ``tokenizer.chat_template`` and the texts of the BOS, EOS and padding
    tokens, kept as the folder's ``chat`` (:mod:`sampler.chat_template` renders it).
-4. **Tokenizer** from ``tokenizer.ggml.*`` as byte-level BPE ranks for tiktoken
-   (:func:`sampler.gguf_vocab.gguf_vocab`): token strings are mapped back to bytes with
-   GPT-2's byte<->unicode table, and the ids are the ranks, which is only right when merge
-   ``k``'s result has a larger id than merge ``k-1``'s -- checked, as is every other
-   assumption, with an error naming what was found.
+4. **Tokenizer** from ``tokenizer.ggml.*``: a byte-level BPE (``gpt2``) as ranks for
+   tiktoken (:func:`sampler.gguf_vocab.gguf_vocab`): token strings are mapped back to bytes
+   with GPT-2's byte<->unicode table, and the ids are the ranks, which is only right when
+   merge ``k``'s result has a larger id than merge ``k-1``'s -- checked, as is every other
+   assumption, with an error naming what was found. A SentencePiece-style vocabulary
+   (``llama``: Gemma's) is kept as its tokens, scores and types for :mod:`sampler.spm`, with
+   the BOS token every text prompt is read after (``tokenizer.ggml.add_bos_token``).
 5. The folder is written atomically (a temporary sibling, renamed when complete).
 
 ``gguf`` (the llama.cpp project's reader) is imported here only, so ``import sampler`` stays
@@ -59,7 +62,7 @@ __all__ = ["CONVERT_VERSION", "convert_gguf"]
 #: Bumped whenever the output changes for the same input, through this module or through
 #: sampler.onnx_llama's graph: the registry's folder names carry it, so a changed converter
 #: never reuses an old folder.
-CONVERT_VERSION = 4  # 3: the graph takes logits_to_keep; 4: the chat template
+CONVERT_VERSION = 5  # 3: logits_to_keep; 4: the chat template; 5: half RoPE tables, Gemma 3
 
 # GGUF tensor name -> HF name (``blk.{i}.`` prefix for the per-layer ones)
 
@@ -102,8 +105,9 @@ def convert_gguf(
     float64 attention sums) or ``"fast"`` (the same I/O, float32 sums). The default, None,
     is ``"gqa"`` when the head size allows it (a multiple of 8), else ``"exact"``.
     """
+    from .gguf_vocab import SPMVocab
     from .onnx_llama import build_llama, gqa_supported, save_model
-    from .tokenizer import bpe_tokenizer, write_ranks
+    from .tokenizer import bpe_tokenizer, spm_tokenizer, write_ranks, write_spm
 
     say = log or (lambda _msg: None)
     out = Path(out_dir)
@@ -123,10 +127,17 @@ def convert_gguf(
         f"{c.max_position}, tensors {'/'.join(types)}"
     )
     name = name or out.name
-    # Build the tokenizer now: a vocabulary tiktoken cannot load fails before any big work.
-    bpe_tokenizer(
-        name, v.ranks, pattern=v.pattern, special_tokens=v.special_tokens, vocab_size=v.vocab_size
-    )
+    # Build the tokenizer now: a vocabulary that cannot load fails before any big work.
+    if isinstance(v, SPMVocab):
+        spm_tokenizer(name, v.tokens, v.scores, v.types, add_space_prefix=v.add_space_prefix)
+    else:
+        bpe_tokenizer(
+            name,
+            v.ranks,
+            pattern=v.pattern,
+            special_tokens=v.special_tokens,
+            vocab_size=v.vocab_size,
+        )
     weights: dict[str, Any] = dict(llama_weights(model, progress=progress))
     if weight_dtype == "int4":
         int4 = llama_int4_weights(model)
@@ -161,22 +172,37 @@ def convert_gguf(
         say(f"writing {out}")
         save_model(graph, tmp / "model.onnx")
         del graph
-        ranks_sha = write_ranks(tmp / "tokenizer.tiktoken", v.ranks)
-        manifest = {
-            "format": "refsampler-model/1",
-            "name": name,
-            "onnx": "model.onnx",
-            "tokenizer": {
+        if isinstance(v, SPMVocab):
+            tokenizer: dict[str, Any] = {
+                "kind": "sentencepiece",
+                "name": name,
+                "file": "tokenizer.spm.json",
+                "sha256": write_spm(tmp / "tokenizer.spm.json", v.tokens, v.scores, v.types),
+                "vocab_size": v.vocab_size,
+                "add_space_prefix": v.add_space_prefix,
+            }
+        else:
+            tokenizer = {
                 "name": name,
                 "file": "tokenizer.tiktoken",
-                "sha256": ranks_sha,
+                "sha256": write_ranks(tmp / "tokenizer.tiktoken", v.ranks),
                 "pattern": v.pattern,
                 "special_tokens": v.special_tokens,
                 "vocab_size": v.vocab_size,
                 "pre": v.pre,
-            },
+            }
+        manifest = {
+            "format": "refsampler-model/1",
+            "name": name,
+            "onnx": "model.onnx",
+            "tokenizer": tokenizer,
             "context_length": c.max_position,
             "eos_token_ids": list(v.eos_token_ids),
+            **(
+                {"bos_token_id": v.bos_id}
+                if isinstance(v, SPMVocab) and v.bos_id is not None
+                else {}
+            ),
             "fim": v.fim,
             "chat": model.chat,
             "source": {

@@ -146,17 +146,19 @@ class Completion:
 
     def _score(self, p: int, positions: np.ndarray, logits: np.ndarray) -> None:
         """Prefill callback: raw logprobs of each prompt token given the ones before it."""
-        shown = self.req.prompts[p].shown
-        keep = positions + 1 < len(shown)  # position i predicts token i + 1
+        prompt = self.req.prompts[p]
+        shown = prompt.shown
+        at = positions + 1 - prompt.lead  # [n] position i predicts token i + 1 (of shown)
+        keep = (at >= 1) & (at < len(shown))  # the first shown token stays unscored
         if not keep.any():
             return
         rows = self.engine.mask(np.array(logits[keep]))  # [n, V] a masked copy
         norm = log_normalizer(rows)  # [n]
-        nxt = np.array([shown[i + 1] for i in positions[keep]])  # [n]
+        nxt = np.array([shown[i] for i in at[keep]])  # [n]
         lps = rows[np.arange(len(nxt)), nxt].astype(np.float64) - norm  # [n]
         ids, tops = top_logprobs(rows, self.req.sampling.logprobs or 0, lognorm=norm)  # [n, k]
-        for j, i in enumerate(positions[keep].tolist()):
-            self._scores[p][i + 1] = (float(lps[j]), ids[j], tops[j])
+        for j, i in enumerate(at[keep].tolist()):
+            self._scores[p][i] = (float(lps[j]), ids[j], tops[j])
 
     def _build_echo(self) -> None:
         if not (self.req.echo and self.req.sampling.logprobs is not None):
@@ -267,6 +269,7 @@ class Engine:
             vocab_size=self.vocab_size,
             fim=fim_ids,
             chat=getattr(cfg, "chat", None),
+            bos_id=getattr(cfg, "bos_token_id", None),
         )
         self._masked = self.info.masked_ids  # [m]
         self.fingerprint = fingerprint(cfg.digest, cfg.tokenizer)

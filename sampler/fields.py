@@ -48,6 +48,7 @@ class ModelInfo:
     vocab_size: int | None = None  # logits width; defaults to the tokenizer's
     fim: tuple[int, int, int] | None = None  # prefix, middle, suffix ids
     chat: ChatConfig | None = None  # the chat template (None: no /v1/chat/completions)
+    bos_id: int | None = None  # read before every text prompt, not part of it (Gemma)
 
     @functools.cached_property
     def masked_ids(self) -> np.ndarray:

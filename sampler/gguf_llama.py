@@ -1,4 +1,5 @@
-"""A Llama-family GGUF (llama, qwen2, qwen3) read into NumPy: hyper-parameters, metadata, weights.
+"""A Llama-family GGUF (llama, qwen2, qwen3, gemma3) read into NumPy: hyper-parameters,
+metadata, weights.
 
 :func:`read_gguf` opens the file (``gguf``, llama.cpp's reader, imported here only);
 :func:`llama_config` maps ``llama.*`` metadata to a :class:`~sampler.onnx_llama.LlamaConfig`;
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .gguf_vocab import GGUFVocab, gguf_vocab
+from .gguf_vocab import GGUFVocab, SPMVocab, gguf_vocab, spm_vocab
 from .onnx_llama import Int4Matrix, LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,14 +52,21 @@ _LAYER_TENSORS = {
     "ffn_gate": "gate_proj",
     "ffn_up": "up_proj",
     "ffn_down": "down_proj",
+    "post_attention_norm": "attn_output_norm",  # (Gemma 3's post-norms)
+    "post_ffw_norm": "mlp_output_norm",
 }
 
 _GLOBAL_TENSORS = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
 _BIASED = ("q_proj", "k_proj", "v_proj")
 
 #: The ``general.architecture`` values that convert. llama.cpp's converter reorders the
-#: Q/K rows of ``llama`` files only (its RoPE for Qwen is HF's ``rotate_half``).
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+#: Q/K rows of ``llama`` files only (its RoPE for Qwen and Gemma is HF's ``rotate_half``).
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+
+#: Gemma 3 as llama.cpp runs it: every 6th layer global, the others sliding-window, whose
+#: RoPE base is 10000 (unless ``gemma3.attention.sliding_window_pattern`` and
+#: ``gemma3.rope.freq_base_swa`` say otherwise).
+GEMMA3_PATTERN, GEMMA3_LOCAL_THETA = 6, 10000.0
 
 
 def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -84,7 +92,7 @@ class GGUFLlama:
     path: Path
     reader: gguf.GGUFReader = field(repr=False)
     config: LlamaConfig
-    vocab: GGUFVocab
+    vocab: GGUFVocab | SPMVocab
     name: str  # general.name, or the file name
     chat: dict[str, str | None] | None = None  # tokenizer.chat_template and its tokens
 
@@ -139,19 +147,9 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
             f"{path}: general.architecture is {arch!r}; the GGUF files that convert are "
             f"{', '.join(repr(a) for a in ARCHITECTURES)}"
         )
+    _check_tensor_types(reader, path)
     tokens = meta.get("tokenizer.ggml.tokens", list)
-    fim_keys = {"prefix": "fim_pre", "middle": "fim_mid", "suffix": "fim_suf"}
-    fim = {k: meta.get(f"tokenizer.ggml.{v}_token_id", int, None) for k, v in fim_keys.items()}
-    eos = [meta.get(f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eos", "eot")]
-    vocab = gguf_vocab(
-        tokens,
-        meta.get("tokenizer.ggml.token_type", list),
-        meta.get("tokenizer.ggml.merges", list, []),
-        model=meta.get("tokenizer.ggml.model", str),
-        pre=meta.get("tokenizer.ggml.pre", str, "gpt-2"),
-        eos_ids=[i for i in eos if i is not None],
-        fim=fim if None not in fim.values() else None,
-    )
+    vocab = _vocab(meta, tokens)
     return GGUFLlama(
         path,
         reader,
@@ -159,6 +157,52 @@ def read_gguf(path: str | os.PathLike) -> GGUFLlama:
         vocab,
         meta.get("general.name", str, path.stem),
         chat_template(meta, tokens),
+    )
+
+
+def _check_tensor_types(reader: gguf.GGUFReader, path: Path) -> None:
+    """Every tensor type of the file is one ``gguf.quants`` dequantises (tried on one row of
+    the first tensor of each type), so an unsupported one is named before any work."""
+    from gguf.quants import dequantize
+
+    seen: set[int] = set()
+    for t in reader.tensors:
+        if t.tensor_type in seen:
+            continue
+        seen.add(t.tensor_type)
+        try:
+            dequantize(t.data[:1] if t.data.ndim > 1 else t.data, t.tensor_type)
+        except NotImplementedError:
+            raise ValueError(
+                f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, "
+                "which gguf.quants cannot dequantise"
+            ) from None
+
+
+def _vocab(meta: _Meta, tokens: list) -> GGUFVocab | SPMVocab:
+    """The byte-level BPE (``gpt2``) or SentencePiece-style (``llama``) vocabulary."""
+    model = meta.get("tokenizer.ggml.model", str)
+    eos = [meta.get(f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eos", "eot")]
+    if model == "llama":
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", bool, True)  # llama.cpp's default
+        return spm_vocab(
+            tokens,
+            meta.get("tokenizer.ggml.scores", list),
+            meta.get("tokenizer.ggml.token_type", list),
+            add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix", bool, True),
+            bos_id=meta.get("tokenizer.ggml.bos_token_id", int, None) if add_bos else None,
+            eos_ids=[i for i in eos if i is not None],
+        )
+    fim_keys = {"prefix": "fim_pre", "middle": "fim_mid", "suffix": "fim_suf"}
+    fim = {k: meta.get(f"tokenizer.ggml.{v}_token_id", int, None) for k, v in fim_keys.items()}
+    return gguf_vocab(
+        tokens,
+        meta.get("tokenizer.ggml.token_type", list),
+        meta.get("tokenizer.ggml.merges", list, []),
+        model=model,
+        pre=meta.get("tokenizer.ggml.pre", str, "gpt-2"),
+        eos_ids=[i for i in eos if i is not None],
+        fim=fim if None not in fim.values() else None,
     )
 
 
@@ -206,6 +250,7 @@ def llama_config(meta: _Meta, vocab_size: int, arch: str = "llama") -> LlamaConf
             f"{rotary} differ; only full-head RoPE with equal key/value sizes is supported"
         )
     ctx = meta.get(f"{a}.context_length", int)
+    gemma = _gemma3(meta, layers, width, heads, head_dim) if arch == "gemma3" else {}
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=width,
@@ -219,8 +264,39 @@ def llama_config(meta: _Meta, vocab_size: int, arch: str = "llama") -> LlamaConf
         tie_word_embeddings="output.weight" not in {t.name for t in meta.reader.tensors},
         max_position=ctx,
         attention_bias=arch == "qwen2",
-        qk_norm=arch == "qwen3",
+        qk_norm=arch in ("qwen3", "gemma3"),
+        **gemma,
     )
+
+
+def _gemma3(meta: _Meta, layers: int, width: int, heads: int, head_dim: int) -> dict[str, Any]:
+    """Gemma 3's differences from Llama, as llama.cpp reads them. The (1 + w) of its
+    RMSNorms is already in the file (llama.cpp's converter adds the 1)."""
+    cap = meta.get("gemma3.final_logit_softcapping", float, 0.0)
+    if cap:
+        raise ValueError(
+            f"{meta.path}: gemma3.final_logit_softcapping is {cap}; logit soft-capping "
+            "is not supported"
+        )
+    window = meta.get("gemma3.attention.sliding_window", int, 0)
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", (int, list), GEMMA3_PATTERN)
+    if not window:
+        local: tuple[int, ...] = ()
+    elif isinstance(pattern, list):  # one flag per layer (true: sliding window)
+        local = tuple(i for i, flag in enumerate(pattern[:layers]) if flag)
+    else:
+        local = tuple(i for i in range(layers) if pattern == 0 or i % pattern < pattern - 1)
+    # llama.cpp (after gemma_pytorch): 1/sqrt(head size), but 1/sqrt(width/heads) for 27B
+    scale_dim = width // heads if layers == 62 else head_dim
+    return {
+        "embedding_scale": float(np.sqrt(np.float32(width), dtype=np.float32)),
+        "post_norms": True,
+        "activation": "gelu_tanh",
+        "attention_scale": float(1.0 / np.sqrt(np.float32(scale_dim), dtype=np.float32)),
+        "sliding_window": window,
+        "local_layers": local,
+        "rope_theta_local": float(meta.get("gemma3.rope.freq_base_swa", float, GEMMA3_LOCAL_THETA)),
+    }
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -260,8 +336,8 @@ def llama_weights(model: GGUFLlama, *, progress: bool = False) -> dict[str, np.n
             )
             raise ValueError(
                 f"{model.path}: unexpected tensor {t.name!r} ({t.tensor_type.name}, "
-                f"shape {t.shape.tolist()}){hint}; this converter handles the "
-                "plain Llama architecture"
+                f"shape {t.shape.tolist()}){hint}; not a tensor of the "
+                f"{model.architecture} architecture as this converter reads it"
             )
         try:
             w = dequantize(t.data, t.tensor_type)

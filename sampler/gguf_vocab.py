@@ -1,9 +1,12 @@
-"""A GGUF's vocabulary as a byte-level BPE for tiktoken: ranks, specials, pre-tokenizer.
+"""A GGUF's vocabulary: a byte-level BPE for tiktoken, or a SentencePiece-style one.
 
-Token strings are mapped back to bytes with GPT-2's byte<->unicode table (:func:`byte_decoder`),
-and the ids are the ranks, which is only right when merge ``k``'s result has a larger id
-than merge ``k-1``'s: :func:`gguf_vocab` checks that, and every other assumption, with an
-error naming what was found.
+``tokenizer.ggml.model = "gpt2"``: token strings are mapped back to bytes with GPT-2's
+byte<->unicode table (:func:`byte_decoder`), and the ids are the ranks, which is only right
+when merge ``k``'s result has a larger id than merge ``k-1``'s: :func:`gguf_vocab` checks
+that, and every other assumption, with an error naming what was found.
+
+``tokenizer.ggml.model = "llama"`` (Gemma's): tokens, scores and types as they are, for
+:class:`sampler.spm.SentencePieceEncoding` (:func:`spm_vocab`).
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["PRETOKENIZER_PATTERNS", "GGUFVocab", "gguf_vocab", "byte_decoder"]
+__all__ = [
+    "PRETOKENIZER_PATTERNS",
+    "GGUFVocab",
+    "SPMVocab",
+    "gguf_vocab",
+    "spm_vocab",
+    "byte_decoder",
+]
 
 #: Pre-tokenizer regex per ``tokenizer.ggml.pre``, as one tiktoken pattern. ``smollm`` is
 #: llama.cpp's two-stage split (every digit alone, then GPT-2's regex inside each piece) in
 #: one regex: the lookahead ``(?![^\s\p{N}])`` keeps a whitespace run before a digit whole,
 #: as the two stages do (measured: 0 differences from llama.cpp on 7.8M tokens).
 #: ``gpt-2``, ``llama-bpe`` and ``qwen2`` are the published GPT-2, Llama 3 and Qwen2 patterns
-#: (Qwen2's is Llama 3's with every digit alone), not yet compared with llama.cpp here.
+#: (Qwen2's is Llama 3's with every digit alone); all four give llama.cpp's own ids on 2,001
+#: stress texts over a small vocabulary (tests/test_gguf_llama_cpp.py, with llama-cpp-python).
 PRETOKENIZER_PATTERNS: dict[str, str] = {
     "smollm": r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+",
     "gpt-2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
@@ -186,4 +197,73 @@ def gguf_vocab(
         vocab_size=len(tokens),
         eos_token_ids=tuple(ends),
         fim=dict(fim) if fim else None,
+    )
+
+
+#: Texts of control tokens that end a turn as llama.cpp treats them (its end-of-generation
+#: set), for SentencePiece vocabularies: Gemma's ``<end_of_turn>``.
+_SPM_END_TEXTS = ("<end_of_turn>",)
+
+
+@dataclass(frozen=True)
+class SPMVocab:
+    """A GGUF's SentencePiece-style tokenizer: the arrays as the file holds them."""
+
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    add_space_prefix: bool
+    bos_id: int | None  # read before every text prompt (tokenizer.ggml.add_bos_token)
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    fim: dict[str, int] | None = None
+
+
+def spm_vocab(
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    types: Sequence[int],
+    *,
+    add_space_prefix: bool,
+    bos_id: int | None,
+    eos_ids: Sequence[int] = (),
+) -> SPMVocab:
+    """The SentencePiece-style vocabulary, checked: one score and type per token, every
+    byte token ``<0xXX>``, ids in range; the end ids are ``eos_ids`` and ``<end_of_turn>``.
+
+    >>> v = spm_vocab(["<eos>", "<bos>", "a"], [0, 0, -1], [3, 3, 1], add_space_prefix=False,
+    ...               bos_id=1, eos_ids=[0])
+    >>> v.eos_token_ids, v.bos_id
+    ((0,), 1)
+    """
+    n = len(tokens)
+    if len(scores) != n or len(types) != n:
+        raise ValueError(
+            f"tokenizer.ggml.scores has {len(scores)} and tokenizer.ggml.token_type "
+            f"{len(types)} entries for {n} tokens"
+        )
+    for i, (text, kind) in enumerate(zip(tokens, types)):
+        if kind not in (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE):
+            raise ValueError(f"token {i} {text!r} has unknown token type {kind}")
+        if kind == _BYTE and not (len(text) == 6 and text.startswith("<0x") and text.endswith(">")):
+            raise ValueError(f"token {i} {text!r} has type BYTE (6) but is not <0xXX>")
+    ends: list[int] = []
+    named = [i for i, t in enumerate(tokens) if t in _SPM_END_TEXTS and types[i] == _CONTROL]
+    for i in [*eos_ids, *named]:
+        if not 0 <= i < n or types[i] in (_UNKNOWN, _UNUSED):
+            raise ValueError(f"end-of-text id {i} is not a token")
+        if i not in ends:
+            ends.append(i)
+    if not ends:
+        raise ValueError("no end-of-text token: tokenizer.ggml.eos_token_id is missing")
+    if bos_id is not None and not 0 <= bos_id < n:
+        raise ValueError(f"tokenizer.ggml.bos_token_id {bos_id} is not a token id")
+    return SPMVocab(
+        tokens=list(tokens),
+        scores=[float(x) for x in scores],
+        types=[int(k) for k in types],
+        add_space_prefix=add_space_prefix,
+        bos_id=bos_id,
+        vocab_size=n,
+        eos_token_ids=tuple(ends),
     )

@@ -81,6 +81,7 @@ class ModelConfig:
     path: Path
     digest: str
     chat: ChatConfig | None = None
+    bos_token_id: int | None = None  # read before every text prompt (Gemma's <bos>)
 
     @property
     def onnx_path(self) -> Path:
@@ -124,6 +125,7 @@ def load_config(folder: str | os.PathLike) -> ModelConfig:
         path=folder,
         digest=file_digest(onnx_path),
         chat=field.chat("chat"),
+        bos_token_id=field.optional_token_id("bos_token_id"),
     )
 
 
@@ -157,6 +159,12 @@ class _FieldReader:
         if not all(_is_token_id(v) for v in value):
             raise self.error(name, "a list of non-negative integers")
         return tuple(value)
+
+    def optional_token_id(self, name: str) -> int | None:
+        value = self.raw.get(name, None)
+        if value is not None and not _is_token_id(value):
+            raise self.error(name, "null or a non-negative integer")
+        return value
 
     def fim(self, name: str) -> FimTokens | None:
         if self.raw.get(name, None) is None:

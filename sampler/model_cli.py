@@ -22,7 +22,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", help="a known model name (see `sampler models`)")
 
     v = sub.add_parser("convert", help="convert a Llama, Qwen2 or Qwen3 GGUF into a model folder")
-    v.add_argument("gguf", metavar="PATH.gguf", help="a llama, qwen2 or qwen3 GGUF file")
+    v.add_argument("gguf", metavar="PATH.gguf", help="a llama, qwen2, qwen3 or gemma3 GGUF file")
     v.add_argument("--out", help="the model folder to create (default: PATH without .gguf)")
     v.add_argument(
         "--weights",

@@ -42,33 +42,44 @@ class HeadShape(Protocol):
     def max_position(self) -> int: ...
     @property
     def rms_norm_eps(self) -> float: ...
+    @property
+    def query_scale(self) -> float: ...
 
 
-def rope_tables(config: HeadShape) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin, float32 [max_position, head_dim/2], computed in float64 and rounded once."""
+def rope_tables(config: HeadShape, theta: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin, float32 [max_position, head_dim/2], computed in float64 and rounded once
+    (base ``theta``, default the config's ``rope_theta``)."""
     half = config.head_dim // 2
-    inv_freq = config.rope_theta ** (-2.0 * np.arange(half) / config.head_dim)  # [hd/2]
+    base = config.rope_theta if theta is None else theta
+    inv_freq = base ** (-2.0 * np.arange(half) / config.head_dim)  # [hd/2]
     angles = np.outer(np.arange(config.max_position), inv_freq)  # [P, hd/2]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def rope_inputs(g: Graph, c: HeadShape, pos: str) -> tuple[str, str]:
-    """cos and signed sin rows for the positions, [B, S, 1, hd], shared by all layers.
+def rope_inputs(g: Graph, c: HeadShape, pos: str, theta: float | None = None) -> tuple[str, str]:
+    """cos and signed sin rows for the positions, [B, S, 1, hd], shared by the layers of
+    one RoPE base ``theta`` (default the config's).
 
-    rotate_half(x) * sin == swap_halves(x) * [-sin, sin], so one table holds the sign.
+    rotate_half(x) * sin == swap_halves(x) * [-sin, sin], so the rows carry the sign; the
+    tables hold half rows [P, hd/2], doubled after the gather (the same values, half the
+    bytes: Gemma 3's are 32768 x 128 per base).
     """
-    cos, sin = rope_tables(c)  # [P, hd/2]
-    cos_t = g.const("rope_cos", np.concatenate([cos, cos], axis=1))  # [P, hd]
-    sin_t = g.const("rope_sin", np.concatenate([-sin, sin], axis=1))  # [P, hd]
+    base = c.rope_theta if theta is None else theta
+    cos, sin = rope_tables(c, base)  # [P, hd/2]
+    tag = "" if base == c.rope_theta else f"_{base:g}"
+    cos_h = g.op("Gather", g.const(f"rope_cos{tag}", cos), pos, axis=0)  # [B, S, hd/2]
+    sin_h = g.op("Gather", g.const(f"rope_sin{tag}", sin), pos, axis=0)  # [B, S, hd/2]
+    cos_r = g.op("Concat", cos_h, cos_h, axis=-1)  # [B, S, hd]
+    sin_r = g.op("Concat", g.op("Neg", sin_h), sin_h, axis=-1)  # [B, S, hd]
     axis2 = g.ints("axes_2", [2])
-    return (
-        g.op("Unsqueeze", g.op("Gather", cos_t, pos, axis=0), axis2),
-        g.op("Unsqueeze", g.op("Gather", sin_t, pos, axis=0), axis2),
-    )
+    return g.op("Unsqueeze", cos_r, axis2), g.op("Unsqueeze", sin_r, axis2)
 
 
-def attention_mask(g: Graph, c: HeadShape, ids: str, mask_in: str) -> str:
-    """bool [B, 1, G*S, T]: causal among the new tokens AND attention_mask over all keys.
+def attention_mask(g: Graph, c: HeadShape, ids: str, mask_in: str, window: int = 0) -> str:
+    """bool [B, 1, G*S, T]: causal among the new tokens AND attention_mask over all keys;
+    with a ``window``, also only the keys less than ``window`` columns before the query
+    (its own included: a sliding-window layer; left padding keeps a row's real keys
+    contiguous, so columns measure positions).
 
     Rows are ordered (group g, query s), matching the query layout in :func:`self_attention`.
     """
@@ -81,11 +92,12 @@ def attention_mask(g: Graph, c: HeadShape, ids: str, mask_in: str) -> str:
     t0 = g.op("Squeeze", t)  # scalar T
     q_pos = g.op("Range", g.op("Squeeze", g.op("Sub", t, s)), t0, step)  # [S] absolute
     k_pos = g.op("Range", zero, t0, step)  # [T]
-    causal = g.op(
-        "LessOrEqual",
-        g.op("Unsqueeze", k_pos, g.ints("axes_0", [0])),
-        g.op("Unsqueeze", q_pos, g.ints("axes_1", [1])),
-    )  # [S, T]
+    k_row = g.op("Unsqueeze", k_pos, g.ints("axes_0", [0]))  # [1, T]
+    q_col = g.op("Unsqueeze", q_pos, g.ints("axes_1", [1]))  # [S, 1]
+    causal = g.op("LessOrEqual", k_row, q_col)  # [S, T]
+    if window:
+        near = g.op("Less", g.op("Sub", q_col, k_row), g.ints(f"window_{window}", window))
+        causal = g.op("And", causal, near)  # [S, T]
     keep = g.op(
         "Unsqueeze", g.op("Cast", mask_in, to=TensorProto.BOOL), g.ints("axes_12", [1, 2])
     )  # [B, 1, 1, T]
@@ -117,7 +129,7 @@ def self_attention(
     qk, v = qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
     q, k = g.ops("Split", qk, g.ints("qk_split", [H, Hkv]), axis=2, n_out=2)
 
-    q = g.op("Mul", q, g.scalar("attn_scale", 1.0 / np.sqrt(hd)))
+    q = g.op("Mul", q, g.scalar("attn_scale", c.query_scale))
     q = g.op("Reshape", q, g.ints("q5_shape", [0, 0, Hkv, G, hd]))  # [B, S, Hkv, G, hd]
     q = g.op("Transpose", q, perm=[0, 2, 3, 1, 4])  # [B, Hkv, G, S, hd]
     q = g.op("Reshape", q, g.ints("q4_shape", [0, 0, -1, hd]))  # [B, Hkv, G*S, hd]
@@ -161,9 +173,14 @@ def qkv_roped(
     return rope(g, qk, cos, sin, c.head_dim), v
 
 
-def gqa_attention(g: Graph, i: int, x: str, w: Weights, c: HeadShape, cos: str, sin: str) -> str:
+def gqa_attention(
+    g: Graph, i: int, x: str, w: Weights, c: HeadShape, cos: str, sin: str, window: int = 0
+) -> str:
     """Grouped-query attention by ONNX Runtime's GroupQueryAttention on the in-place cache;
-    returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`self_attention`."""
+    returns [B, S, d] (after o_proj). RoPE is ours, as in :func:`self_attention`. A
+    ``window`` (a sliding-window layer: the last ``window`` positions, the query's own
+    included) is GQA's ``local_window_size``; ONNX Runtime counts the query's own key in it
+    (measured: ``window`` equals the exact graph's mask, ``window - 1`` does not)."""
     H, Hkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
     qk, v = qkv_roped(g, i, x, w, c, cos, sin)  # [B, S, H+Hkv, hd], [B, S, Hkv, hd]
     flat = g.ints("bsh_shape", [0, 0, -1])
@@ -185,6 +202,8 @@ def gqa_attention(g: Graph, i: int, x: str, w: Weights, c: HeadShape, cos: str, 
             domain=MS_DOMAIN,
             num_heads=H,
             kv_num_heads=Hkv,
+            **({"scale": float(c.query_scale)} if getattr(c, "attention_scale", 0) else {}),
+            **({"local_window_size": window} if window else {}),
         )
-    )  # scale 1/sqrt(hd) by default
+    )  # scale: 1/sqrt(hd) unless the config sets another
     return linear(g, f"gqa_{i}", f"layers.{i}.o_proj", [w["o_proj"]])  # [B, S, d]

@@ -21,14 +21,18 @@ The math (per layer ``i``, ``x`` the residual stream)::
     h = x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))  with n = rms_norm(x)
     x' = h + down_proj(silu(gate_proj(m)) * up_proj(m))                       with m = rms_norm(h)
 
-and ``logits = lm_head(rms_norm(x_last))``. RoPE uses the HF "rotate_half" pairing (j, j + hd/2)
-with ``inv_freq = theta ** (-2j / hd)``; cos/sin tables are computed in float64 and stored in
-float32. Masked scores are replaced by -1e30 (finite), so a fully masked query row (a padding
-position) yields finite garbage instead of NaN, which would otherwise reach real rows through
-the padding's keys and values in the next layer. By default the attention sums run in float64
-(``attention="exact"``) and the scores are computed with the keys as rows, which makes a row's
-logits bit-identical whatever its batch, padding or prefill chunking (measured; it relies
-on ORT's CPU GEMM computing each row the same way however many rows there are).
+and ``logits = lm_head(rms_norm(x_last))``. Qwen2 adds q/k/v biases; Qwen3 RMS-norms each q
+and k head before RoPE; Gemma 3 also scales the embedding by sqrt(d), RMS-norms each
+sublayer's output before its residual add, gates with tanh-GELU, and runs sliding-window
+layers with their own RoPE base (see :class:`LlamaConfig`). RoPE uses the HF "rotate_half"
+pairing (j, j + hd/2) with ``inv_freq = theta ** (-2j / hd)``; cos/sin tables are computed
+in float64 and stored in float32. Masked scores are replaced by -1e30 (finite), so a fully
+masked query row (a padding position) yields finite garbage instead of NaN, which would
+otherwise reach real rows through the padding's keys and values in the next layer. By
+default the attention sums run in float64 (``attention="exact"``) and the scores are
+computed with the keys as rows, which makes a row's logits bit-identical whatever its batch,
+padding or prefill chunking (measured; it relies on ORT's CPU GEMM computing each row the
+same way however many rows there are).
 
 The graph pieces are :mod:`sampler.onnx_graph`'s; this module is the Llama assembly. It
 imports onnx lazily: ``import sampler.onnx_llama`` costs only NumPy.
@@ -104,7 +108,15 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     max_position: int = 2048
     attention_bias: bool = False  # q, k and v projections with biases (Qwen2)
-    qk_norm: bool = False  # each head of q and k RMS-normed before RoPE (Qwen3)
+    qk_norm: bool = False  # each head of q and k RMS-normed before RoPE (Qwen3, Gemma 3)
+    # Gemma 3:
+    embedding_scale: float = 1.0  # the embedding times this (Gemma: sqrt(hidden_size))
+    post_norms: bool = False  # RMS-norm the attention and MLP outputs before each residual add
+    activation: str = "silu"  # the MLP's gate: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    attention_scale: float = 0.0  # q's scale before q k^T; 0 means 1/sqrt(head_dim)
+    sliding_window: int = 0  # local layers see the last this many positions, their own included
+    local_layers: tuple[int, ...] = ()  # the sliding-window layers
+    rope_theta_local: float = 10000.0  # the local layers' RoPE base
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:
@@ -128,6 +140,19 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if self.activation not in ("silu", "gelu_tanh"):
+            raise ValueError(
+                f"LlamaConfig.activation must be 'silu' or 'gelu_tanh', got {self.activation!r}"
+            )
+        if self.local_layers and self.sliding_window < 1:
+            raise ValueError("LlamaConfig.local_layers needs a sliding_window >= 1")
+        if not set(self.local_layers) <= set(range(self.num_layers)):
+            raise ValueError(f"LlamaConfig.local_layers {self.local_layers} are not layers")
+
+    @property
+    def query_scale(self) -> float:
+        """What q is multiplied by before the scores (1/sqrt(head_dim) unless set)."""
+        return self.attention_scale or 1.0 / float(np.sqrt(self.head_dim))
 
 
 def weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -153,6 +178,8 @@ def weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
             shapes |= {p + "q_proj.bias": (q,), p + "k_proj.bias": (kv,), p + "v_proj.bias": (kv,)}
         if c.qk_norm:
             shapes |= {p + "q_norm": (c.head_dim,), p + "k_norm": (c.head_dim,)}
+        if c.post_norms:
+            shapes |= {p + "attn_output_norm": (d,), p + "mlp_output_norm": (d,)}
     shapes["norm"] = (d,)
     if not c.tie_word_embeddings:
         shapes["lm_head"] = (c.vocab_size, d)
@@ -243,29 +270,42 @@ def build_llama(
     ids, mask_in, pos = "input_ids", "attention_mask", "position_ids"
 
     x = _embed(g, weights, c, ids)  # [B, S, d]
-    cos, sin = rope_inputs(g, c, pos)  # [B, S, 1, hd] each
     shared = attention == "gqa"
-    allowed = None if shared else attention_mask(g, c, ids, mask_in)  # [B, 1, G*S, T]
+    # per kind of layer (global; local = sliding window): RoPE rows and, unless GQA, the mask
+    kinds = {False: 0, True: c.sliding_window} if c.local_layers else {False: 0}
+    ropes = {
+        local: rope_inputs(g, c, pos, c.rope_theta_local if local else c.rope_theta)
+        for local in kinds
+    }  # [B, S, 1, hd] each
+    masks = {
+        local: None if shared else attention_mask(g, c, ids, mask_in, window)
+        for local, window in kinds.items()
+    }  # [B, 1, G*S, T]
     for i in range(c.num_layers):
         w = {
             k[len(f"layers.{i}.") :]: v for k, v in weights.items() if k.startswith(f"layers.{i}.")
         }
+        local = i in c.local_layers
+        cos, sin = ropes[local]
         n = rms_norm(
             g, x, g.weight(f"layers.{i}.input_layernorm", w["input_layernorm"]), c.rms_norm_eps
         )
         if shared:
-            attn = gqa_attention(g, i, n, w, c, cos, sin)  # [B, S, d]
+            window = c.sliding_window if local else 0
+            attn = gqa_attention(g, i, n, w, c, cos, sin, window)  # [B, S, d]
         else:
+            allowed = masks[local]
             assert allowed is not None  # (the mask of the non-GQA graphs)
             attn = self_attention(g, i, n, w, c, cos, sin, allowed, attention == "exact")
-        x = g.op("Add", x, attn)
+        x = g.op("Add", x, _post_norm(g, c, i, "attn_output_norm", attn, w))
         m = rms_norm(
             g,
             x,
             g.weight(f"layers.{i}.post_attention_layernorm", w["post_attention_layernorm"]),
             c.rms_norm_eps,
         )
-        x = g.op("Add", x, _mlp(g, i, m, w))  # [B, S, d]
+        x = g.op("Add", x, _post_norm(g, c, i, "mlp_output_norm", _mlp(g, c, i, m, w), w))
+        # [B, S, d]
     x = rms_norm(g, x, g.weight("norm", weights["norm"]), c.rms_norm_eps)
     # logits_to_keep (default 0: every position): the last K positions' logits only, so a
     # prefill that needs only the next token's logits skips lm_head on the rest
@@ -353,11 +393,22 @@ def _check_weights(weights: Weights, config: LlamaConfig) -> None:
 
 def _embed(g: Graph, weights: Weights, c: LlamaConfig, ids: str) -> str:
     if not c.tie_word_embeddings:
-        return g.op("Gather", g.weight("embed_tokens", weights["embed_tokens"]), ids, axis=0)
-    # Tied: store E^T [d, V] once, for the head's MatMul; gather its columns for the embedding.
-    et = g.weight("embed_tokens.T", dense(weights["embed_tokens"]).T)  # [d, V]
-    cols = g.op("Gather", et, ids, axis=1)  # [d, B, S]
-    return g.op("Transpose", cols, perm=[1, 2, 0])  # [B, S, d]
+        x = g.op("Gather", g.weight("embed_tokens", weights["embed_tokens"]), ids, axis=0)
+    else:
+        # Tied: store E^T [d, V] once, for the head's MatMul; gather its columns here.
+        et = g.weight("embed_tokens.T", dense(weights["embed_tokens"]).T)  # [d, V]
+        cols = g.op("Gather", et, ids, axis=1)  # [d, B, S]
+        x = g.op("Transpose", cols, perm=[1, 2, 0])  # [B, S, d]
+    if c.embedding_scale != 1.0:  # (Gemma: sqrt(d), rounded to float32 as llama.cpp and HF)
+        x = g.op("Mul", x, g.scalar("embedding_scale", c.embedding_scale))
+    return x
+
+
+def _post_norm(g: Graph, c: LlamaConfig, i: int, name: str, x: str, w: Weights) -> str:
+    """Gemma 3's RMSNorm of a sublayer's output before the residual add (else ``x``)."""
+    if not c.post_norms:
+        return x
+    return rms_norm(g, x, g.weight(f"layers.{i}.{name}", w[name]), c.rms_norm_eps)
 
 
 def _head(g: Graph, weights: Weights, c: LlamaConfig) -> str:
@@ -368,11 +419,25 @@ def _head(g: Graph, weights: Weights, c: LlamaConfig) -> str:
     return g.weight("lm_head.T", dense(weights["lm_head"]).T)  # [d, V]
 
 
-def _mlp(g: Graph, i: int, x: str, w: Weights) -> str:
-    """down(silu(gate x) * up x), gate and up in one MatMul."""
+def _mlp(g: Graph, c: LlamaConfig, i: int, x: str, w: Weights) -> str:
+    """down(act(gate x) * up x), gate and up in one MatMul; act is SiLU or tanh-GELU."""
     ffn = w["gate_proj"].shape[0]
     gu = linear(g, x, f"layers.{i}.gate_up_proj", [w["gate_proj"], w["up_proj"]])
     # [B, S, 2*ffn]
     gate, up = g.ops("Split", gu, g.ints("gate_up_split", [ffn, ffn]), axis=-1, n_out=2)
-    act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # [B, S, ffn]
-    return linear(g, act, f"layers.{i}.down_proj", [w["down_proj"]])
+    act = (
+        _gelu_tanh(g, gate)
+        if c.activation == "gelu_tanh"
+        else g.op("Mul", gate, g.op("Sigmoid", gate))
+    )
+    return linear(g, g.op("Mul", act, up), f"layers.{i}.down_proj", [w["down_proj"]])
+
+
+def _gelu_tanh(g: Graph, x: str) -> str:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the tanh GELU of Gemma (HF's
+    ``gelu_pytorch_tanh``, llama.cpp's ``ggml_gelu``), in plain ops (opset 17 has no Gelu)."""
+    cube = g.op("Mul", g.op("Mul", x, x), x)
+    inner = g.op("Add", x, g.op("Mul", cube, g.scalar("gelu_c", 0.044715)))
+    t = g.op("Tanh", g.op("Mul", inner, g.scalar("gelu_k", float(np.sqrt(2.0 / np.pi)))))
+    half_x = g.op("Mul", x, g.scalar("half", 0.5))
+    return g.op("Mul", half_x, g.op("Add", t, g.scalar("one_f", 1.0)))

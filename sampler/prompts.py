@@ -30,6 +30,7 @@ class Prompt:
     shown: tuple[int, ...]  # the prompt's own tokens: echoed and scored
     text: str  # the prompt text (echo, text_offset)
     counted: int  # its share of usage.prompt_tokens
+    lead: int = 0  # where ``shown`` starts in ``tokens`` (1 after a BOS; FIM: unused)
 
 
 _PROMPT_TYPES = (
@@ -80,11 +81,17 @@ def _encode(param: str, text: str, tok: Tokenizer) -> list[int]:
 
 
 def prompt_tokens(raw: str | list[int], info: ModelInfo, suffix: str | None) -> Prompt:
+    """The prompt as the model reads it. A model with a BOS token (``info.bos_id``, Gemma's
+    ``<bos>``) reads it before a text prompt, as llama.cpp and HF tokenizers put it there;
+    it is not part of the prompt: not echoed, scored or counted (as the end-of-text token
+    an empty prompt reads). Token-id prompts are read exactly as given."""
     tok = info.tokenizer
     if isinstance(raw, str):
         text = valid_text("prompt", raw)
         shown = tuple(_encode("prompt", text, tok))
+        bos: tuple[int, ...] = () if info.bos_id is None else (info.bos_id,)
     else:
+        bos = ()
         check_token_ids("prompt", raw, tok)
         shown = tuple(int(t) for t in raw)
         text = tok.decode_bytes(shown).decode("utf-8", "replace")
@@ -92,10 +99,10 @@ def prompt_tokens(raw: str | list[int], info: ModelInfo, suffix: str | None) -> 
         assert info.fim is not None
         prefix_id, middle_id, suffix_id = info.fim
         tokens = (prefix_id, *shown, suffix_id, *_encode("suffix", suffix, tok), middle_id)
-        return Prompt(tokens=tokens, shown=shown, text=text, counted=len(tokens))
-    if not shown:  # conditioned on end-of-text, which is neither echoed nor counted
-        return Prompt(tokens=(info.end_ids[0],), shown=(), text=text, counted=0)
-    return Prompt(tokens=shown, shown=shown, text=text, counted=len(shown))
+        return Prompt(tokens=bos + tokens, shown=shown, text=text, counted=len(tokens))
+    if not shown:  # conditioned on BOS or end-of-text, which is neither echoed nor counted
+        return Prompt(tokens=bos or (info.end_ids[0],), shown=(), text=text, counted=0)
+    return Prompt(tokens=bos + shown, shown=shown, text=text, counted=len(shown), lead=len(bos))
 
 
 def check_token_ids(param: str, ids: list, tok: Tokenizer) -> None:

@@ -1,6 +1,7 @@
 """Tokenizers: tiktoken encodings by name or from a model folder, ids, token text.
 
-The only tokenizer machinery is tiktoken's; this module adds what the Completions API
+The tokenizer machinery is tiktoken's, or for a SentencePiece-style vocabulary (Gemma's)
+:mod:`sampler.spm`'s, which offers the same face; this module adds what the Completions API
 needs around it: which ids are tokens at all, which may be sampled, and how a token
 is written in ``logprobs`` (``bytes:\\xNN`` when its bytes are not valid UTF-8 alone).
 
@@ -48,7 +49,9 @@ __all__ = [
     "tokenizer_for",
     "logprobs_text",
     "bpe_tokenizer",
+    "spm_tokenizer",
     "load_folder_tokenizer",
+    "write_spm",
     "write_ranks",
     "read_ranks",
     "CL100K_SHA256",
@@ -116,8 +119,14 @@ class Tokenizer:
         self._text: dict[int, str] = {}
         #: byte values no token holds (their ids are placeholders >= vocab_size)
         self.missing_bytes: frozenset[int] = frozenset(
-            b for b in range(256) if encoding.encode_single_token(bytes([b])) >= limit
+            b for b in range(256) if not self._has_byte(b)
         )
+
+    def _has_byte(self, b: int) -> bool:
+        try:
+            return self.encoding.encode_single_token(bytes([b])) < self._limit
+        except KeyError:  # (a SentencePiece vocabulary without that <0xXX> token)
+            return False
 
     def _all_token_bytes(self) -> list[bytes | None]:
         table: list[bytes | None] = []
@@ -260,7 +269,10 @@ def _cached_folder_tokenizer(folder: str, spec: str, end_ids: tuple[int, ...]) -
 def load_folder_tokenizer(
     folder: str | os.PathLike, spec: Mapping[str, Any], *, end_ids: Iterable[int] = ()
 ) -> Tokenizer:
-    """The byte-level BPE described by ``spec`` (``refsampler.json``'s ``tokenizer`` object).
+    """The tokenizer described by ``spec`` (``refsampler.json``'s ``tokenizer`` object): a
+    byte-level BPE, or with ``"kind": "sentencepiece"`` a SentencePiece-style vocabulary
+    (``{"kind", "name", "file": "tokenizer.spm.json", "sha256", "vocab_size",
+    "add_space_prefix"}``, the file holding ``tokens``, ``scores`` and ``types``).
 
     Every problem raises ``ValueError`` naming the field, or the file and its line.
     """
@@ -275,6 +287,11 @@ def load_folder_tokenizer(
     name = field("name", str, "a string")
     file = Path(folder) / field("file", str, "the name of a rank file in the folder")
     sha = field("sha256", str, "the sha256 hex digest of the rank file")
+    kind = spec.get("kind", "bpe")
+    if kind == "sentencepiece":
+        return _folder_spm(name, file, sha, spec, where, end_ids)
+    if kind != "bpe":
+        raise ValueError(f"{where}: 'kind' must be 'bpe' or 'sentencepiece', got {kind!r}")
     pattern = field("pattern", str, "a regular expression")
     specials = field("special_tokens", dict, "an object {token text: id}")
     vocab_size = field("vocab_size", int, "a positive integer")
@@ -332,6 +349,62 @@ def bpe_tokenizer(
     return Tokenizer(encoding, end_ids=end_ids, vocab_size=vocab_size)
 
 
+def _folder_spm(
+    name: str, file: Path, sha: str, spec: Mapping[str, Any], where: str, end_ids: Iterable[int]
+) -> Tokenizer:
+    data = _read_checked(file, sha)
+    try:
+        arrays = json.loads(data)
+        tokens, scores, types = arrays["tokens"], arrays["scores"], arrays["types"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file}: expected {{'tokens', 'scores', 'types'}} ({e})") from None
+    if len(tokens) != spec.get("vocab_size"):
+        raise ValueError(f"{where}: 'vocab_size' is not the file's {len(tokens)} tokens")
+    prefix = spec.get("add_space_prefix", False)
+    if not isinstance(prefix, bool):
+        raise ValueError(f"{where}: 'add_space_prefix' must be true or false, got {prefix!r}")
+    return spm_tokenizer(name, tokens, scores, types, add_space_prefix=prefix, end_ids=end_ids)
+
+
+def spm_tokenizer(
+    name: str,
+    tokens: list[str],
+    scores: list[float],
+    types: list[int],
+    *,
+    add_space_prefix: bool = False,
+    end_ids: Iterable[int] = (),
+) -> Tokenizer:
+    """A :class:`Tokenizer` over a SentencePiece-style vocabulary (:mod:`sampler.spm`)."""
+    from .spm import SentencePieceEncoding
+
+    encoding = SentencePieceEncoding(name, tokens, scores, types, add_space_prefix=add_space_prefix)
+    return Tokenizer(encoding, end_ids=end_ids)  # type: ignore[arg-type]
+
+
+def write_spm(
+    path: str | os.PathLike, tokens: list[str], scores: list[float], types: list[int]
+) -> str:
+    """Write a SentencePiece-style vocabulary as JSON; return the file's sha256."""
+    data = json.dumps(
+        {"tokens": tokens, "scores": scores, "types": types}, ensure_ascii=False
+    ).encode("utf-8")
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_checked(path: Path, expected_sha256: str | None) -> bytes:
+    data = path.read_bytes()
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise ValueError(
+                f"{path}: sha256 is {actual}, expected {expected_sha256} (the "
+                "file changed after the model folder was written)"
+            )
+    return data
+
+
 def write_ranks(path: str | os.PathLike, ranks: Mapping[bytes, int]) -> str:
     """Write ``ranks`` in tiktoken's format (one ``base64 rank`` line each, by rank); return
     the file's sha256."""
@@ -345,14 +418,7 @@ def write_ranks(path: str | os.PathLike, ranks: Mapping[bytes, int]) -> str:
 
 def read_ranks(path: str | os.PathLike, *, expected_sha256: str | None = None) -> dict[bytes, int]:
     """Read a tiktoken rank file, checking its sha256 first when one is given."""
-    data = Path(path).read_bytes()
-    if expected_sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected_sha256:
-            raise ValueError(
-                f"{path}: sha256 is {actual}, expected {expected_sha256} (the "
-                "file changed after the model folder was written)"
-            )
+    data = _read_checked(Path(path), expected_sha256)
     ranks: dict[bytes, int] = {}
     for number, line in enumerate(data.splitlines(), 1):
         if not line:

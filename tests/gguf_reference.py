@@ -113,6 +113,21 @@ _GAIN = {
 }
 
 
+def add_matrix(writer, name: str, x: np.ndarray, qtype: str) -> None:
+    """Write float32 ``x`` as a tensor of type ``qtype`` (F32, F16, or what gguf.quants
+    quantises)."""
+    import gguf
+    from gguf.quants import quantize
+
+    qt = gguf.GGMLQuantizationType[qtype]
+    if qt == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, x)
+    elif qt == gguf.GGMLQuantizationType.F16:
+        writer.add_tensor(name, x.astype(np.float16))
+    else:
+        writer.add_tensor(name, quantize(x, qt), raw_dtype=qt)
+
+
 def write_tiny_gguf(
     path: Path,
     qtype: str = "F32",
@@ -129,14 +144,12 @@ def write_tiny_gguf(
     ``extra_tensors`` are added as they are; ``replace`` swaps generated tensors by name;
     ``chat_template`` is written as ``tokenizer.chat_template`` (BOS 1, padding 2)."""
     import gguf
-    from gguf.quants import quantize
 
     d = TINY_DIMS
     tokens, types, merges = train_vocab()
     V, W, F = len(tokens), d["width"], d["ffn"]
     hd = W // d["heads"]
     rng = np.random.default_rng(seed)
-    qt = gguf.GGMLQuantizationType[qtype]
 
     w = gguf.GGUFWriter(str(path), arch)
     p = arch
@@ -167,12 +180,8 @@ def write_tiny_gguf(
             x *= np.float32(gain / np.sqrt(cols))
         if name in (replace or {}):
             w.add_tensor(name, replace[name])
-        elif qt == gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, x)
-        elif qt == gguf.GGMLQuantizationType.F16:
-            w.add_tensor(name, x.astype(np.float16))
         else:
-            w.add_tensor(name, quantize(x, qt), raw_dtype=qt)
+            add_matrix(w, name, x, qtype)
 
     def norm(name: str, size: int = W) -> None:
         x = (1.0 + 0.1 * rng.standard_normal(size)).astype(np.float32)

@@ -78,13 +78,18 @@ def matches_reference(src, decoder: Decoder, attention: str, seed: int) -> np.nd
     expected = ref.forward(src, tokens)
     assert full.std() > 1.0  # logits that say something
     assert np.abs(full - expected).max() < 1e-4
-    last, cache = decoder.prefill([tokens[:25]])
+    assert_incremental_is_full(decoder, tokens, full, attention)
+    return full
+
+
+def assert_incremental_is_full(decoder: Decoder, tokens, full, attention: str, at: int = 25):
+    """Prefill ``tokens[:at]``, then one step per token: the logits of the full pass."""
+    last, cache = decoder.prefill([tokens[:at]])
     steps = [last[0]]
-    for t in tokens[25:]:
+    for t in tokens[at:]:
         logits, cache = decoder.step(cache, [t])
         steps.append(logits[0])
-    assert np.abs(np.stack(steps) - full[24:]).max() < INCREMENTAL[attention]
-    return full
+    assert np.abs(np.stack(steps) - full[at - 1 :]).max() < INCREMENTAL[attention]
 
 
 @pytest.mark.parametrize("attention", ["gqa", "exact"])
@@ -137,8 +142,8 @@ def test_unpermutation_is_needed(tmp_path, monkeypatch):
 
 
 def test_unsupported_files_say_what_they_found(tmp_path):
-    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="gemma3")
-    with pytest.raises(ValueError, match="general.architecture is 'gemma3'; the GGUF files"):
+    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="phi3")
+    with pytest.raises(ValueError, match="general.architecture is 'phi3'; the GGUF files"):
         convert_gguf(src, tmp_path / "q")
     src = ref.write_tiny_gguf(tmp_path / "p.gguf", pre="deepseek-llm")
     with pytest.raises(ValueError, match="tokenizer.ggml.pre is 'deepseek-llm'"):
@@ -399,6 +404,6 @@ def test_head_size_gqa_cannot_run_falls_back_to_exact(tmp_path, monkeypatch):
 def test_cli_convert_errors(tmp_path, capsys):
     assert cli.main(["convert", str(tmp_path / "nope.gguf")]) == 1
     assert "no such file" in capsys.readouterr().err
-    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="gemma3")
+    src = ref.write_tiny_gguf(tmp_path / "q.gguf", arch="phi3")
     assert cli.main(["convert", str(src), "--out", str(tmp_path / "o")]) == 1
-    assert "gemma3" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert "phi3" in capsys.readouterr().err and not (tmp_path / "o").exists()
