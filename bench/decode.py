@@ -1,12 +1,16 @@
-"""Benchmark: prefill and decode speed of SmolLM2-135M-Instruct, ours against peers.
+"""Benchmark: prefill and decode speed of SmolLM2-135M-Instruct (or Gemma 3 270M), ours
+against peers.
 
     python bench/decode.py                  # every engine, 2 rounds, ~12 min on 2 cores
+    python bench/decode.py --model gemma3-270m --only ours,llama   # Gemma 3's rows
     python bench/decode.py --quick          # fewer steps and repeats, no position-2000 runs
     python bench/decode.py --only ours      # just our variants
     python bench/decode.py --threads 2 --json out.json
 
-Run from the repository root with the project venv. Peers run in child processes with
-their own interpreters (neither is a dependency of this package):
+``--model gemma3-270m`` measures Gemma 3 270M instead (its own Q4_K_M GGUF for llama.cpp; our
+variants: fp32, fp32 exact, fp32 fast-attn and the engine -- the file has no Q4_0/Q4_1
+matrices for the int4 variants). Run from the repository root with the project venv. Peers
+run in child processes with their own interpreters (neither is a dependency of this package):
 
 - **llama.cpp** (llama-cpp-python, ``--llama-python``, default ``/tmp/llamavenv/bin/python``)
   on the original Q4_1 GGUF, through its low-level batch API: ``n_seq_max = 8`` sequences
@@ -82,6 +86,13 @@ from machine import cpu_busy_seconds  # bench/machine.py, beside this script
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA = "llama.cpp Q4_1"  # the peer's row: llama.cpp on the model's own GGUF
+#: --model: (registry name, its GGUF in the downloads folder, llama.cpp row, folder prefix)
+MODELS = {
+    "smollm2-135m-instruct": (MODEL, GGUF_NAME, LLAMA, "smollm2"),
+    "gemma3-270m": ("gemma3-270m", "gemma-3-270m-q4_k_m.gguf", "llama.cpp Q4_K_M", "gemma3"),
+}
+PREFIX = "smollm2"
 B8 = 8
 POSITIONS = (100, 2000)
 STEPS_AT = 16  # steps timed at each position
@@ -235,7 +246,9 @@ def bench_ours(
 def bench_engine(folder: Path, work: dict, steps: int, reps: int, threads: int) -> dict:
     """The whole ``Engine.complete`` (greedy, end ids banned so that every run is full
     length): each ``Batch.advance`` (the sampling step of every row, then the model step)
-    is timed; prefill is the rest of a max_tokens = 1 request."""
+    is timed; prefill is a whole max_tokens = 1 request (the prompt's prefill now runs inside
+    the first ``Batch.advance``, so it cannot be told from it; the request's one sampling
+    step is in the figure)."""
     from sampler import engine as E
 
     eng = E.Engine.load(folder, threads=threads)
@@ -259,8 +272,7 @@ def bench_engine(folder: Path, work: dict, steps: int, reps: int, threads: int) 
             pre = []
             for _ in range(reps):
                 sw.wall.clear(), sw.cpu.clear()
-                total = timed(lambda: run(batch, 1))
-                pre.append(total - sum(sw.times))
+                pre.append(timed(lambda: run(batch, 1)))
             out[f"prefill_b{B}"] = B * len(batch[0]) / min(pre)
             sw.wall.clear(), sw.cpu.clear()
             run(batch, 1 + steps)
@@ -588,10 +600,10 @@ def our_folders(names: list[str]) -> dict[str, Path]:
             home()
             / "bench"
             / {
-                "fp32 exact": "smollm2-fp32-exact",
-                "fp32 fast-attn": "smollm2-fp32-fastattn",
-                "int4": "smollm2-int4-acc0",
-                "int4 acc4": "smollm2-int4-acc4",
+                "fp32 exact": f"{PREFIX}-fp32-exact",
+                "fp32 fast-attn": f"{PREFIX}-fp32-fastattn",
+                "int4": f"{PREFIX}-int4-acc0",
+                "int4 acc4": f"{PREFIX}-int4-acc4",
             }[n]
         )
         if not (folder / "refsampler.json").is_file():
@@ -605,6 +617,7 @@ OURS = ["fp32", "fp32 exact", "fp32 fast-attn", "int4", "int4 acc4", "engine fp3
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CLOCK, MODEL, GGUF_NAME, LLAMA, PREFIX
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="ORT / llama.cpp threads (1)")
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed (32)")
@@ -634,14 +647,15 @@ def main(argv: list[str] | None = None) -> int:
         "CPU time, which leaves out time lost to other processes",
     )
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--model", choices=sorted(MODELS), default=MODEL, help="(%(default)s)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.reps, args.rounds = min(args.steps, 12), min(args.reps, 2), 1
-    global CLOCK
     CLOCK = args.clock
+    MODEL, GGUF_NAME, LLAMA, PREFIX = MODELS[args.model]
 
     if args.worker:  # a child: one engine, JSON on the last stdout line
         work = json.loads(Path(args.work).read_text())
@@ -661,13 +675,15 @@ def main(argv: list[str] | None = None) -> int:
     whole = LoadMeter()
     only = [s.strip() for s in args.only.split(",")]
     ours = [n for n in OURS if "ours" in only or n in only]
+    if PREFIX == "gemma3":  # no Q4_0/Q4_1 matrices: nothing for the int4 variants
+        ours = [n for n in ours if not n.startswith("int4")]
     folders = our_folders(ours)
     tok = tokenizer_for(load_config(resolve(MODEL)))
     work = make_workload(tok, args.prompt_len)
     gguf = home() / "downloads" / GGUF_NAME
 
     print(
-        f"# bench/decode.py {datetime.date.today()}: SmolLM2-135M-Instruct, {args.threads} "
+        f"# bench/decode.py {datetime.date.today()}: {MODEL}, {args.threads} "
         f"thread(s), prompt {args.prompt_len} tokens, {args.steps} decode steps, "
         f"{os.cpu_count()} cpus",
         flush=True,
@@ -696,8 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
     if "llama" in only:
-        runs["llama.cpp Q4_1"] = lambda: {
-            "llama.cpp Q4_1": dict(
+        runs[LLAMA] = lambda: {
+            LLAMA: dict(
                 child(args.llama_python, "llama", str(gguf), work, args),
                 weight_bytes=gguf_weight_bytes(gguf),
             )
@@ -774,7 +790,7 @@ def best_of(a: dict | None, b: dict) -> dict:
 
 def print_report(rep: dict) -> None:
     res, bw = rep["results"], rep["bandwidth_gbs"]["read"]
-    llama = res.get("llama.cpp Q4_1", {})
+    llama = res.get(LLAMA, {})
     base = res.get("ours fp32", {})
 
     def f(v, spec=".1f"):
@@ -834,7 +850,7 @@ def print_report(rep: dict) -> None:
         )
     if base.get("decode_b1") and llama.get("decode_b1"):
         print(
-            f"  vs llama.cpp Q4_1 at B=1: {base['decode_b1'] / llama['decode_b1']:.2f}x its "
+            f"  vs {LLAMA} at B=1: {base['decode_b1'] / llama['decode_b1']:.2f}x its "
             f"speed (it reads {llama['weight_bytes'] / 1e6:.0f} MB per token, "
             f"{base['weight_bytes'] / llama['weight_bytes']:.1f}x less)"
         )

@@ -7,6 +7,7 @@ Run from the repository root, in ONE process (only ratios measured together mean
     python bench/sampler_step.py --json out.json
     python bench/sampler_step.py --no-hf    # ours and the floor only, caches warm
     python bench/sampler_step.py --cold     # every method after a 16 MB cache sweep
+    python bench/sampler_step.py --vocab 262144   # Gemma 3's row width (default cl100k's)
 
 The HF column needs ``torch`` and ``transformers``, which are not dependencies of the
 library; use a separate venv (e.g. ``/tmp/benchvenv`` with ``torch``, ``transformers``,
@@ -447,6 +448,7 @@ def print_report(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global VOCAB
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="B = 1, 8 and short timing (<= ~30 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the numbers to PATH")
@@ -463,7 +465,14 @@ def main(argv: list[str] | None = None) -> None:
         help="read a 16 MB buffer before every timed call of every method, so "
         "that each starts cold, as a sampler does after a forward pass",
     )
+    ap.add_argument(
+        "--vocab",
+        type=int,
+        default=VOCAB,
+        help="row width V (default %(default)s, cl100k_base; 262144 is Gemma 3's)",
+    )
     args = ap.parse_args(argv)
+    VOCAB = args.vocab
     start = (cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter())
     load_start = [round(x, 2) for x in os.getloadavg()]
     batches, budget, min_reps = ((1, 8), 0.8, 5) if args.quick else ((1, 8, 64), 6.0, 7)
