@@ -1,11 +1,12 @@
-"""The vLLM V1 logits processor, driven the way vLLM's model runner drives it.
+"""The vLLM V1 logits processor, driven the way vLLM's V1 model runner drives it.
 
-vLLM is not installable here (CPU wheels, size), so most tests load the adapter against a
-minimal fake of vLLM's documented V1 interface (``vllm.v1.sample.logits_processor``:
+vLLM is not in the project's venv (a CUDA wheel of several GB), so most tests load the adapter
+against a minimal fake of vLLM's documented V1 interface (``vllm.v1.sample.logits_processor``:
 ``LogitsProcessor``, ``BatchUpdate``, ``MoveDirectionality``) and run a persistent batch
 by hand over the tiny model: requests added, finished, removed and moved, vLLM's greedy
-choice after ``apply``. The requests' tokens equal ``sampler.Engine``'s. The last test uses
-the real vLLM when it is importable."""
+choice after ``apply``. The requests' tokens equal ``sampler.Engine``'s. The last two use
+the real vLLM when it is importable (its own venv: ``vllm==0.33.0``): the class against the
+real interface, and the fake's signatures, fields and members against the real ones."""
 
 from __future__ import annotations
 
@@ -257,3 +258,26 @@ def test_the_real_vllm_interface():
     assert issubclass(OpenAILogitsProcessor, LogitsProcessor)
     proc = OpenAILogitsProcessor(None, torch.device("cpu"), False)
     assert proc.is_argmax_invariant() is False
+
+
+def test_the_v1_fake_has_the_real_signatures():
+    """The CI fake of the V1 interface, held to vLLM's own classes (in vLLM's venv)."""
+    pytest.importorskip("vllm")
+    import dataclasses
+    import inspect
+
+    real = importlib.import_module("vllm.v1.sample.logits_processor")
+
+    def sig(cls) -> dict:
+        names = ("__init__", "validate_params", "apply", "is_argmax_invariant", "update_state")
+        return {
+            n: [(p.name, p.kind) for p in inspect.signature(getattr(cls, n)).parameters.values()]
+            for n in names
+        }
+
+    assert sig(real.LogitsProcessor) == sig(_LogitsProcessor)
+    assert real.LogitsProcessor.__abstractmethods__ == _LogitsProcessor.__abstractmethods__
+    assert [f.name for f in dataclasses.fields(real.BatchUpdate)] == [
+        f.name for f in dataclasses.fields(_BatchUpdate)
+    ]
+    assert {m.name for m in real.MoveDirectionality} == {m.name for m in _MoveDirectionality}

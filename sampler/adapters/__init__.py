@@ -8,7 +8,9 @@ them (``import sampler`` never loads this package):
 - ``adapters.llama_cpp``: llama-cpp-python, ``LogitsProcessor``, ``generate``,
   ``logprobs_from_scores``
 - ``adapters.genai``: onnxruntime-genai runs the model, we sample: ``generate``, ``prepare``
-- ``adapters.vllm``: vLLM V1, ``OpenAILogitsProcessor`` (per request ``extra_args["openai"]``)
+- ``adapters.vllm``: vLLM's V1 runner, ``OpenAILogitsProcessor``, and ``Processor`` (the class the
+  installed vLLM runs); ``adapters.vllm_mrv2``: Model Runner V2, ``OpenAILogitsProcessorV2``
+  (both: per request ``extra_args["openai"]``)
 
 What each runtime does natively versus with its adapter: ``docs/adapters/index.md``.
 """

@@ -1,9 +1,14 @@
 """pytest (``--doctest-modules``): skip the doctests of an adapter whose runtime is not
-installed — ``adapters.vllm`` and ``adapters.hf`` import theirs at module level."""
+installed — ``adapters.vllm``, ``adapters.vllm_mrv2`` and ``adapters.hf`` import theirs at
+module level."""
 
 import importlib.util
 
-_RUNTIMES = {"vllm.py": ("vllm",), "hf.py": ("torch", "transformers")}
+_RUNTIMES = {
+    "vllm.py": ("vllm",),
+    "vllm_mrv2.py": ("vllm",),
+    "hf.py": ("torch", "transformers"),
+}
 
 collect_ignore = [
     name

@@ -52,6 +52,7 @@ __all__ = [
     "per_prompt",
     "generator",
     "fresh_entropy",
+    "process_in_place",
     "masked_ids",
     "TokenLogprob",
     "Generated",
@@ -297,11 +298,19 @@ class Sequences:
             res = out
         if self.mask is not None:
             res[:, self.mask] = -np.inf
-        processors.apply(res, self.params, [r.counts for r in self.rows], out=res)
-        # a greedy row keeps only its argmax (lowest id among ties), which any sampler picks
-        for b in [b for b, p in enumerate(self.params) if p.temperature == 0.0]:
-            force(res[b : b + 1], [int(np.argmax(res[b]))])
-        return res
+        return process_in_place(res, self.params, [r.counts for r in self.rows])
+
+
+def process_in_place(
+    res: np.ndarray, params: Sequence[SamplingParams], counts: Sequence[processors.TokenCounts]
+) -> np.ndarray:
+    """Steps 1–4 on ``res`` [B, V] in place, row ``b`` with ``params[b]`` over ``counts[b]``;
+    a greedy row (temperature 0) keeps only its argmax (lowest id among ties), which any
+    sampler picks."""
+    processors.apply(res, list(params), list(counts), out=res)
+    for b in [b for b, p in enumerate(params) if p.temperature == 0.0]:
+        force(res[b : b + 1], [int(np.argmax(res[b]))])
+    return res
 
 
 def force(out: np.ndarray, tokens: Sequence[int] | np.ndarray) -> np.ndarray:

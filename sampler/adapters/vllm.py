@@ -21,6 +21,12 @@ as spec §4 does).
 
 Step 0 (masking ids that are not tokens) needs the vocabulary: subclass and set
 :attr:`OpenAILogitsProcessor.mask_ids`. Imports vllm and torch.
+
+vLLM's Model Runner V2 (its default since 0.33) takes only processors of its own interface:
+:class:`sampler.adapters.vllm_mrv2.OpenAILogitsProcessorV2`, the same semantics. ``Processor``
+(``--logits-processors sampler.adapters.vllm:Processor``) is whichever of the two the
+installed vLLM runs: V2 when it has the MRV2 interface and ``VLLM_USE_V2_MODEL_RUNNER`` is not
+off, else this V1 class (:func:`processor_class` says which, and why).
 """
 
 from __future__ import annotations
@@ -37,7 +43,12 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from ..errors import RequestError
 from .core import SamplingParams, Sequences, force, sampling_params
 
-__all__ = ["EXTRA_ARGS_KEY", "OpenAILogitsProcessor", "request_spec"]
+__all__ = [
+    "EXTRA_ARGS_KEY",
+    "OpenAILogitsProcessor",
+    "processor_class",
+    "request_spec",
+]
 
 #: The key of ``SamplingParams.extra_args`` that holds the OpenAI fields.
 EXTRA_ARGS_KEY = "openai"
@@ -211,3 +222,32 @@ class OpenAILogitsProcessor(LogitsProcessor):
                 slot.seqs.process(z[i : i + 1], out=out[i : i + 1])
         logits.index_copy_(0, index, torch.from_numpy(out).to(logits.device, logits.dtype))
         return logits
+
+
+def processor_class() -> tuple[type, str]:
+    """The processor class for the installed vLLM's model runner, and the reason.
+
+    Model Runner V2 (``vllm.v1.worker.gpu.sample.logits_processor``) rejects V1-interface
+    processors at load time; the V1 runner needs the V1 class. V2 is picked when the
+    interface is there and ``VLLM_USE_V2_MODEL_RUNNER`` is not ``0``/``false`` (vLLM may still
+    fall back to V1 for features V2 lacks: then set ``VLLM_USE_V2_MODEL_RUNNER=0``).
+    """
+    import importlib
+    import os
+
+    flag = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
+    if flag in ("0", "false"):
+        return OpenAILogitsProcessor, "VLLM_USE_V2_MODEL_RUNNER is off: the V1 interface"
+    try:  # import-light by vLLM's design (its frontend imports it to validate requests)
+        importlib.import_module("vllm.v1.worker.gpu.sample.logits_processor")
+    except ImportError:
+        return OpenAILogitsProcessor, "this vLLM has no Model Runner V2 interface: V1"
+    from .vllm_mrv2 import OpenAILogitsProcessorV2
+
+    return OpenAILogitsProcessorV2, "this vLLM runs Model Runner V2 by default: its interface"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Processor":  # resolved when asked for, as vLLM's loader does
+        return processor_class()[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
