@@ -44,18 +44,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .gguf_llama import (
-    llama_int4_weights,
-    llama_weights,
-    read_gguf,
-)
+from .gguf_int4 import llama_int4_weights
+from .gguf_llama import llama_weights, read_gguf
 from .model import sha256_file
 from .onnx_llama import ATTENTIONS
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 __all__ = ["CONVERT_VERSION", "convert_gguf"]
 
@@ -107,7 +101,8 @@ def convert_gguf(
     """
     from .gguf_vocab import SPMVocab
     from .onnx_llama import build_llama, gqa_supported, save_model
-    from .tokenizer import bpe_tokenizer, spm_tokenizer, write_ranks, write_spm
+    from .spm import spm_tokenizer, write_spm
+    from .tokenizer import bpe_tokenizer, write_ranks
 
     say = log or (lambda _msg: None)
     out = Path(out_dir)

@@ -149,7 +149,7 @@ class Completion:
         prompt = self.req.prompts[p]
         shown = prompt.shown
         at = positions + 1 - prompt.lead  # [n] position i predicts token i + 1 (of shown)
-        keep = (at >= 1) & (at < len(shown))  # the first shown token stays unscored
+        keep = (at >= 1) & (at < len(shown))  # [n] (the first shown token stays unscored)
         if not keep.any():
             return
         rows = self.engine.mask(np.array(logits[keep]))  # [n, V] a masked copy

@@ -5,7 +5,7 @@ metadata, weights.
 :func:`llama_config` maps ``llama.*`` metadata to a :class:`~sampler.onnx_llama.LlamaConfig`;
 :func:`llama_weights` dequantises every tensor to float32 (``gguf.quants.dequantize``) under
 the Hugging Face names the graph builder takes, undoing llama.cpp's Q/K row order
-(:func:`unpermute_rope_rows`); :func:`llama_int4_weights` keeps Q4_0/Q4_1 matrices 4-bit.
+(:func:`unpermute_rope_rows`); :mod:`sampler.gguf_int4` keeps Q4_0/Q4_1 matrices 4-bit.
 
 >>> unpermute_rope_rows(np.arange(8.0).reshape(8, 1), num_heads=2).ravel().tolist()
 [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .gguf_vocab import GGUFVocab, SPMVocab, gguf_vocab, spm_vocab
-from .onnx_llama import Int4Matrix, LlamaConfig, weight_shapes
+from .onnx_llama import LlamaConfig, weight_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     import gguf
@@ -33,8 +33,6 @@ __all__ = [
     "read_gguf",
     "llama_config",
     "llama_weights",
-    "llama_int4_weights",
-    "int4_matrix",
     "unpermute_rope_rows",
     "ARCHITECTURES",
 ]
@@ -361,58 +359,6 @@ def llama_weights(model: GGUFLlama, *, progress: bool = False) -> dict[str, np.n
     if missing:
         raise ValueError(f"{model.path}: missing tensors for {missing[:5]}")
     return weights
-
-
-_INT4_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20}  # fp16 d [, fp16 m], 16 bytes of nibbles
-
-
-def int4_matrix(kind: str, raw: np.ndarray, rows: int, cols: int) -> Int4Matrix:
-    """A Q4_0/Q4_1 tensor's raw blocks (uint8, ``rows`` x ``cols`` values) as an Int4Matrix.
-
-    A block is fp16 ``d``, (Q4_1) fp16 ``m``, then 16 bytes whose low nibbles are values
-    0-15 and high nibbles values 16-31 -- the layout ``gguf.quants`` reads.
-    """
-    size = _INT4_BLOCK_BYTES[kind]
-    nb = cols // 32
-    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, nb, size)
-
-    def half(at: int) -> np.ndarray:  # the fp16 at byte ``at`` of every block, as float32
-        return blocks[:, :, at : at + 2].copy().view(np.float16)[:, :, 0].astype(np.float32)
-
-    d = half(0)  # [rows, nb]
-    m = half(2) if kind == "Q4_1" else None
-    qs = blocks[:, :, size - 16 :]  # [rows, nb, 16]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2)  # [rows, nb, 32]
-    return Int4Matrix(kind, q, d, m)
-
-
-def llama_int4_weights(model: GGUFLlama) -> dict[str, Int4Matrix]:
-    """The Q4_0/Q4_1 layer matrices as :class:`Int4Matrix` (HF names, Q/K rows un-permuted).
-
-    Replacing these entries of :func:`llama_weights` gives ``build_llama(...,
-    weight_dtype="int4")`` its input; their :meth:`Int4Matrix.dense` equals the float32
-    weights exactly. The embedding and the head are left out (they stay dense).
-    """
-    c = model.config
-    out: dict[str, Int4Matrix] = {}
-    for t in model.reader.tensors:
-        name = _hf_name(t.name)
-        kind = t.tensor_type.name
-        if (
-            name is None
-            or not name.startswith("layers.")
-            or kind not in _INT4_BLOCK_BYTES
-            or len(t.shape) != 2
-        ):
-            continue
-        cols, rows = (int(n) for n in t.shape)  # GGUF lists the fastest dimension first
-        w = int4_matrix(kind, t.data, rows, cols)
-        if model.architecture == "llama" and name.endswith((".q_proj", ".k_proj")):
-            heads = c.num_heads if name.endswith(".q_proj") else c.num_kv_heads
-            order = unpermute_rope_rows(np.arange(rows)[:, None], heads)[:, 0]
-            w = w.rows(order)
-        out[name] = w
-    return out
 
 
 def _progress(items: Sequence, desc: str, on: bool):

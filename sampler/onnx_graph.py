@@ -1,9 +1,10 @@
 """ONNX graph pieces for decoder-only transformers, written with ``onnx.helper``.
 
 :class:`Graph` accumulates nodes and initializers; each piece (:func:`rms_norm`,
-:func:`rope`, :func:`attend`, :func:`linear`, :func:`int4_matmul`) adds its nodes and
-returns the name of its output, with a shape comment on every line. An architecture's
-assembly (:mod:`sampler.onnx_llama`) composes them; :func:`save_model` writes the result.
+:func:`gelu_tanh`, :func:`rope`, :func:`attend`, :func:`linear`, :func:`int4_matmul`) adds
+its nodes and returns the name of its output, with a shape comment on every line. An
+architecture's assembly (:mod:`sampler.onnx_llama`) composes them; :func:`save_model` writes
+the result.
 onnx is imported lazily: importing this module costs only NumPy.
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "Int4Matrix",
     "Graph",
     "rms_norm",
+    "gelu_tanh",
     "rope",
     "attend",
     "linear",
@@ -334,3 +336,13 @@ def _save_external(model: onnx.ModelProto, tmp: Path, location: str) -> None:
         location=location,
         size_threshold=1024,
     )
+
+
+def gelu_tanh(g: Graph, x: str) -> str:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the tanh GELU of Gemma (HF's
+    ``gelu_pytorch_tanh``, llama.cpp's ``ggml_gelu``), in plain ops (opset 17 has no Gelu)."""
+    cube = g.op("Mul", g.op("Mul", x, x), x)  # [..., n] like x
+    inner = g.op("Add", x, g.op("Mul", cube, g.scalar("gelu_c", 0.044715)))  # [..., n]
+    t = g.op("Tanh", g.op("Mul", inner, g.scalar("gelu_k", float(np.sqrt(2.0 / np.pi)))))
+    half_x = g.op("Mul", x, g.scalar("half", 0.5))  # [..., n]
+    return g.op("Mul", half_x, g.op("Add", t, g.scalar("one_f", 1.0)))  # [..., n]

@@ -62,6 +62,7 @@ from .onnx_graph import (
     WeightDtype,
     Weights,
     dense,
+    gelu_tanh,
     linear,
     rms_norm,
     save_model,
@@ -426,18 +427,8 @@ def _mlp(g: Graph, c: LlamaConfig, i: int, x: str, w: Weights) -> str:
     # [B, S, 2*ffn]
     gate, up = g.ops("Split", gu, g.ints("gate_up_split", [ffn, ffn]), axis=-1, n_out=2)
     act = (
-        _gelu_tanh(g, gate)
+        gelu_tanh(g, gate)
         if c.activation == "gelu_tanh"
         else g.op("Mul", gate, g.op("Sigmoid", gate))
     )
     return linear(g, g.op("Mul", act, up), f"layers.{i}.down_proj", [w["down_proj"]])
-
-
-def _gelu_tanh(g: Graph, x: str) -> str:
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the tanh GELU of Gemma (HF's
-    ``gelu_pytorch_tanh``, llama.cpp's ``ggml_gelu``), in plain ops (opset 17 has no Gelu)."""
-    cube = g.op("Mul", g.op("Mul", x, x), x)
-    inner = g.op("Add", x, g.op("Mul", cube, g.scalar("gelu_c", 0.044715)))
-    t = g.op("Tanh", g.op("Mul", inner, g.scalar("gelu_k", float(np.sqrt(2.0 / np.pi)))))
-    half_x = g.op("Mul", x, g.scalar("half", 0.5))
-    return g.op("Mul", half_x, g.op("Add", t, g.scalar("one_f", 1.0)))

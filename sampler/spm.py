@@ -26,14 +26,27 @@ A token's bytes are its text with ``▁`` read as a space (ordinary tokens), the
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from .tokenizer import UnrepresentableText
+from .tokenizer import Tokenizer, UnrepresentableText, _read_checked
 
-__all__ = ["SentencePieceEncoding", "NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "BYTE"]
+__all__ = [
+    "SentencePieceEncoding",
+    "spm_tokenizer",
+    "write_spm",
+    "NORMAL",
+    "UNKNOWN",
+    "CONTROL",
+    "USER_DEFINED",
+    "BYTE",
+]
 
 # llama.cpp's token types (tokenizer.ggml.token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -105,6 +118,7 @@ class SentencePieceEncoding:
 
     # --- the part of tiktoken.Encoding the Tokenizer reads ------------------------------
     def decode_single_token_bytes(self, i: int) -> bytes:
+        """Token ``i``'s bytes (``KeyError`` for an id that is no token)."""
         data = self._bytes[i] if 0 <= i < self.n_vocab else None
         if data is None:
             raise KeyError(i)
@@ -132,7 +146,8 @@ class SentencePieceEncoding:
                 self._merge(piece.replace(" ", _SPACE), out)
             except _NoByteToken as e:
                 char = e.char if e.char in text else " "  # (a space became ▁)
-                raise UnrepresentableText(self.name, char, text.index(char)) from None
+                at = text.find(char)  # -1: the space add_space_prefix put in front
+                raise UnrepresentableText(self.name, char, max(at, 0)) from None
             previous_special = False
         return out
 
@@ -239,3 +254,46 @@ class _Finder:
                     found.add(node[""])
                 k += 1
         return found
+
+
+def folder_tokenizer(
+    name: str, file: Path, sha: str, spec: Mapping[str, Any], where: str, end_ids: Iterable[int]
+) -> Tokenizer:
+    """A folder's ``tokenizer.spm.json`` (sha256-checked) against its manifest ``spec``."""
+    data = _read_checked(file, sha)
+    try:
+        arrays = json.loads(data)
+        tokens, scores, types = arrays["tokens"], arrays["scores"], arrays["types"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file}: expected {{'tokens', 'scores', 'types'}} ({e})") from None
+    if len(tokens) != spec.get("vocab_size"):
+        raise ValueError(f"{where}: 'vocab_size' is not the file's {len(tokens)} tokens")
+    prefix = spec.get("add_space_prefix", False)
+    if not isinstance(prefix, bool):
+        raise ValueError(f"{where}: 'add_space_prefix' must be true or false, got {prefix!r}")
+    return spm_tokenizer(name, tokens, scores, types, add_space_prefix=prefix, end_ids=end_ids)
+
+
+def spm_tokenizer(
+    name: str,
+    tokens: list[str],
+    scores: list[float],
+    types: list[int],
+    *,
+    add_space_prefix: bool = False,
+    end_ids: Iterable[int] = (),
+) -> Tokenizer:
+    """A :class:`~sampler.tokenizer.Tokenizer` over a SentencePiece-style vocabulary."""
+    encoding = SentencePieceEncoding(name, tokens, scores, types, add_space_prefix=add_space_prefix)
+    return Tokenizer(encoding, end_ids=end_ids)  # type: ignore[arg-type]
+
+
+def write_spm(
+    path: str | os.PathLike, tokens: list[str], scores: list[float], types: list[int]
+) -> str:
+    """Write a SentencePiece-style vocabulary as JSON; return the file's sha256."""
+    data = json.dumps(
+        {"tokens": tokens, "scores": scores, "types": types}, ensure_ascii=False
+    ).encode("utf-8")
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()

@@ -49,9 +49,7 @@ __all__ = [
     "tokenizer_for",
     "logprobs_text",
     "bpe_tokenizer",
-    "spm_tokenizer",
     "load_folder_tokenizer",
-    "write_spm",
     "write_ranks",
     "read_ranks",
     "CL100K_SHA256",
@@ -289,7 +287,9 @@ def load_folder_tokenizer(
     sha = field("sha256", str, "the sha256 hex digest of the rank file")
     kind = spec.get("kind", "bpe")
     if kind == "sentencepiece":
-        return _folder_spm(name, file, sha, spec, where, end_ids)
+        from .spm import folder_tokenizer
+
+        return folder_tokenizer(name, file, sha, spec, where, end_ids)
     if kind != "bpe":
         raise ValueError(f"{where}: 'kind' must be 'bpe' or 'sentencepiece', got {kind!r}")
     pattern = field("pattern", str, "a regular expression")
@@ -347,50 +347,6 @@ def bpe_tokenizer(
         name=name, pat_str=pattern, mergeable_ranks=full, special_tokens=dict(special_tokens)
     )
     return Tokenizer(encoding, end_ids=end_ids, vocab_size=vocab_size)
-
-
-def _folder_spm(
-    name: str, file: Path, sha: str, spec: Mapping[str, Any], where: str, end_ids: Iterable[int]
-) -> Tokenizer:
-    data = _read_checked(file, sha)
-    try:
-        arrays = json.loads(data)
-        tokens, scores, types = arrays["tokens"], arrays["scores"], arrays["types"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{file}: expected {{'tokens', 'scores', 'types'}} ({e})") from None
-    if len(tokens) != spec.get("vocab_size"):
-        raise ValueError(f"{where}: 'vocab_size' is not the file's {len(tokens)} tokens")
-    prefix = spec.get("add_space_prefix", False)
-    if not isinstance(prefix, bool):
-        raise ValueError(f"{where}: 'add_space_prefix' must be true or false, got {prefix!r}")
-    return spm_tokenizer(name, tokens, scores, types, add_space_prefix=prefix, end_ids=end_ids)
-
-
-def spm_tokenizer(
-    name: str,
-    tokens: list[str],
-    scores: list[float],
-    types: list[int],
-    *,
-    add_space_prefix: bool = False,
-    end_ids: Iterable[int] = (),
-) -> Tokenizer:
-    """A :class:`Tokenizer` over a SentencePiece-style vocabulary (:mod:`sampler.spm`)."""
-    from .spm import SentencePieceEncoding
-
-    encoding = SentencePieceEncoding(name, tokens, scores, types, add_space_prefix=add_space_prefix)
-    return Tokenizer(encoding, end_ids=end_ids)  # type: ignore[arg-type]
-
-
-def write_spm(
-    path: str | os.PathLike, tokens: list[str], scores: list[float], types: list[int]
-) -> str:
-    """Write a SentencePiece-style vocabulary as JSON; return the file's sha256."""
-    data = json.dumps(
-        {"tokens": tokens, "scores": scores, "types": types}, ensure_ascii=False
-    ).encode("utf-8")
-    Path(path).write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
 
 
 def _read_checked(path: Path, expected_sha256: str | None) -> bytes:

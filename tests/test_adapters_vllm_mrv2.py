@@ -125,6 +125,7 @@ class _Req:
         self.prompt, self.params, self.max_tokens, self.drafts = prompt, params, max_tokens, drafts
         self.output: list[int] = []
         self.slot = -1
+        self.fed = 0  # prompt tokens prefilled so far
 
 
 def _full_logits(decoder, ids: list[int]) -> np.ndarray:
@@ -133,12 +134,16 @@ def _full_logits(decoder, ids: list[int]) -> np.ndarray:
     return np.stack([rows[i] for i in range(len(ids))])
 
 
-def _run(v2, decoder, proc_cls, reqs: list[_Req], *, slots: int, seed: int, propose=None) -> dict:
-    """Admit requests into free slots (recycled as they finish), and step: this step's rows
-    in a shuffled order, a request with ``drafts`` > 0 proposing that many random draft
-    tokens (one row each, plus its last committed token's row; ``propose(request, d)`` gives
-    them instead, when set); a draft is accepted while
-    the processed row before it leaves exactly that token possible (what vLLM's rejection
+def _run(
+    v2, decoder, proc_cls, reqs: list[_Req], *, slots: int, seed: int, propose=None, chunk=None
+) -> dict:
+    """Admit requests into free slots (recycled as they finish), and step: a prompt longer
+    than ``chunk`` is prefilled ``chunk`` tokens a step, each unfinished chunk giving a row
+    (at its last position) whose token is discarded and which must be left untouched;
+    then this step's rows in a shuffled order, a request with ``drafts`` > 0 proposing
+    that many random draft tokens (one row each, plus its last committed token's row;
+    ``propose(request, d)`` gives them instead, when set); a draft is accepted while the
+    processed row before it leaves exactly that token possible (what vLLM's rejection
     sampler does with a one-hot target), and the first mismatch takes the forced token."""
     rng = np.random.default_rng(seed)
     buf = _Buffers(slots, 128)
@@ -153,7 +158,7 @@ def _run(v2, decoder, proc_cls, reqs: list[_Req], *, slots: int, seed: int, prop
     )
     proc = proc_cls(None, state)
     free, waiting, live = list(range(slots)), list(reqs), []
-    stats = {"accepted": 0, "rejected": 0, "recycled": 0}
+    stats = {"accepted": 0, "rejected": 0, "recycled": 0, "prefill_rows": 0}
     used: set[int] = set()
     while waiting or live:
         while waiting and free:
@@ -166,11 +171,18 @@ def _run(v2, decoder, proc_cls, reqs: list[_Req], *, slots: int, seed: int, prop
             buf.all_token_ids.gpu[r.slot, :n] = torch.tensor(r.prompt)
             buf.prompt_len.np[r.slot] = buf.prefill_len.np[r.slot] = n
             buf.total_len.gpu[r.slot] = n
+            r.fed = 0 if chunk else n
             live.append(r)
-        rows = []  # (request, position, token fed, draft index)
+        rows = []  # (request, position, token fed, draft index, drafts; None: a prefill row)
         for r in live:
             seq = r.prompt + r.output
             d = min(r.drafts, r.max_tokens - len(r.output) - 1)
+            if r.fed < len(r.prompt):  # chunked prefill
+                r.fed = min(len(r.prompt), r.fed + chunk)
+                if r.fed < len(r.prompt):
+                    rows.append((r, r.fed - 1, r.prompt[r.fed - 1], 0, None))
+                    continue
+                d = 0  # no drafts on the step that finishes the prefill
             guess = propose(r, d) if propose else rng.integers(0, 300, d).tolist()
             for j in range(d + 1):
                 rows.append((r, len(seq) - 1 + j, (seq + guess)[len(seq) - 1 + j], j, guess))
@@ -178,8 +190,9 @@ def _run(v2, decoder, proc_cls, reqs: list[_Req], *, slots: int, seed: int, prop
         rows = [rows[i] for i in order]
         logits = []
         for r, p, _, _, guess in rows:
-            logits.append(_full_logits(decoder, (r.prompt + r.output + guess)[: p + 1])[p])
+            logits.append(_full_logits(decoder, (r.prompt + r.output + (guess or []))[: p + 1])[p])
         z = torch.from_numpy(np.stack(logits))  # [rows, V]
+        before = z.clone()  # [rows, V]
         ctx = _LogitsContext(
             expanded_idx_mapping=torch.tensor([r.slot for r, *_ in rows]),
             idx_mapping=torch.tensor([r.slot for r in live]),
@@ -190,9 +203,15 @@ def _run(v2, decoder, proc_cls, reqs: list[_Req], *, slots: int, seed: int, prop
             seq_lens_upper_bound_np=np.array([len(r.prompt + r.output) + r.drafts for r in live]),
         )
         out = proc.apply(z, ctx)
+        for i, (*_, guess) in enumerate(rows):
+            if guess is None:
+                assert torch.equal(out[i], before[i])  # a prefill row: untouched
+                stats["prefill_rows"] += 1
         pick = {(id(r), j): int(out[i].argmax()) for i, (r, _, _, j, _) in enumerate(rows)}
         for r in list(live):
             guess = next(g for rr, *_, g in rows if rr is r)
+            if guess is None:
+                continue  # its token is discarded
             for j in range(len(guess) + 1):
                 t = pick[id(r), j]
                 r.output.append(t)
@@ -286,6 +305,31 @@ def test_drafts_right_or_wrong_do_not_change_the_draws(mrv2, tiny_model_dir):
     assert right[0].output == want and stats["accepted"] >= 3 and stats["rejected"] == 0
 
 
+def test_chunked_prefill_rows_are_left_alone(mrv2, tiny_model_dir):
+    """A prompt longer than the runner's chunk gives, each step before its prefill ends, a
+    row whose token vLLM discards: the processor leaves it untouched and draws nothing for
+    it, and the request's tokens are still the engine's."""
+    module, _ = mrv2
+    engine = Engine.load(tiny_model_dir)
+
+    class Proc(module.OpenAILogitsProcessorV2):
+        mask_ids = engine.info.masked_ids
+        vocab_size = engine.vocab_size
+
+    long = [int(t) for t in np.random.default_rng(5).integers(10, 5000, 40)]
+    reqs = [
+        _Req(long, SamplingParams(extra_args={"openai": {**FIELDS, "seed": 3}}), 5, drafts=2),
+        _Req([9906, 11], SamplingParams(extra_args={"openai": {**FIELDS, "seed": 8}}), 4),
+    ]
+    stats = _run(None, engine.decoder, Proc, reqs, slots=2, seed=4, chunk=16)
+    assert stats["prefill_rows"] == 2  # positions 15 and 31 of the 40-token prompt
+    for r, seed in zip(reqs, (3, 8)):
+        want = engine.complete(
+            prompt=[r.prompt], max_tokens=r.max_tokens, seed=seed, logprobs=0, **FIELDS
+        )
+        assert _texts(engine, r.output) == want["choices"][0]["logprobs"]["tokens"]
+
+
 def test_add_request_and_validation(mrv2):
     module, _ = mrv2
     V = module.OpenAILogitsProcessorV2
@@ -295,6 +339,7 @@ def test_add_request_and_validation(mrv2):
     proc = V(None, None)
     assert proc.add_request(0, SamplingParams(extra_args={"openai": {"seed": 1}})) is True
     assert proc.add_request(0, SamplingParams()) is False and 0 not in proc.slots  # recycled
+    assert proc.add_request(1, SamplingParams(extra_args={"openai": {"seed": 2}})) is True
     z = torch.randn(2, 10)
     ctx = _LogitsContext(
         torch.tensor([0, 0]),
@@ -305,7 +350,7 @@ def test_add_request_and_validation(mrv2):
         torch.tensor([3, 4]),
         np.array([5]),
     )
-    assert torch.equal(proc.apply(z.clone(), ctx), z)  # no row is ours: untouched
+    assert torch.equal(proc.apply(z.clone(), ctx), z)  # slot 1 is ours, no row is its: untouched
 
 
 # --- against the real vLLM (its own venv) ------------------------------------------------------

@@ -17,7 +17,8 @@ from sampler.decoder import Decoder
 from sampler.engine import Engine
 from sampler.gguf_llama import read_gguf
 from sampler.model import load_config
-from sampler.tokenizer import UnrepresentableText, spm_tokenizer, tokenizer_for
+from sampler.spm import spm_tokenizer
+from sampler.tokenizer import UnrepresentableText, tokenizer_for
 
 TOKENS, SCORES, TYPES = gr.spm_vocab()
 V = len(TOKENS)
@@ -130,8 +131,12 @@ def test_engine_reads_bos_first_and_reports_the_prompt_alone(gemma):
     assert a["choices"][0]["text"] == b["choices"][0]["text"]
     assert b["usage"]["prompt_tokens"] == len(ids) + 1
     # an empty prompt reads <bos> (not the end-of-text token) and counts nothing
-    e = engine.complete(prompt="", max_tokens=3, seed=1)
+    e = engine.complete(prompt="", max_tokens=6, seed=1, temperature=1.0)
     assert e["usage"]["prompt_tokens"] == 0
+    on_bos = engine.complete(prompt=[2], max_tokens=6, seed=1, temperature=1.0)
+    on_eos = engine.complete(prompt=[1], max_tokens=6, seed=1, temperature=1.0)
+    assert e["choices"][0]["text"] == on_bos["choices"][0]["text"]
+    assert on_eos["choices"][0]["text"] != on_bos["choices"][0]["text"]  # the check can fail
     assert engine.info.end_ids == (1, 5)  # <eos> and <end_of_turn>, as llama.cpp ends
     assert src.exists()
 
@@ -222,6 +227,12 @@ def test_a_byte_without_a_token_is_refused():
     with pytest.raises(UnrepresentableText, match="'c'.*index 1"):
         toy.encode("ac")
     assert 0x63 in toy.missing_bytes and 0x62 not in toy.missing_bytes
+    # the space add_space_prefix puts in front has no token either: refused the same way
+    spaced = spm_tokenizer(
+        "toy", ["<eos>", "a", "b"], [0, -1, -1], [3, 1, 1], add_space_prefix=True
+    )
+    with pytest.raises(UnrepresentableText, match="index 0"):
+        spaced.encode("ab")
 
 
 def test_folder_tokenizer_is_checked(gemma, tmp_path):

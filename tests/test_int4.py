@@ -12,7 +12,8 @@ import pytest
 from sampler import cli
 from sampler.convert import convert_gguf
 from sampler.decoder import Decoder
-from sampler.gguf_llama import llama_int4_weights, llama_weights, read_gguf
+from sampler.gguf_int4 import llama_int4_weights
+from sampler.gguf_llama import llama_weights, read_gguf
 from sampler.onnx_llama import Int4Matrix, LlamaConfig, build_llama, random_weights
 
 LAYER_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -170,6 +170,41 @@ def test_first_use_pulls_and_says_so(capsys, monkeypatch, tmp_path):
     assert len(pulled) == 1 and capsys.readouterr().err == ""
 
 
+def test_gemma3_says_its_terms_on_pull_and_on_every_load(capsys, monkeypatch, tmp_path):
+    """Gemma 3 is not Apache-2.0: pulling it and every later load say which terms apply and
+    where their text is (the pull and the conversion stubbed out)."""
+    import sampler.convert
+    import sampler.pull
+    from sampler.pull import GEMMA3_270M
+
+    monkeypatch.setenv("SAMPLER_HOME", str(tmp_path))
+    terms = tmp_path / "downloads" / GEMMA3_270M.notice_name
+
+    def fake_pull(src, downloads, **kw):
+        terms.parent.mkdir(parents=True, exist_ok=True)
+        terms.write_text("<html>terms</html>")
+        return tmp_path / "x.gguf"
+
+    def fake_convert(gguf, folder, **kw):
+        folder.mkdir(parents=True)
+        (folder / "refsampler.json").write_text("{}")
+        return folder
+
+    monkeypatch.setattr(sampler.pull, "pull_gguf", fake_pull)
+    monkeypatch.setattr(sampler.convert, "convert_gguf", fake_convert)
+    entry = next(m for m in registry.known_models() if m.name == "gemma3-270m")
+    assert "Gemma Terms of Use" in entry.description
+    for _ in range(2):  # the pull, then a load of the built folder
+        assert cli.main(["pull", "gemma3-270m"]) == 0
+        err = capsys.readouterr().err
+        assert "Gemma Terms of Use" in err and "not Apache-2.0" in err
+        assert f"their text: {terms}" in err
+    terms.unlink()  # the downloads deleted: the path is not given for a file that is gone
+    assert cli.main(["pull", "gemma3-270m"]) == 0
+    err = capsys.readouterr().err
+    assert "Gemma Terms of Use" in err and "their text: /" not in err and "is gone" in err
+
+
 def test_pull_unknown_and_failed(capsys, monkeypatch):
     assert cli.main(["pull", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err

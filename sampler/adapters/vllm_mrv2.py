@@ -75,15 +75,20 @@ class OpenAILogitsProcessorV2(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
+        """Refuse a request whose ``extra_args["openai"]`` is invalid (``ValueError`` with
+        the Completions API's message); vLLM runs this at admission, in the frontend."""
         request_spec(sampling_params, cls.vocab_size)
 
     def __init__(self, vllm_config: Any, req_states: LogitsProcRequestState) -> None:
+        """Built once per engine; ``req_states`` are the runner's live per-slot buffers."""
         self.req_states = req_states
         self.slots: dict[int, _Slot] = {}
         self._mask = None if self.mask_ids is None else np.asarray(self.mask_ids, np.int64)
         self._ws: Workspace | None = None
 
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        """Slot ``req_idx`` now holds this request (the slot's whole state is replaced);
+        True when it is ours (``extra_args`` hold ``"openai"``)."""
         spec = request_spec(sampling_params, self.vocab_size)
         if spec is None:
             self.slots.pop(req_idx, None)  # a recycled slot: forget its last occupant
@@ -96,15 +101,21 @@ class OpenAILogitsProcessorV2(LogitsProcessor):
         if not self.slots:
             return logits
         slot_of = ctx.expanded_idx_mapping.cpu().numpy()  # [rows] row -> request slot
-        rows = [r for r, s in enumerate(slot_of.tolist()) if s in self.slots]
+        ours = [r for r, s in enumerate(slot_of.tolist()) if s in self.slots]
+        if not ours:
+            return logits
+        rs = self.req_states
+        pos = ctx.pos.cpu().numpy()  # [rows] the position each row's logits are at
+        prompt_len = np.asarray(rs.prompt_len.np)  # [slots]
+        # a row before the end of its slot's (re)fill is a chunked-prefill row, whose token
+        # vLLM discards: left alone (it has no output position)
+        filled = np.maximum(prompt_len, np.asarray(rs.prefill_len.np))  # [slots]
+        rows = [r for r in ours if pos[r] + 1 >= filled[slot_of[r]]]
         if not rows:
             return logits
-        pos = ctx.pos.cpu().numpy()  # [rows]
         fed = ctx.input_ids.cpu().numpy()  # [rows] the token at each row's position
-        rs = self.req_states
-        prompt_len = np.asarray(rs.prompt_len.np)  # [slots]
         total_len = rs.total_len.gpu.cpu().numpy()  # [slots]
-        index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+        index = torch.tensor(rows, dtype=torch.long, device=logits.device)  # [r]
         z = logits.index_select(0, index).to(device="cpu", dtype=torch.float32).numpy()  # [r, V]
         if self._mask is not None:
             z[:, self._mask] = -np.inf
@@ -115,7 +126,7 @@ class OpenAILogitsProcessorV2(LogitsProcessor):
         for i, r in enumerate(rows):
             s = int(slot_of[r])
             start, committed, p = int(prompt_len[s]), int(total_len[s]), int(pos[r])
-            history = rs.all_token_ids.gpu[s, start : min(committed, p + 1)].cpu().tolist()
+            history = rs.all_token_ids.gpu[s, start : min(committed, p + 1)].cpu().tolist()  # [h]
             drafts = sorted(t for t in fed_at[s] if committed <= t[0] <= p)
             output = history + [t for _, t in drafts]
             self._row(self.slots[s], z[i : i + 1], output, p + 1 - start, out[i : i + 1])
