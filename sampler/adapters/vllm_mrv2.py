@@ -47,19 +47,43 @@ __all__ = ["OpenAILogitsProcessorV2"]
 
 
 class _Slot:
-    """One request slot: what it asked for and its generator's uniforms drawn so far."""
+    """One request slot: what it asked for, its committed output tokens' counts (a
+    :class:`~sampler.step.Row`, caught up token by token) and its generator's uniforms."""
 
     def __init__(self, spec: RequestSpec) -> None:
         self.spec = spec
         p = spec.params
         self.rng = generator(p.seed if p.seed is not None else fresh_entropy(), *spec.key)
         self.uniforms: list[float] = []
+        self.row = Row(p)  # over the committed output tokens counted so far
+        self.seen = 0  # the position up to which ``all_token_ids`` was counted
 
     def uniform(self, k: int) -> float:
         """Uniform number ``k`` of the candidate's stream (drawn in order, kept)."""
         while len(self.uniforms) <= k:
             self.uniforms.append(float(self.rng.random()))
         return self.uniforms[k]
+
+    def catch_up(self, tokens: Any, start: int, committed: int) -> None:
+        """Count the output tokens committed since the last step: ``tokens`` is the slot's
+        row of ``all_token_ids``, whose output runs from ``start`` to ``committed``."""
+        if committed < self.seen:  # (not while a slot keeps its request: recount from scratch)
+            self.row, self.seen = Row(self.spec.params), 0
+        self.seen = max(self.seen, start)
+        if committed > self.seen:
+            for t in tokens[self.seen : committed].cpu().tolist():
+                if t >= 0:
+                    self.row.counts.add(int(t))
+            self.seen = committed
+
+    def row_after(self, drafts: list[int]) -> Row:
+        """The row for a position after this step's ``drafts``: the slot's own when none."""
+        if not drafts:
+            return self.row
+        row = Row(self.spec.params)
+        for t in [*self.row.counts.added, *drafts]:
+            row.counts.add(t)
+        return row
 
 
 class OpenAILogitsProcessorV2(LogitsProcessor):
@@ -115,36 +139,44 @@ class OpenAILogitsProcessorV2(LogitsProcessor):
             return logits
         fed = ctx.input_ids.cpu().numpy()  # [rows] the token at each row's position
         total_len = rs.total_len.gpu.cpu().numpy()  # [slots]
+        for s in {int(slot_of[r]) for r in rows}:
+            self.slots[s].catch_up(rs.all_token_ids.gpu[s], int(prompt_len[s]), int(total_len[s]))
         index = torch.tensor(rows, dtype=torch.long, device=logits.device)  # [r]
         z = logits.index_select(0, index).to(device="cpu", dtype=torch.float32).numpy()  # [r, V]
         if self._mask is not None:
             z[:, self._mask] = -np.inf
-        out = np.empty_like(z)  # [r, V]
         fed_at: dict[int, list[tuple[int, int]]] = {}  # slot -> its rows' (position, token)
-        for r in rows:
+        for r in sorted(rows, key=lambda r: pos[r]):
             fed_at.setdefault(int(slot_of[r]), []).append((int(pos[r]), int(fed[r])))
-        for i, r in enumerate(rows):
-            s = int(slot_of[r])
-            start, committed, p = int(prompt_len[s]), int(total_len[s]), int(pos[r])
-            history = rs.all_token_ids.gpu[s, start : min(committed, p + 1)].cpu().tolist()  # [h]
-            drafts = sorted(t for t in fed_at[s] if committed <= t[0] <= p)
-            output = history + [t for _, t in drafts]
-            self._row(self.slots[s], z[i : i + 1], output, p + 1 - start, out[i : i + 1])
+        steps: list[tuple[_Slot, Row, int]] = []  # per row: its slot, its row, its output index
+        for r in rows:
+            s, p = int(slot_of[r]), int(pos[r])
+            committed = int(total_len[s])
+            # this step's draft tokens before the row (at positions committed..p), in order
+            drafts = [t for q, t in fed_at[s] if committed <= q <= p and t >= 0]
+            slot = self.slots[s]
+            steps.append((slot, slot.row_after(drafts), p + 1 - int(prompt_len[s])))
+        out = self._step(z, steps)  # [r, V]
         logits.index_copy_(0, index, torch.from_numpy(out).to(logits.device, logits.dtype))
         return logits
 
-    def _row(self, slot: _Slot, z: np.ndarray, output: list[int], k: int, out: np.ndarray) -> None:
-        """One row: the step over ``output`` (the tokens before it), drawn (one-hot) or
-        processed (``draw: false``)."""
-        row = Row(slot.spec.params)
-        for t in output:
-            if t >= 0:
-                row.counts.add(int(t))
-        if slot.spec.draw:
+    def _step(self, z: np.ndarray, steps: list[tuple[_Slot, Row, int]]) -> np.ndarray:
+        """Our rows drawn (left one-hot; all in one batched step) or, with ``draw: false``,
+        processed."""
+        out = np.empty_like(z)  # [r, V]
+        drawn = [i for i, (slot, _, _) in enumerate(steps) if slot.spec.draw]
+        kept = [i for i, (slot, _, _) in enumerate(steps) if not slot.spec.draw]
+        if drawn:
             if self._ws is None or self._ws.vocab != z.shape[1]:
                 self._ws = Workspace(z.shape[1])
-            token = int(sample_step(z, [row], [slot.uniform(k)], workspace=self._ws).tokens[0])
-            force(out, [token])
-            return
-        np.copyto(out, z)
-        process_in_place(out, [row.params], [row.counts])
+            rows = [steps[i][1] for i in drawn]
+            uniforms = [steps[i][0].uniform(steps[i][2]) for i in drawn]
+            tokens = sample_step(z[drawn], rows, uniforms, workspace=self._ws).tokens  # [d]
+            out[drawn] = force(np.empty((len(drawn), z.shape[1]), z.dtype), tokens)  # [d, V]
+        if kept:
+            rows = [steps[i][1] for i in kept]
+            processed = process_in_place(
+                z[kept], [r.params for r in rows], [r.counts for r in rows]
+            )
+            out[kept] = processed  # [k, V]
+        return out
